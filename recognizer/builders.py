@@ -1,0 +1,97 @@
+"""Wiring shared by the entry points: loaders, the audit, model restore, prediction files."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from recognizer.alphabet import Alphabet
+from recognizer.data.batching import Collate, EpochBatchSampler
+from recognizer.data.lines import LineDataset
+from recognizer.stability.audit import AuditReport, audit_split
+
+log = logging.getLogger(__name__)
+
+
+def make_loader(
+    dataset: LineDataset,
+    indices: list[int],
+    alphabet: Alphabet,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    unknown: str,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, EpochBatchSampler]:
+    """A loader over ``indices`` with a seeded, resumable batch sampler.
+
+    The loader has its own generator so that creating an iterator never draws from the global
+    RNG (which would shift dropout masks after a resume).
+    """
+    sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=Collate(alphabet, "unk" if unknown == "unk" else "error"),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return loader, sampler
+
+
+def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: nn.Module, stability: Any) -> AuditReport:
+    """Audit one split with the ``stability`` config node's policies."""
+    return audit_split(
+        split,
+        dataset.ids,
+        dataset.texts,
+        dataset.widths,
+        alphabet,
+        model.output_lengths,
+        policy=stability.audit_policy,
+        unknown=stability.unknown,
+        min_frames_per_label=stability.min_frames_per_label,
+        max_label_length=stability.max_label_length,
+        load_input=dataset.load if stability.scan_inputs else None,
+    )
+
+
+def check_head(model: nn.Module, alphabet: Alphabet) -> None:
+    """The model's output layer must have exactly ``C = charset + 1`` classes."""
+    if model.num_classes != alphabet.num_classes:
+        raise ValueError(
+            f"the model predicts {model.num_classes} classes but the alphabet needs "
+            f"{alphabet.num_classes} ({len(alphabet)} symbols + blank at id 0): the head is off by "
+            f"{model.num_classes - alphabet.num_classes}. Do not set num_classes by hand; it is "
+            "derived from the alphabet."
+        )
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Alphabet]:
+    """Rebuild the model and alphabet a checkpoint describes, with its weights loaded."""
+    alphabet = Alphabet(ckpt["alphabet"])
+    model_cfg = OmegaConf.create(ckpt["config"]["model"])
+    model = hydra.utils.instantiate(model_cfg, num_classes=alphabet.num_classes)
+    model.load_state_dict(ckpt["model"])
+    return model, alphabet
+
+
+def write_predictions(rows: list[tuple[str, str, str]], path: Path) -> Path:
+    """Write ``id, reference, hypothesis`` rows as a TSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writerow(["id", "reference", "hypothesis"])
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,124 @@
+"""Batches: padding, encoded targets with explicit lengths, and a resumable, seeded sampler."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from recognizer.alphabet import Alphabet
+
+
+@dataclass
+class Batch:
+    """A padded batch. Inputs are padded with 0 along the last axis (width or time)."""
+
+    inputs: Tensor  # (B, C, H, W) float32
+    input_lengths: Tensor  # (B,) int64, real widths
+    targets: Tensor  # (B, S) int64, padded with 0 (blank) beyond target_lengths
+    target_lengths: Tensor  # (B,) int64
+    texts: list[str]
+    ids: list[str]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        moved = {
+            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+        return Batch(**moved)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Collate:
+    """Turn a list of samples ``{"id", "input": (C, H, W), "text"}`` into a :class:`Batch`.
+
+    Args:
+        alphabet: encodes transcripts to ids ``1..C-1``.
+        unknown: policy for symbols outside the alphabet (see :meth:`Alphabet.encode`); the
+            pre-flight audit has already applied it, so ``error`` only fires on unaudited data.
+    """
+
+    def __init__(self, alphabet: Alphabet, unknown: str = "error") -> None:
+        self.alphabet = alphabet
+        self.unknown = unknown
+
+    def __call__(self, samples: Sequence[dict]) -> Batch:
+        inputs = [s["input"] for s in samples]
+        lengths = torch.tensor([x.shape[-1] for x in inputs], dtype=torch.long)
+        padded = inputs[0].new_zeros(len(inputs), *inputs[0].shape[:-1], int(lengths.max()))
+        for i, x in enumerate(inputs):
+            padded[i, ..., : x.shape[-1]] = x
+        encoded = [self.alphabet.encode(s["text"], self.unknown) for s in samples]
+        target_lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+        targets = torch.zeros(len(encoded), max(1, int(target_lengths.max())), dtype=torch.long)
+        for i, e in enumerate(encoded):
+            targets[i, : len(e)] = torch.tensor(e, dtype=torch.long)
+        return Batch(
+            inputs=padded,
+            input_lengths=lengths,
+            targets=targets,
+            target_lengths=target_lengths,
+            texts=[s["text"] for s in samples],
+            ids=[s["id"] for s in samples],
+        )
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices in a per-epoch permutation seeded by ``(seed, epoch)``.
+
+    The order depends only on the seed and the epoch, so a run resumed in the middle of an
+    epoch (``start_batch``) sees exactly the batches the uninterrupted run would have seen.
+
+    Args:
+        indices: the dataset indices to draw from (after the audit dropped any).
+        batch_size: samples per batch.
+        shuffle: permute per epoch; otherwise keep ``indices`` order.
+        seed: base seed of the permutation.
+        drop_last: drop a final incomplete batch.
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.indices = list(indices)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def _batches(self) -> list[list[int]]:
+        order = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from self._batches()[self.start_batch :]
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return max(0, full - self.start_batch)

@@ -1,0 +1,109 @@
+"""Data modules: built by Hydra from ``conf/data/*.yaml``, they hand out the datasets of each split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recognizer.alphabet import Alphabet
+from recognizer.data.digit_lines import ensure_digit_lines
+from recognizer.data.lines import DataError, LineDataset, read_records
+
+
+class LinesData:
+    """A user's line images (``conf/data/lines.yaml``).
+
+    Args:
+        train, val, test: a ``.tsv``/``.jsonl`` manifest or a kraken folder per split (or None).
+        height: images are resized to this height, keeping the aspect ratio.
+        invert: dark ink on light paper (True) or light ink on dark (False).
+        cache: keep decoded images in memory after their first load.
+        alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
+        batch_size, num_workers, pin_memory: loader settings.
+    """
+
+    def __init__(
+        self,
+        train: str | None,
+        val: str | None,
+        test: str | None = None,
+        height: int = 64,
+        invert: bool = True,
+        cache: bool = False,
+        alphabet: str | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.sources = {"train": train, "val": val, "test": test}
+        self.height = height
+        self.invert = invert
+        self.cache = cache
+        self.alphabet_file = alphabet
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    def has(self, split: str) -> bool:
+        return self.sources.get(split) is not None
+
+    def dataset(self, split: str) -> LineDataset:
+        source = self.sources.get(split)
+        if source is None:
+            raise DataError(f"no {split} data configured: set data.{split}=PATH (a manifest or folder)")
+        return LineDataset(read_records(source), self.height, invert=self.invert, cache=self.cache)
+
+    def alphabet(self) -> Alphabet | None:
+        """The configured alphabet file, or None to build one from the train transcripts."""
+        return Alphabet.from_file(self.alphabet_file) if self.alphabet_file else None
+
+
+class DigitLinesData(LinesData):
+    """Embedded lines of real handwritten digits, generated into ``root`` on first use.
+
+    Args:
+        root: cache folder (``${paths.data_dir}/digit_lines``).
+        num_train, num_val, num_test: lines per split.
+        max_digits: each line holds 1..max_digits digits.
+        height: line height in pixels.
+        seed: generation seed (pools and lines).
+        cache, batch_size, num_workers, pin_memory: as in :class:`LinesData`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_train: int = 10000,
+        num_val: int = 1000,
+        num_test: int = 1000,
+        max_digits: int = 8,
+        height: int = 16,
+        seed: int = 0,
+        cache: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__(
+            None,
+            None,
+            None,
+            height=height,
+            invert=True,
+            cache=cache,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+        )
+        self.root = Path(root)
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.max_digits = max_digits
+        self.seed = seed
+
+    def has(self, split: str) -> bool:
+        return self.sizes.get(split, 0) > 0
+
+    def dataset(self, split: str) -> LineDataset:
+        if not self.sources["train"]:  # generate lazily: instantiating the config stays cheap
+            manifests = ensure_digit_lines(self.root, self.sizes, self.max_digits, self.height, self.seed)
+            self.sources.update({k: str(v) for k, v in manifests.items()})
+        return super().dataset(split)

@@ -1,0 +1,1 @@
+"""The training engine: loop, evaluation, checkpoints, precision and schedules."""

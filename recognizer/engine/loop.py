@@ -1,0 +1,294 @@
+"""The training loop: one step, one epoch, evaluation, and ``fit`` that ties them together.
+
+Order of a step (the stability rules live here):
+labels and lengths checked on CPU → forward under autocast → fp32 CTC loss → scaled backward →
+``unscale_`` → ``clip_grad_norm_`` → one host sync for (loss, grad norm) → the guard decides →
+optimizer step → scheduler step only if the optimizer really stepped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+from tqdm import tqdm
+
+from recognizer.alphabet import Alphabet
+from recognizer.ctc import CTCLoss, check_feasible, check_targets
+from recognizer.data.batching import Batch, EpochBatchSampler
+from recognizer.decoding import greedy_decode
+from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from recognizer.engine.precision import Precision
+from recognizer.loggers import MetricLogger
+from recognizer.metrics import ErrorRates
+from recognizer.stability.guard import NonFiniteGuard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerOptions:
+    """Loop settings (``conf/trainer``). See the YAML for each key's meaning."""
+
+    max_epochs: int = 30
+    max_steps: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    grad_clip: float = 1.0
+    log_every_n_steps: int = 10
+    val_every_n_epochs: int = 1
+    checkpoint_every_n_steps: int = 0
+    monitor: str = "val/cer"
+    early_stopping_patience: int | None = None
+    progress_bar: bool = True
+    resume: str | None = None
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training and is saved in a checkpoint."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler
+    precision: Precision
+    guard: NonFiniteGuard
+    step: int = 0  # optimizer steps applied or skipped
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of the current epoch already consumed
+    best_metric: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0  # validations without improvement (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "guard": self.guard.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.precision.scaler.load_state_dict(ckpt["scaler"])
+        self.guard.load_state_dict(ckpt["guard"])
+        for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
+            setattr(self, key, ckpt[key])
+        set_rng_state(ckpt["rng"])
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    applied: bool
+
+
+def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) -> StepResult:
+    """One optimisation step on ``batch`` (on CPU; moved to the device here)."""
+    model, optimizer, precision = state.model, state.optimizer, state.precision
+    # Contract checks on the CPU copy: no device sync, and a named error instead of a NaN later.
+    check_targets(batch.targets, batch.target_lengths, model.num_classes, batch.ids)
+    check_feasible(model.output_lengths(batch.input_lengths), batch.targets, batch.target_lengths, batch.ids)
+    batch = batch.to(precision.device, non_blocking=True)
+    model.train()
+    with precision.autocast():
+        logits, output_lengths = model(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
+    out = ctc(logits, output_lengths, batch.targets, batch.target_lengths)
+    optimizer.zero_grad(set_to_none=True)
+    scaler = precision.scaler
+    scaler.scale(out.loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    max_norm = grad_clip if grad_clip and grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    loss_value, norm_value = torch.stack([out.loss.detach(), grad_norm.detach().float()]).tolist()
+    state.step += 1
+    if precision.scaled and math.isfinite(loss_value) and not math.isfinite(norm_value):
+        # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault.
+        scaler.step(optimizer)
+        scaler.update()
+        return StepResult(loss_value, norm_value, applied=False)
+    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample.cpu(), batch.ids):
+        optimizer.zero_grad(set_to_none=True)
+        scaler.update()
+        return StepResult(loss_value, norm_value, applied=False)
+    scale_before = scaler.get_scale() if precision.scaled else 1.0
+    scaler.step(optimizer)
+    scaler.update()
+    applied = not precision.scaled or scaler.get_scale() >= scale_before
+    if applied:
+        state.scheduler.step()  # only when the optimizer really stepped
+    return StepResult(loss_value, norm_value, applied)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    ctc: CTCLoss,
+    alphabet: Alphabet,
+    precision: Precision,
+    keep_predictions: bool = False,
+) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
+    """Loss, CER and WER with greedy decoding; optionally (id, reference, hypothesis) rows."""
+    model.eval()
+    rates, loss_sum, n = ErrorRates(), 0.0, 0
+    rows: list[tuple[str, str, str]] = []
+    for batch in loader:
+        moved = batch.to(precision.device, non_blocking=True)
+        with precision.autocast():
+            logits, lengths = model(moved.inputs, moved.input_lengths)
+        out = ctc(logits, lengths, moved.targets, moved.target_lengths)
+        loss_sum += float(out.loss) * len(batch)
+        n += len(batch)
+        hyps = [alphabet.decode(ids) for ids in greedy_decode(logits, lengths)]
+        refs = [alphabet.decode(t[:k].tolist()) for t, k in zip(batch.targets, batch.target_lengths)]
+        rates.update(refs, hyps)
+        if keep_predictions:
+            rows += list(zip(batch.ids, batch.texts, hyps))
+    metrics = {"loss": loss_sum / max(n, 1), "cer": rates.cer, "wer": rates.wer}
+    return metrics, rows
+
+
+def fit(
+    state: TrainState,
+    sampler: EpochBatchSampler,
+    train_loader: Iterable[Batch],
+    val_loader: Iterable[Batch],
+    ctc: CTCLoss,
+    alphabet: Alphabet,
+    opts: TrainerOptions,
+    run_dir: Path,
+    logger: MetricLogger,
+    describe: dict[str, Any],
+) -> TrainState:
+    """Train until ``max_epochs``/``max_steps`` or early stopping; validate and checkpoint.
+
+    Args:
+        state: model/optimizer/... and counters (possibly restored from a checkpoint).
+        sampler: the train batch sampler (its epoch and start batch are set here).
+        train_loader, val_loader: loaders yielding :class:`Batch`.
+        ctc: the loss.
+        alphabet: for decoding in validation.
+        opts: loop settings.
+        run_dir: checkpoints go to ``run_dir/checkpoints``.
+        logger: metric sink.
+        describe: extra self-description stored in every checkpoint (config, alphabet).
+    """
+    ckpt_dir = run_dir / "checkpoints"
+    start = time.perf_counter()
+    elapsed_before = state.history[-1]["time"] if state.history else 0.0
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start
+
+    def checkpoint(name: str) -> None:
+        save_checkpoint({**state.state_dict(), **describe}, ckpt_dir / name)
+
+    def done() -> bool:
+        return opts.max_steps is not None and state.step >= opts.max_steps
+
+    while state.epoch < opts.max_epochs and not done():
+        sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
+            leave=False,
+            disable=not opts.progress_bar,
+            initial=state.batch_in_epoch,
+            total=state.batch_in_epoch + len(sampler),
+            mininterval=1.0,
+        )
+        for batch in bar:
+            result = train_step(state, batch, ctc, opts.grad_clip)
+            state.batch_in_epoch += 1
+            if state.step % opts.log_every_n_steps == 0 or not result.applied:
+                lr = state.optimizer.param_groups[0]["lr"]
+                logger.log_metrics(
+                    {
+                        "train/loss": result.loss,
+                        "train/grad_norm": result.grad_norm,
+                        "train/lr": lr,
+                        "train/skipped": float(not result.applied),
+                        "epoch": state.epoch,
+                        "time": elapsed(),
+                    },
+                    state.step,
+                )
+                bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
+                checkpoint("last.ckpt")
+            if done():
+                break
+        bar.close()
+        if done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
+            checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
+            break
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or done():
+            if validate_and_checkpoint(state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint):
+                log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
+                break
+        else:
+            checkpoint("last.ckpt")
+    return state
+
+
+def validate_and_checkpoint(
+    state: TrainState,
+    val_loader: Iterable[Batch],
+    ctc: CTCLoss,
+    alphabet: Alphabet,
+    opts: TrainerOptions,
+    logger: MetricLogger,
+    elapsed: float,
+    checkpoint: Any,
+) -> bool:
+    """Validate, log, write best/last checkpoints; return True if early stopping triggers."""
+    metrics, _ = evaluate(state.model, val_loader, ctc, alphabet, state.precision)
+    record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
+    state.history.append({"step": state.step, **record})
+    logger.log_metrics(record, state.step)
+    value = record[opts.monitor]
+    improved = value < state.best_metric
+    if improved:
+        state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+    log.info(
+        "epoch %d step %d: val/loss %.4f val/cer %.4f val/wer %.4f (%.0f s)%s",
+        state.epoch,
+        state.step,
+        metrics["loss"],
+        metrics["cer"],
+        metrics["wer"],
+        elapsed,
+        " *best*" if improved else "",
+    )
+    checkpoint("last.ckpt")
+    if improved:
+        checkpoint("best.ckpt")
+    patience = opts.early_stopping_patience
+    return patience is not None and state.bad_epochs >= patience

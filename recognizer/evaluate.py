@@ -1,0 +1,87 @@
+"""Evaluate a checkpoint: CER/WER on a data split and a predictions TSV (id, reference, hypothesis).
+
+Examples::
+
+    recognizer-eval checkpoint=outputs/train/runs/DATE/checkpoints/best.ckpt
+    recognizer-eval checkpoint=best.ckpt data=lines data.test=data/iam/test.tsv
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from recognizer import CONFIG_DIR
+from recognizer.builders import make_loader, model_from_checkpoint, run_audit, write_predictions
+from recognizer.ctc import CTCLoss
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.engine.loop import evaluate
+from recognizer.engine.precision import resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+#: Data settings that define what the model sees; taken from the checkpoint, not the eval config.
+PREPROCESSING_KEYS = ("height", "invert")
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
+    """Score ``cfg.checkpoint`` on ``cfg.split`` of ``cfg.data``; return the metrics."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = load_checkpoint(cfg.checkpoint)
+    trained = ckpt["config"]
+    data_cfg = cfg.data.copy()
+    with open_dict(data_cfg):
+        for key in PREPROCESSING_KEYS:
+            if key in trained["data"] and key in data_cfg and data_cfg[key] != trained["data"][key]:
+                log.info(
+                    "data.%s=%s from the checkpoint (the eval config said %s)", key, trained["data"][key], data_cfg[key]
+                )
+                data_cfg[key] = trained["data"][key]
+    data = instantiate(data_cfg)
+    dataset = data.dataset(cfg.split)
+    model, alphabet = model_from_checkpoint(ckpt)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    model.to(device)
+    stability = OmegaConf.create(trained["stability"])
+    report = run_audit(cfg.split, dataset, alphabet, model, stability)
+    if report.dropped:
+        log.warning("%s", report.summary())
+    loader, _ = make_loader(
+        dataset,
+        report.kept,
+        alphabet,
+        data.batch_size,
+        shuffle=False,
+        seed=0,
+        unknown=stability.unknown,
+        num_workers=data.num_workers,
+    )
+    ctc = CTCLoss(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
+    values, rows = evaluate(model, loader, ctc, alphabet, precision, keep_predictions=True)
+    metrics = {f"{cfg.split}/{k}": v for k, v in values.items()} | {f"{cfg.split}/samples": len(rows)}
+    predictions = write_predictions(rows, run_dir / f"predictions_{cfg.split}.tsv")
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log.info("predictions written to %s", predictions)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> float:
+    metrics = evaluate_checkpoint(cfg)
+    s = cfg.split
+    print(
+        f"{s}/cer={metrics[f'{s}/cer']:.4f} {s}/wer={metrics[f'{s}/wer']:.4f} "
+        f"({metrics[f'{s}/samples']} samples; predictions in {cfg.paths.output_dir})"
+    )
+    return metrics[f"{s}/cer"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Pre-flight audit: every sample is checked against the CTC contract before the first step.
+
+Checks, per sample: empty transcript; symbols outside the alphabet; transcript longer than
+``max_label_length``; the exact CTC bound ``T_out >= L + adjacent repeats``; the safety rule
+``T_out >= ratio * L``; non-finite or out-of-range input values. ``T_out`` comes from the model's
+``output_lengths``, so nothing needs a forward pass. Violations are either fatal (``error``: the
+message lists offending samples and says what to change) or dropped and counted (``drop``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from recognizer.alphabet import Alphabet, normalize
+from recognizer.ctc import min_output_length
+
+log = logging.getLogger(__name__)
+
+FIXES = {
+    "empty": "remove the empty transcripts or fix them",
+    "unknown_symbol": "add the symbols to the alphabet, or set stability.unknown=unk or =drop",
+    "too_long": "raise stability.max_label_length or remove the long lines",
+    "infeasible": "(exact CTC bound: label length + adjacent repeats) use wider inputs, a larger "
+    "data.height (widths scale with it), less width pooling in the model, or shorter labels",
+    "below_ratio": "(safety rule T_out >= ratio × L) use wider inputs / a larger data.height, less "
+    "width pooling in the model, shorter labels, or lower stability.min_frames_per_label",
+    "non_finite": "fix or remove the files with NaN/Inf values",
+}
+
+
+class AuditError(ValueError):
+    """The data breaks the CTC contract and the policy is ``error``."""
+
+
+@dataclass
+class AuditReport:
+    """What the audit found in one split."""
+
+    split: str
+    total: int
+    kept: list[int]
+    violations: dict[str, list[str]] = field(default_factory=dict)  # reason → sample ids
+    details: dict[str, list[str]] = field(default_factory=dict)  # reason → examples with numbers
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.total - len(self.kept)
+
+    def summary(self) -> str:
+        lines = [f"audit[{self.split}]: {self.total} samples, {len(self.kept)} pass, {self.dropped} fail the checks"]
+        for reason, ids in self.violations.items():
+            examples = "; ".join(self.details[reason][:3])
+            lines.append(f"  {reason}: {len(ids)} — e.g. {examples} — fix: {FIXES[reason]}")
+        stats = ", ".join(f"{k}={v:.4g}" for k, v in self.stats.items())
+        lines.append(f"  stats: {stats}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "split": self.split,
+            "total": self.total,
+            "kept": len(self.kept),
+            "dropped": self.dropped,
+            "violations": {k: {"count": len(v), "examples": self.details[k][:20]} for k, v in self.violations.items()},
+            "stats": self.stats,
+        }
+
+
+def audit_split(
+    split: str,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    widths: Sequence[int],
+    alphabet: Alphabet,
+    output_lengths: Callable[[Tensor], Tensor],
+    policy: str = "error",
+    unknown: str = "error",
+    min_frames_per_label: float = 2.0,
+    max_label_length: int | None = None,
+    load_input: Callable[[int], Tensor] | None = None,
+) -> AuditReport:
+    """Audit one split.
+
+    Args:
+        split: name used in messages.
+        ids, texts, widths: per sample, the id, transcript and input width (or frames).
+        alphabet: the model's alphabet.
+        output_lengths: the model's ``output_lengths`` (input widths → output frames).
+        policy: ``"error"`` raises :class:`AuditError` on any violation; ``"drop"`` drops and counts.
+        unknown: unknown-symbol policy: ``"error"``, ``"drop"`` (the sample) or ``"unk"``.
+        min_frames_per_label: the safety ratio; 0 disables the rule (the exact bound stays).
+        max_label_length: longest allowed transcript, or ``None``.
+        load_input: if given, ``load_input(i)`` returns sample ``i``'s input; every input is then
+            loaded once to check for non-finite values and to collect value statistics.
+    """
+    if policy not in ("error", "drop"):
+        raise ValueError(f"audit policy must be 'error' or 'drop', got {policy!r}")
+    if unknown not in ("error", "drop", "unk"):
+        raise ValueError(f"unknown-symbol policy must be 'error', 'drop' or 'unk', got {unknown!r}")
+    if unknown == "unk" and not alphabet.has_unk:
+        raise ValueError(
+            "stability.unknown=unk needs the symbol <unk> in the alphabet: add a line <unk> to the "
+            "alphabet file (a built alphabet gets it automatically)"
+        )
+    t_out = output_lengths(torch.tensor(list(widths), dtype=torch.long)).tolist()
+    violations: dict[str, list[str]] = {}
+    details: dict[str, list[str]] = {}
+    fatal: set[str] = set()
+    kept: list[int] = []
+    label_lengths: list[int] = []
+    ratios: list[float] = []
+
+    def flag(reason: str, i: int, detail: str, is_fatal: bool) -> None:
+        violations.setdefault(reason, []).append(ids[i])
+        details.setdefault(reason, []).append(f"{ids[i]}: {detail}")
+        if is_fatal:
+            fatal.add(reason)
+
+    for i, text in enumerate(texts):
+        text = normalize(text)
+        if not text:
+            flag("empty", i, "empty transcript", policy == "error")
+            continue
+        missing = alphabet.unknown(text)
+        if missing and unknown != "unk":
+            flag("unknown_symbol", i, f"{''.join(missing)!r} in {text!r}", unknown == "error")
+            continue
+        ids_ = alphabet.encode(text, "unk")
+        n = len(ids_)
+        if max_label_length is not None and n > max_label_length:
+            flag("too_long", i, f"{n} symbols > {max_label_length}", policy == "error")
+            continue
+        need = min_output_length(torch.tensor(ids_))
+        if t_out[i] < need:
+            flag("infeasible", i, f"width {widths[i]} → {t_out[i]} frames < {need} needed", policy == "error")
+            continue
+        if t_out[i] < min_frames_per_label * n:
+            flag(
+                "below_ratio",
+                i,
+                f"width {widths[i]} → {t_out[i]} frames < {min_frames_per_label:g} × {n} labels",
+                policy == "error",
+            )
+            continue
+        label_lengths.append(n)
+        ratios.append(t_out[i] / n)
+        kept.append(i)
+
+    stats: dict[str, float] = {}
+    if label_lengths:
+        stats.update(
+            label_len_mean=sum(label_lengths) / len(label_lengths),
+            label_len_max=max(label_lengths),
+            frames_per_label_min=min(ratios),
+            frames_per_label_mean=sum(ratios) / len(ratios),
+        )
+    if load_input is not None:
+        _scan_inputs(kept, ids, load_input, stats, flag, policy)
+        bad = set(violations.get("non_finite", []))
+        kept = [i for i in kept if ids[i] not in bad]
+        if bad and policy == "error":
+            fatal.add("non_finite")
+    report = AuditReport(split, len(ids), kept, violations, details, stats)
+    if fatal:
+        raise AuditError(
+            f"the {split} data breaks the CTC contract (policy=error):\n{report.summary()}\n"
+            "Fix the data, or set stability.audit_policy=drop to train without these samples."
+        )
+    return report
+
+
+def _scan_inputs(
+    indices: list[int],
+    ids: Sequence[str],
+    load_input: Callable[[int], Tensor],
+    stats: dict[str, float],
+    flag: Callable[[str, int, str, bool], None],
+    policy: str,
+) -> None:
+    """Load every input once: non-finite values are violations; collect min/max/mean/std."""
+    total = count = 0.0
+    sq = 0.0
+    lo, hi = math.inf, -math.inf
+    for i in indices:
+        try:
+            x = load_input(i).double()
+        except ValueError as e:  # the dataset's own non-finite / unreadable check names the file
+            if "non-finite" not in str(e):
+                raise
+            flag("non_finite", i, str(e), policy == "error")
+            continue
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            flag("non_finite", i, f"{int((~finite).sum())} non-finite values", policy == "error")
+            continue
+        total += float(x.sum())
+        sq += float((x * x).sum())
+        count += x.numel()
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    if count:
+        mean = total / count
+        stats.update(
+            input_min=lo, input_max=hi, input_mean=mean, input_std=math.sqrt(max(sq / count - mean * mean, 0.0))
+        )
+
+
+def write_reports(reports: Sequence[AuditReport], folder: str | Path) -> Path:
+    """Save the reports as ``audit.json`` in the run directory and log their summaries."""
+    path = Path(folder) / "audit.json"
+    path.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n", encoding="utf-8")
+    for r in reports:
+        log.info("%s", r.summary())
+    return path

@@ -1,0 +1,87 @@
+"""The non-finite step guard: a NaN/Inf loss or gradient never reaches the weights."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("raise", "skip")
+
+
+class NonFiniteStepError(RuntimeError):
+    """A training step produced a non-finite loss or gradient and the policy forbids going on."""
+
+
+class NonFiniteGuard:
+    """Decide, after backward and clipping, whether a step may be applied.
+
+    Args:
+        policy: ``"raise"`` stops training at the first non-finite step; ``"skip"`` drops the
+            step (no weight, optimizer or scheduler update) and goes on.
+        max_consecutive_skips: with ``skip``, raise after this many non-finite steps in a row.
+    """
+
+    def __init__(self, policy: str = "raise", max_consecutive_skips: int = 5) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"non-finite policy must be one of {POLICIES}, got {policy!r}")
+        self.policy = policy
+        self.max_consecutive_skips = max_consecutive_skips
+        self.consecutive = 0
+        self.skipped = 0
+
+    def check(
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float,
+        per_sample_loss: Tensor,
+        ids: Sequence[str],
+    ) -> bool:
+        """Return True if the step is healthy; otherwise skip (False) or raise, per policy.
+
+        Args:
+            step: the global step about to be taken (1-based).
+            loss: the batch loss.
+            grad_norm: total gradient norm before clipping (after unscaling).
+            per_sample_loss: ``(B,)`` unreduced losses, to name the samples at fault.
+            ids: the batch's sample ids.
+        """
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.consecutive = 0
+            return True
+        self.consecutive += 1
+        self.skipped += 1
+        message = describe(step, loss, grad_norm, per_sample_loss, ids)
+        if self.policy == "raise":
+            raise NonFiniteStepError(message + " (stability.nonfinite_policy=raise)")
+        if self.consecutive > self.max_consecutive_skips:
+            raise NonFiniteStepError(
+                f"{message}; {self.consecutive} non-finite steps in a row exceed "
+                f"stability.max_consecutive_skips={self.max_consecutive_skips}: training diverged "
+                "(lower optimizer.lr, check the inputs, or use trainer.precision=32)"
+            )
+        log.warning("%s — step skipped (%d in a row)", message, self.consecutive)
+        return False
+
+    def state_dict(self) -> dict[str, int]:
+        return {"consecutive": self.consecutive, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.consecutive, self.skipped = int(state["consecutive"]), int(state["skipped"])
+
+
+def describe(step: int, loss: float, grad_norm: float, per_sample_loss: Tensor, ids: Sequence[str]) -> str:
+    """One line naming the step, the loss, the gradient norm and the samples at fault."""
+    bad = [ids[i] for i, v in enumerate(per_sample_loss.tolist()) if not math.isfinite(v)]
+    if bad:
+        who = f"non-finite loss in samples {bad[:10]}{' ...' if len(bad) > 10 else ''}"
+    elif not math.isfinite(loss):
+        who = f"non-finite batch loss (every sample loss finite); batch {list(ids)[:10]}"
+    else:
+        who = f"finite loss but non-finite gradient; batch {list(ids)[:10]}"
+    return f"non-finite step {step}: loss={loss}, grad_norm={grad_norm}: {who}"

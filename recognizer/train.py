@@ -1,0 +1,186 @@
+"""Train a CTC recognizer.
+
+Examples::
+
+    recognizer-train                                     # CRNN on embedded handwritten digit lines
+    recognizer-train experiment=htr_digits_crnn          # the documented recipe
+    recognizer-train data=lines data.train=data/iam/train.tsv data.val=data/iam/val.tsv data.height=64
+    recognizer-train optimizer.lr=1e-3 trainer.max_epochs=5 logger=wandb logger.wandb.mode=offline
+    recognizer-train hydra.run.dir=outputs/myrun trainer.resume=auto   # continue an interrupted run
+    recognizer-train -m optimizer.lr=1e-3,3e-4,1e-4      # a sweep; each job returns val/cer
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from recognizer import CONFIG_DIR
+from recognizer.alphabet import Alphabet
+from recognizer.builders import check_head, make_loader, run_audit, write_predictions
+from recognizer.ctc import CTCLoss
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.engine.loop import TrainState, evaluate, fit
+from recognizer.engine.precision import resolve_device, resolve_precision
+from recognizer.loggers import JsonlLogger, MultiLogger
+from recognizer.stability.audit import write_reports
+from recognizer.stability.guard import NonFiniteGuard
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resume_path(resume: str | None, run_dir: Path) -> Path | None:
+    """``None`` → start fresh; ``auto`` → ``run_dir/checkpoints/last.ckpt`` if it exists; else a path."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return last if last.is_file() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint")
+    return path
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    data = instantiate(cfg.data)
+    train_set, val_set = data.dataset("train"), data.dataset("val")
+    alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
+    model = instantiate(cfg.model, num_classes=alphabet.num_classes)
+    check_head(model, alphabet)
+    log.info(
+        "alphabet: %d symbols + blank %r; model: %s with %.2fM parameters",
+        len(alphabet),
+        alphabet,
+        type(model).__name__,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
+
+    reports = [run_audit(s, d, alphabet, model, cfg.stability) for s, d in (("train", train_set), ("val", val_set))]
+    write_reports(reports, run_dir)
+    stab = cfg.stability
+    train_loader, sampler = make_loader(
+        train_set,
+        reports[0].kept,
+        alphabet,
+        data.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        unknown=stab.unknown,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+    )
+    val_loader, _ = make_loader(
+        val_set,
+        reports[1].kept,
+        alphabet,
+        data.batch_size,
+        shuffle=False,
+        seed=cfg.seed,
+        unknown=stab.unknown,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+    )
+
+    opts = instantiate(cfg.trainer)
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    model.to(device)
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
+    guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
+    state = TrainState(model, optimizer, scheduler, precision, guard)
+    ckpt_path = resume_path(opts.resume, run_dir)
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        if Alphabet(ckpt["alphabet"]) != alphabet:
+            raise ValueError(
+                f"cannot resume from {ckpt_path}: it was trained with alphabet "
+                f"{Alphabet(ckpt['alphabet'])!r}, the data gives {alphabet!r}"
+            )
+        state.load_state_dict(ckpt)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            ckpt_path,
+            state.step,
+            state.epoch + 1,
+            state.batch_in_epoch,
+        )
+
+    ctc = CTCLoss(zero_infinity=stab.zero_infinity, reduction=stab.ctc_reduction)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    loggers = [JsonlLogger(run_dir / "metrics.jsonl")]
+    loggers += [instantiate(node) for node in (cfg.logger or {}).values()]
+    logger = MultiLogger(loggers)
+    logger.log_config(config)
+    describe = {"config": config, "alphabet": alphabet.symbols}
+    try:
+        fit(state, sampler, train_loader, val_loader, ctc, alphabet, opts, run_dir, logger, describe)
+        metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
+        logger.log_metrics(metrics, state.step)
+    finally:
+        logger.finish()
+    return metrics
+
+
+def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> dict[str, float]:
+    """Evaluate the best checkpoint on val (and test, when configured); write predictions."""
+    best = run_dir / "checkpoints" / "best.ckpt"
+    if best.is_file():
+        state.model.load_state_dict(load_checkpoint(best, map_location=state.precision.device)["model"])
+    splits = {"val": val_loader}
+    if data.has("test"):
+        test_set = data.dataset("test")
+        report = run_audit("test", test_set, alphabet, state.model, cfg.stability)
+        splits["test"], _ = make_loader(
+            test_set,
+            report.kept,
+            alphabet,
+            data.batch_size,
+            shuffle=False,
+            seed=cfg.seed,
+            unknown=cfg.stability.unknown,
+        )
+    metrics: dict[str, float] = {}
+    for split, loader in splits.items():
+        values, rows = evaluate(state.model, loader, ctc, alphabet, state.precision, keep_predictions=True)
+        write_predictions(rows, run_dir / f"predictions_{split}.tsv")
+        metrics |= {f"{split}/{k}": v for k, v in values.items()}
+    metrics["train/steps"] = state.step
+    metrics["train/time"] = state.history[-1]["time"] if state.history else 0.0
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log.info("final: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float:
+    metrics = train(cfg)
+    print(
+        f"val/cer={metrics['val/cer']:.4f} val/wer={metrics['val/wer']:.4f}"
+        + (f" test/cer={metrics['test/cer']:.4f}" if "test/cer" in metrics else "")
+    )
+    return metrics[cfg.optimized_metric]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Every config composes and instantiates; typos fail loudly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from recognizer import CONFIG_DIR
+from recognizer.engine.loop import TrainerOptions
+from tests.conftest import compose_config
+
+GROUPS = ["model", "data", "optimizer", "scheduler", "stability", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"),
+    [(g, o) for g in [*GROUPS, "experiment"] for o in options(g)],
+)
+def test_every_group_option_composes(group: str, option: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"{group}={option}", f"paths.output_dir={tmp_path}"])
+    assert cfg[group if group != "experiment" else "model"] is not None
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_models_instantiate_with_derived_classes(option: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"model={option}", f"paths.output_dir={tmp_path}"])
+    model = instantiate(cfg.model, num_classes=11)
+    assert model.num_classes == 11
+    assert "num_classes" not in cfg.model  # derived at instantiation, never written back
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_instantiates_without_generating(option: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"data={option}", f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}"])
+    data = instantiate(cfg.data)
+    assert data.batch_size >= 1
+    assert list(tmp_path.iterdir()) == []  # generation is lazy
+
+
+@pytest.mark.parametrize("option", options("optimizer"))
+def test_optimizer_and_schedulers_instantiate(option: str, tmp_path: Path) -> None:
+    for sched in options("scheduler"):
+        cfg = compose_config("train", [f"optimizer={option}", f"scheduler={sched}", f"paths.output_dir={tmp_path}"])
+        params = [torch.nn.Parameter(torch.zeros(2))]
+        opt = instantiate(cfg.optimizer)(params=params)
+        scheduler = instantiate(cfg.scheduler)(optimizer=opt, total_steps=100)
+        assert opt.param_groups[0]["lr"] <= cfg.optimizer.lr
+        scheduler.step()
+
+
+def test_trainer_instantiates_to_options(tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    assert isinstance(instantiate(cfg.trainer), TrainerOptions)
+
+
+def test_eval_config_composes(tmp_path: Path) -> None:
+    cfg = compose_config("eval", ["checkpoint=x.ckpt", f"paths.output_dir={tmp_path}"])
+    assert cfg.split == "test"
+
+
+def test_defaults_match_the_documented_grid_centre(tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"paths.output_dir={tmp_path}"])
+    assert cfg.optimizer.lr == 3e-4 and cfg.optimizer.weight_decay == 0.01
+    assert cfg.scheduler.warmup_steps == 1000
+    assert cfg.stability.min_frames_per_label == 2.0
+    assert cfg.stability.zero_infinity is True
+    assert cfg.trainer.grad_clip == 1.0
+
+
+@pytest.mark.parametrize("override", ["optimizer.lrr=1", "trainer.max_epoch=3", "model=crnnn"])
+def test_misspelt_override_fails(override: str) -> None:
+    with pytest.raises(ConfigCompositionException):
+        compose_config("train", [override])

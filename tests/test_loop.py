@@ -1,0 +1,119 @@
+"""The train step enforces the contract: label checks, non-finite guard, scheduler discipline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recognizer.ctc import CTCLoss, FeasibilityError, LabelError
+from recognizer.data.batching import Batch
+from recognizer.engine.loop import TrainState, train_step
+from recognizer.engine.precision import resolve_precision
+from recognizer.engine.schedulers import constant
+from recognizer.models import CRNN
+from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
+
+
+class PoisonedInput(nn.Module):
+    """Passes inputs through, but turns sample 1 into NaN. Placed before the head, where samples
+    no longer mix (BatchNorm in training mode would spread one sample's NaN to the whole batch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        x[1] = float("nan")
+        return x
+
+
+def make_state(policy: str = "raise", poison: bool = False) -> TrainState:
+    torch.manual_seed(0)
+    model = CRNN(num_classes=5, height=8, channels=(4,), pools=((2, 2),), rnn_hidden=8)
+    if poison:
+        model.head = nn.Sequential(PoisonedInput(), model.head)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    precision = resolve_precision("32", torch.device("cpu"))
+    return TrainState(model, optimizer, constant(optimizer, 10), precision, NonFiniteGuard(policy, 1))
+
+
+def make_batch(targets: list[list[int]], width: int = 16) -> Batch:
+    lengths = torch.tensor([len(t) for t in targets])
+    padded = torch.zeros(len(targets), max(1, int(lengths.max())), dtype=torch.long)
+    for i, t in enumerate(targets):
+        padded[i, : len(t)] = torch.tensor(t)
+    n = len(targets)
+    return Batch(
+        torch.rand(n, 1, 8, width), torch.full((n,), width), padded, lengths, ["x"] * n, [f"line-{i}" for i in range(n)]
+    )
+
+
+def weights(state: TrainState) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in state.model.parameters()]
+
+
+def test_healthy_step_updates_weights_and_scheduler() -> None:
+    state = make_state()
+    before = weights(state)
+    result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+    assert result.applied and state.step == 1 and state.scheduler.last_epoch == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights(state)))
+
+
+def test_label_id_out_of_range_in_hand_built_batch() -> None:
+    state = make_state()
+    with pytest.raises(LabelError, match=r"label ids \[5\] outside 1\.\.4 in samples \['line-1'\]"):
+        train_step(state, make_batch([[1, 2], [3, 5]]), CTCLoss(), grad_clip=1.0)
+    assert state.step == 0
+
+
+def test_blank_id_inside_a_label_is_rejected() -> None:
+    with pytest.raises(LabelError, match="Id 0 is the blank"):
+        train_step(make_state(), make_batch([[1, 0, 2]]), CTCLoss(), grad_clip=1.0)
+
+
+def test_infeasible_batch_is_named_before_the_forward() -> None:
+    state = make_state()  # width 8 → 4 frames; [1, 1, 1] needs 5
+    with pytest.raises(FeasibilityError, match=r"line-0 \(frames=4, needs 5\)"):
+        train_step(state, make_batch([[1, 1, 1]], width=8), CTCLoss(), grad_clip=1.0)
+
+
+def test_nonfinite_loss_raises_naming_the_sample_and_keeps_weights() -> None:
+    state = make_state("raise", poison=True)
+    before = weights(state)
+    with pytest.raises(NonFiniteStepError, match=r"non-finite step 1: .*samples \['line-1'\]"):
+        train_step(state, make_batch([[1, 2], [3, 4], [2]]), CTCLoss(), grad_clip=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(state)))
+
+
+def test_skip_policy_skips_without_touching_weights_optimizer_or_scheduler() -> None:
+    state = make_state("skip", poison=True)
+    before = weights(state)
+    result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+    assert not result.applied and state.step == 1
+    assert state.scheduler.last_epoch == 0  # the scheduler steps only with the optimizer
+    assert state.optimizer.state == {} or all(int(s["step"]) == 0 for s in state.optimizer.state.values())
+    assert all(torch.equal(a, b) and torch.isfinite(b).all() for a, b in zip(before, weights(state)))
+    with pytest.raises(NonFiniteStepError, match="2 non-finite steps in a row exceed"):
+        train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+
+
+def test_clipping_bounds_the_update_norm() -> None:
+    state = make_state()
+    state.optimizer = torch.optim.SGD(state.model.parameters(), lr=1.0)
+    state.scheduler = constant(state.optimizer, 10)
+    before = weights(state)
+    result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1e-3)
+    assert result.grad_norm > 1e-3  # the reported norm is before clipping
+    delta = torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(before, weights(state))))
+    assert float(delta) == pytest.approx(1e-3, rel=1e-3)  # SGD lr=1: update = clipped gradient
+
+
+def test_fp16_on_cpu_is_refused_with_advice() -> None:
+    with pytest.raises(ValueError, match="16-mixed needs CUDA"):
+        resolve_precision("16-mixed", torch.device("cpu"))
+
+
+def test_bf16_autocast_on_cpu_trains_with_fp32_loss() -> None:
+    state = make_state()
+    state.precision = resolve_precision("bf16-mixed", torch.device("cpu"))
+    result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+    assert result.applied and torch.isfinite(torch.tensor(result.loss))

@@ -1,0 +1,163 @@
+"""End to end: training on embedded data, resume determinism, evaluation, bad user data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.evaluate import evaluate_checkpoint
+from recognizer.stability.audit import AuditError
+from recognizer.train import train
+from tests.conftest import compose_config, tiny_overrides
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_short_training_writes_everything(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    metrics = train(compose_config("train", tiny_overrides(data_root, out)))
+    assert {"val/cer", "val/wer", "val/loss", "test/cer"} <= set(metrics)
+    assert 0.0 <= metrics["val/cer"] <= 1.5
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((out / "audit.json").read_text())[0]["kept"] == 96
+    header = (out / "predictions_test.tsv").read_text().splitlines()[0]
+    assert header == "id\treference\thypothesis"
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["alphabet"] == list("0123456789")
+    assert ckpt["config"]["model"]["_target_"] == "recognizer.models.CRNN"
+    assert ckpt["step"] == 12 and ckpt["epoch"] == 2
+    losses = step_losses(out)
+    assert sorted(losses) == list(range(1, 13))
+    assert losses[12] < losses[1]  # it learns something even in 12 steps
+
+
+def test_resume_reproduces_the_uninterrupted_run(data_root: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    train(compose_config("train", tiny_overrides(data_root, full)))
+    parts = tmp_path / "parts"
+    train(compose_config("train", tiny_overrides(data_root, parts, "trainer.max_steps=4")))
+    assert load_checkpoint(parts / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4  # mid-epoch
+    train(compose_config("train", tiny_overrides(data_root, parts, "trainer.resume=auto")))
+    assert step_losses(parts) == step_losses(full)  # same per-step losses, bit for bit
+    assert sorted(step_losses(parts)) == list(range(1, 13))
+
+
+def test_evaluate_needs_only_checkpoint_and_data(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    trained = train(compose_config("train", tiny_overrides(data_root, out)))
+    cfg = compose_config(
+        "eval",
+        [
+            f"checkpoint={out}/checkpoints/best.ckpt",
+            f"data.root={data_root}/digit_lines",
+            "data.num_train=96",
+            "data.num_val=24",
+            "data.num_test=24",
+            "data.height=32",
+            f"paths.output_dir={tmp_path / 'eval'}",
+            "device=cpu",
+        ],
+    )
+    metrics = evaluate_checkpoint(cfg)  # data.height=32 is replaced by the checkpoint's 16
+    assert metrics["test/cer"] == pytest.approx(trained["test/cer"])
+    rows = (tmp_path / "eval" / "predictions_test.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 24
+
+
+def write_lines(folder: Path, texts: dict[str, str], width: int = 64) -> Path:
+    """A TSV manifest with white PNG lines carrying a black bar (enough for the pipeline)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, text in texts.items():
+        pixels = np.full((32, width), 255, np.uint8)
+        pixels[8:24, 4 : width - 4] = 0
+        Image.fromarray(pixels).save(folder / f"{name}.png")
+        rows.append(f"{name}.png\t{text}")
+    manifest = folder / "lines.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def lines_overrides(manifest: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "data=lines",
+        f"data.train={manifest}",
+        f"data.val={manifest}",
+        "data.height=32",
+        "data.num_workers=0",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "scheduler.warmup_steps=1",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
+def test_user_lines_train_from_a_manifest(tmp_path: Path) -> None:
+    manifest = write_lines(tmp_path / "lines", {f"l{i}": t for i, t in enumerate(["ab", "ba c", "cab", "a"])})
+    metrics = train(compose_config("train", lines_overrides(manifest, tmp_path / "run")))
+    assert "val/cer" in metrics
+
+
+def test_label_too_long_for_the_model_is_named(tmp_path: Path) -> None:
+    # width 64 → 16 frames with the default 4× subsampling; 9 labels need 18 under the 2× rule
+    manifest = write_lines(tmp_path / "lines", {"ok": "abc", "long": "abcdabcda"})
+    with pytest.raises(AuditError, match=r"below_ratio: 1 — e\.g\. long\.png: width 64 → 16 frames < 2 × 9 labels"):
+        train(compose_config("train", lines_overrides(manifest, tmp_path / "run")))
+
+
+def test_drop_policy_trains_on_the_rest_and_counts(tmp_path: Path) -> None:
+    manifest = write_lines(tmp_path / "lines", {"ok": "abc", "ok2": "cab", "long": "abcdabcda", "empty": ""})
+    out = tmp_path / "run"
+    train(compose_config("train", lines_overrides(manifest, out, "stability.audit_policy=drop")))
+    report = json.loads((out / "audit.json").read_text())[0]
+    assert report["kept"] == 2 and report["dropped"] == 2
+    assert set(report["violations"]) == {"below_ratio", "empty"}
+
+
+def test_missing_image_is_named_before_training(tmp_path: Path) -> None:
+    manifest = write_lines(tmp_path / "lines", {"a": "ab", "b": "ba"})
+    (tmp_path / "lines" / "b.png").unlink()
+    with pytest.raises(ValueError, match=r"1 image file\(s\) listed in the manifest do not exist: b\.png → .*b\.png"):
+        train(compose_config("train", lines_overrides(manifest, tmp_path / "run")))
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = os.environ | {"WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
+    bin_dir = Path(sys.executable).parent
+    return subprocess.run(
+        [str(bin_dir / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_console_scripts_train_then_eval(data_root: Path, tmp_path: Path) -> None:
+    overrides = tiny_overrides(data_root, tmp_path / "unused")[:-1]  # let Hydra pick the run dir
+    train_run = run_cli("recognizer-train", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert train_run.returncode == 0, train_run.stderr[-3000:]
+    assert "val/cer=" in train_run.stdout
+    eval_run = run_cli(
+        "recognizer-eval",
+        f"checkpoint={tmp_path / 'run' / 'checkpoints' / 'best.ckpt'}",
+        f"data.root={data_root}/digit_lines",
+        "data.num_train=96",
+        "data.num_val=24",
+        "data.num_test=24",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        cwd=tmp_path,
+    )
+    assert eval_run.returncode == 0, eval_run.stderr[-3000:]
+    assert "test/cer=" in eval_run.stdout and (tmp_path / "eval" / "predictions_test.tsv").is_file()
