@@ -4,6 +4,11 @@ Order of a step (the stability rules live here):
 labels and lengths checked on CPU → forward under autocast → fp32 CTC loss → scaled backward →
 ``unscale_`` → ``clip_grad_norm_`` → one host sync for (loss, grad norm) → the guard decides →
 optimizer step → scheduler step only if the optimizer really stepped.
+
+Stability extras cost nothing on a healthy step: the non-finite inspector (save the batch, replay
+it with hooks, name the first bad module) runs only when the guard fires; the rollback snapshot is
+a CPU copy every ``stability.rollback_every_n_steps`` steps; blank collapse is judged from the
+validation outputs.
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_sta
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
+from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
 from recognizer.stability.guard import NonFiniteGuard
+from recognizer.stability.localize import NonFiniteInspector
+from recognizer.stability.rollback import Rollback
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,7 @@ class TrainerOptions:
     early_stopping_patience: int | None = None
     progress_bar: bool = True
     resume: str | None = None
+    num_threads: int | None = None
 
 
 @dataclass
@@ -69,6 +78,9 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0  # validations without improvement (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
+    inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
+    rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
+    collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +97,7 @@ class TrainState:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "rng": rng_state(),
+            "collapse": self.collapse.state_dict() if self.collapse else None,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -96,6 +109,8 @@ class TrainState:
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])
         set_rng_state(ckpt["rng"])
+        if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
+            self.collapse.load_state_dict(ckpt["collapse"])
 
 
 @dataclass
@@ -108,11 +123,17 @@ class StepResult:
 def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) -> StepResult:
     """One optimisation step on ``batch`` (on CPU; moved to the device here)."""
     model, optimizer, precision = state.model, state.optimizer, state.precision
+    if state.rollback is not None and state.rollback.snapshot is None:
+        state.rollback.take(state)  # the state before the first step is the first good state
     # Contract checks on the CPU copy: no device sync, and a named error instead of a NaN later.
     check_targets(batch.targets, batch.target_lengths, model.num_classes, batch.ids)
     check_feasible(model.output_lengths(batch.input_lengths), batch.targets, batch.target_lengths, batch.ids)
     batch = batch.to(precision.device, non_blocking=True)
     model.train()
+    # A NaN batch poisons BatchNorm running statistics during the forward itself; keep a device
+    # copy of the (few, small) float buffers so a rejected step leaves no trace (no host sync).
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    saved_buffers = [b.clone() for b in buffers]
     with precision.autocast():
         logits, output_lengths = model(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
     out = ctc(logits, output_lengths, batch.targets, batch.target_lengths)
@@ -129,9 +150,23 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
         scaler.step(optimizer)
         scaler.update()
         return StepResult(loss_value, norm_value, applied=False)
-    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample.cpu(), batch.ids):
+    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+        restore_buffers(buffers, saved_buffers)  # before the guard may raise or save the state
+    inspector = state.inspector
+    diagnose = None
+    if inspector is not None:  # a closure only; it runs only if the guard fires
+
+        def diagnose() -> str:
+            return inspector(state.step, model, optimizer, scaler, batch, ctc, precision.autocast)
+
+    # per_sample stays on the device: the guard reads it only on a non-finite step (no copy per step)
+    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose):
         optimizer.zero_grad(set_to_none=True)
         scaler.update()
+        if state.guard.policy == "rollback":
+            if state.rollback is None:
+                raise ValueError("stability.nonfinite_policy=rollback needs TrainState.rollback (a Rollback)")
+            state.rollback.restore(state, state.guard.last_message)
         return StepResult(loss_value, norm_value, applied=False)
     scale_before = scaler.get_scale() if precision.scaled else 1.0
     scaler.step(optimizer)
@@ -139,7 +174,16 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     applied = not precision.scaled or scaler.get_scale() >= scale_before
     if applied:
         state.scheduler.step()  # only when the optimizer really stepped
+    if state.rollback is not None:
+        state.rollback.maybe_snapshot(state, applied)
     return StepResult(loss_value, norm_value, applied)
+
+
+@torch.no_grad()
+def restore_buffers(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
+    """Copy ``saved`` back into ``buffers`` (BatchNorm statistics of a rejected step)."""
+    for b, s in zip(buffers, saved):
+        b.copy_(s)
 
 
 @torch.no_grad()
@@ -151,9 +195,14 @@ def evaluate(
     precision: Precision,
     keep_predictions: bool = False,
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Loss, CER and WER with greedy decoding; optionally (id, reference, hypothesis) rows."""
+    """Loss, CER, WER and blank statistics with greedy decoding; optionally (id, reference, hypothesis) rows.
+
+    ``blank`` is the fraction of valid output frames whose argmax is the blank, ``empty`` the
+    fraction of empty hypotheses (both near 1 mean blank collapse).
+    """
     model.eval()
     rates, loss_sum, n = ErrorRates(), 0.0, 0
+    blanks = frames = empty = 0
     rows: list[tuple[str, str, str]] = []
     for batch in loader:
         moved = batch.to(precision.device, non_blocking=True)
@@ -163,11 +212,19 @@ def evaluate(
         loss_sum += float(out.loss) * len(batch)
         n += len(batch)
         hyps = [alphabet.decode(ids) for ids in greedy_decode(logits, lengths)]
+        b, f = blank_frames(logits, lengths)
+        blanks, frames, empty = blanks + b, frames + f, empty + sum(not h for h in hyps)
         refs = [alphabet.decode(t[:k].tolist()) for t, k in zip(batch.targets, batch.target_lengths)]
         rates.update(refs, hyps)
         if keep_predictions:
             rows += list(zip(batch.ids, batch.texts, hyps))
-    metrics = {"loss": loss_sum / max(n, 1), "cer": rates.cer, "wer": rates.wer}
+    metrics = {
+        "loss": loss_sum / max(n, 1),
+        "cer": rates.cer,
+        "wer": rates.wer,
+        "blank": blanks / max(frames, 1),
+        "empty": empty / max(n, 1),
+    }
     return metrics, rows
 
 
@@ -182,6 +239,8 @@ def fit(
     run_dir: Path,
     logger: MetricLogger,
     describe: dict[str, Any],
+    grad_norm_every_step: bool = False,
+    detect_anomaly: bool = False,
 ) -> TrainState:
     """Train until ``max_epochs``/``max_steps`` or early stopping; validate and checkpoint.
 
@@ -195,6 +254,9 @@ def fit(
         run_dir: checkpoints go to ``run_dir/checkpoints``.
         logger: metric sink.
         describe: extra self-description stored in every checkpoint (config, alphabet).
+        grad_norm_every_step: also log ``train/grad_norm`` and ``train/loss`` at every step (the
+            values are already on the host: no extra sync).
+        detect_anomaly: run every step under ``torch.autograd.set_detect_anomaly`` (slow; deep dives).
     """
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
@@ -215,14 +277,17 @@ def fit(
             train_loader,
             desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
             leave=False,
-            disable=not opts.progress_bar,
+            disable=None if opts.progress_bar else True,  # None: off when not a terminal
             initial=state.batch_in_epoch,
             total=state.batch_in_epoch + len(sampler),
             mininterval=1.0,
         )
         for batch in bar:
-            result = train_step(state, batch, ctc, opts.grad_clip)
+            with torch.autograd.set_detect_anomaly(detect_anomaly):
+                result = train_step(state, batch, ctc, opts.grad_clip)
             state.batch_in_epoch += 1
+            if grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
+                logger.log_metrics({"train/grad_norm": result.grad_norm, "train/loss": result.loss}, state.step)
             if state.step % opts.log_every_n_steps == 0 or not result.applied:
                 lr = state.optimizer.param_groups[0]["lr"]
                 logger.log_metrics(
@@ -271,6 +336,8 @@ def validate_and_checkpoint(
     record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
     state.history.append({"step": state.step, **record})
     logger.log_metrics(record, state.step)
+    if state.collapse is not None:
+        state.collapse.update(state.step, metrics["blank"], metrics["empty"])
     value = record[opts.monitor]
     improved = value < state.best_metric
     if improved:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("raise", "skip")
+POLICIES = ("raise", "skip", "rollback")
 
 
 class NonFiniteStepError(RuntimeError):
@@ -22,7 +22,9 @@ class NonFiniteGuard:
 
     Args:
         policy: ``"raise"`` stops training at the first non-finite step; ``"skip"`` drops the
-            step (no weight, optimizer or scheduler update) and goes on.
+            step (no weight, optimizer or scheduler update) and goes on; ``"rollback"`` drops the
+            step too and leaves the restore of the last good state and the lower learning rate to
+            :class:`recognizer.stability.rollback.Rollback` (bounded there).
         max_consecutive_skips: with ``skip``, raise after this many non-finite steps in a row.
     """
 
@@ -33,6 +35,7 @@ class NonFiniteGuard:
         self.max_consecutive_skips = max_consecutive_skips
         self.consecutive = 0
         self.skipped = 0
+        self.last_message = ""  # the message of the last non-finite step
 
     def check(
         self,
@@ -41,6 +44,7 @@ class NonFiniteGuard:
         grad_norm: float,
         per_sample_loss: Tensor,
         ids: Sequence[str],
+        diagnose: Callable[[], str] | None = None,
     ) -> bool:
         """Return True if the step is healthy; otherwise skip (False) or raise, per policy.
 
@@ -50,6 +54,8 @@ class NonFiniteGuard:
             grad_norm: total gradient norm before clipping (after unscaling).
             per_sample_loss: ``(B,)`` unreduced losses, to name the samples at fault.
             ids: the batch's sample ids.
+            diagnose: called only on a non-finite step (the healthy path never calls it); its text
+                (the localisation, where the batch was saved) is appended to the message.
         """
         if math.isfinite(loss) and math.isfinite(grad_norm):
             self.consecutive = 0
@@ -57,8 +63,14 @@ class NonFiniteGuard:
         self.consecutive += 1
         self.skipped += 1
         message = describe(step, loss, grad_norm, per_sample_loss, ids)
+        if diagnose is not None:
+            message += f"; {diagnose()}"
+        self.last_message = message
         if self.policy == "raise":
             raise NonFiniteStepError(message + " (stability.nonfinite_policy=raise)")
+        if self.policy == "rollback":
+            log.warning("%s — rolling back", message)
+            return False
         if self.consecutive > self.max_consecutive_skips:
             raise NonFiniteStepError(
                 f"{message}; {self.consecutive} non-finite steps in a row exceed "

@@ -1,0 +1,601 @@
+"""recognizer-doctor: diagnose a training config without training.
+
+Same Hydra config as ``recognizer-train``. It audits the data (every check of the training
+pre-flight, with histograms of label lengths and output frames), checks the model head against
+the alphabet, reports input statistics, then runs a short dry run of ``doctor.dry_run_steps``
+forward/backward/update steps at the peak learning rate with per-layer activation and gradient
+norms. It ends with verdicts, each naming a known cause of NaN/inf CTC losses (or of a model that
+never learns) and its fix, printed and written to ``doctor.md`` and ``doctor.json`` in the run
+directory. The exit code is 1 when a blocking problem is found, so it can gate a job script.
+
+Examples::
+
+    recognizer-doctor                                            # the embedded digit lines + CRNN
+    recognizer-doctor data=lines data.train=data/iam/train.tsv data.val=data/iam/val.tsv data.height=64
+    recognizer-doctor optimizer.lr=1.0                           # is this learning rate safe?
+    recognizer-doctor doctor.num_classes=10                      # check a head of another size
+    recognizer-doctor stability.max_label_length=4               # enforce a cap and see who breaks it
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from recognizer import CONFIG_DIR
+from recognizer.alphabet import Alphabet, normalize
+from recognizer.builders import check_head, make_loader, run_audit
+from recognizer.ctc import CTCLoss
+from recognizer.data.batching import Batch
+from recognizer.engine.precision import Precision, resolve_device, resolve_precision
+from recognizer.stability.audit import AuditReport
+from recognizer.stability.localize import FP16_MAX, localize
+from recognizer.train import seed_everything
+
+log = logging.getLogger(__name__)
+
+BLOCKING, WARNING, OK = "blocking", "warning", "ok"
+
+#: Every verdict code → (the known cause, its fix).
+CAUSES: dict[str, tuple[str, str]] = {
+    "head_size": (
+        "class count off: the model's output layer and the alphabet disagree (blank is id 0, C = charset + 1)",
+        "derive num_classes from the alphabet (never set it by hand); retrain or rebuild the head",
+    ),
+    "ids_out_of_range": (
+        "label ids out of range: some labels use ids >= the model's class count, so CTC reads garbage or fails",
+        "make the head size match the alphabet (charset + 1) and encode labels with the same alphabet",
+    ),
+    "labels_too_long": (
+        "labels too long for the output: fewer frames than the CTC bound or the safety ratio, giving inf losses",
+        "use wider inputs or a larger data.height, less width pooling (model.pools), or shorter labels; "
+        "or set stability.audit_policy=drop",
+    ),
+    "empty_labels": (
+        "empty labels: the loss only teaches blank and pushes the model towards blank collapse",
+        "fix or remove the empty transcripts, or set stability.audit_policy=drop",
+    ),
+    "unknown_symbols": (
+        "symbols outside the alphabet would be encoded as wrong ids",
+        "add them to the alphabet file, or set stability.unknown=unk or =drop",
+    ),
+    "non_finite_inputs": (
+        "non-finite inputs (NaN/Inf values) make every loss of their batch NaN",
+        "fix or remove the files the audit names",
+    ),
+    "inputs_not_normalised": (
+        "non-normalised inputs: a large input range saturates activations and inflates gradients",
+        "scale inputs to about [0, 1] or zero mean / unit variance in the data pipeline",
+    ),
+    "lr_too_high": (
+        "learning rate too high for the observed gradient scale: updates are a large fraction of the weights",
+        "lower optimizer.lr (÷3 to ÷10), keep trainer.grad_clip > 0, lengthen scheduler.warmup_steps",
+    ),
+    "fp16_overflow": (
+        f"fp16 overflow risk: activations approach or exceed the float16 maximum {FP16_MAX:g}",
+        "use trainer.precision=bf16-mixed or 32, or add normalisation before the large layer",
+    ),
+    "exploding_layer": (
+        "an exploding layer: its gradient or activation norm is orders of magnitude above the others",
+        "check that layer's initialisation and normalisation; lower optimizer.lr; keep trainer.grad_clip > 0",
+    ),
+    "vanishing_layer": (
+        "a vanishing layer: (almost) no gradient reaches it, so it does not learn",
+        "check for dead activations, saturated recurrent gates or a detached branch; add normalisation",
+    ),
+    "nonfinite_step": (
+        "a dry-run step produced a non-finite loss or gradient",
+        "see the localisation: the named module and cause",
+    ),
+}
+
+AUDIT_CODES = {
+    "empty": "empty_labels",
+    "unknown_symbol": "unknown_symbols",
+    "too_long": "labels_too_long",
+    "infeasible": "labels_too_long",
+    "below_ratio": "labels_too_long",
+    "non_finite": "non_finite_inputs",
+}
+
+
+@dataclass
+class DoctorOptions:
+    """Doctor settings (``conf/doctor.yaml``, node ``doctor``). See the YAML for each key's meaning."""
+
+    dry_run_steps: int = 3
+    num_classes: int | None = None
+    histogram_bins: int = 8
+    max_input_abs: float = 10.0
+    max_update_ratio: float = 0.05
+    max_loss_growth: float = 3.0
+    explode_factor: float = 1e3
+    vanish_factor: float = 1e-5
+    fp16_margin: float = 8.0
+
+
+@dataclass
+class Verdict:
+    """One finding: a known cause and its fix, with the evidence."""
+
+    code: str
+    severity: str  # blocking | warning | ok
+    evidence: str
+    cause: str = ""
+    fix: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.cause and self.code in CAUSES:
+            self.cause, self.fix = CAUSES[self.code]
+
+
+@dataclass
+class DoctorReport:
+    """Everything the doctor found."""
+
+    verdicts: list[Verdict] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    histograms: dict[str, dict[str, list]] = field(default_factory=dict)
+    inputs: dict[str, float] = field(default_factory=dict)
+    dry_run: list[dict[str, Any]] = field(default_factory=list)
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def blocking(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.severity == BLOCKING]
+
+    def codes(self, severity: str | None = None) -> set[str]:
+        return {v.code for v in self.verdicts if severity is None or v.severity == severity}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": not self.blocking,
+            "verdicts": [asdict(v) for v in self.verdicts],
+            "model": self.model,
+            "audit": self.audit,
+            "histograms": self.histograms,
+            "inputs": self.inputs,
+            "dry_run": self.dry_run,
+            "layers": self.layers,
+        }
+
+
+# ----------------------------------------------------------------------------- data and head
+
+
+def histogram(values: list[float], bins: int) -> dict[str, list]:
+    """Equal-width histogram: ``{"edges": [...], "counts": [...]}`` (``bins`` bins, at most)."""
+    if not values:
+        return {"edges": [], "counts": []}
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return {"edges": [lo, hi], "counts": [len(values)]}
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for v in values:
+        counts[min(int((v - lo) / width), bins - 1)] += 1
+    return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts}
+
+
+def length_histograms(dataset: Any, alphabet: Alphabet, model: nn.Module, bins: int) -> dict[str, dict[str, list]]:
+    """Histograms of label lengths, output frames and frames per label over one split."""
+    labels = [len(normalize(t)) for t in dataset.texts]
+    frames = model.output_lengths(torch.tensor(list(dataset.widths), dtype=torch.long)).tolist()
+    ratios = [f / n for f, n in zip(frames, labels) if n > 0]
+    return {
+        "label_length": histogram([float(n) for n in labels], bins),
+        "output_frames": histogram([float(f) for f in frames], bins),
+        "frames_per_label": histogram(ratios, bins),
+    }
+
+
+def head_verdicts(model: nn.Module, alphabet: Alphabet, dataset: Any) -> list[Verdict]:
+    """The head size against the alphabet, and label ids against the head."""
+    try:
+        check_head(model, alphabet)
+    except ValueError as e:
+        verdicts = [Verdict("head_size", BLOCKING, str(e))]
+    else:
+        return [Verdict("head_size", OK, f"{model.num_classes} classes = {len(alphabet)} symbols + blank")]
+    top = model.num_classes - 1
+    out_of_range: dict[str, int] = {}
+    for sample_id, text in zip(dataset.ids, dataset.texts):
+        ids = alphabet.encode(text, "unk") if not alphabet.unknown(text) or alphabet.has_unk else []
+        if any(i > top for i in ids):
+            out_of_range[sample_id] = max(ids)
+    if out_of_range:
+        examples = ", ".join(f"{k} (id {v})" for k, v in list(out_of_range.items())[:5])
+        verdicts.append(
+            Verdict(
+                "ids_out_of_range",
+                BLOCKING,
+                f"{len(out_of_range)} train samples use label ids > {top}, the model's largest class: {examples}",
+            )
+        )
+    return verdicts
+
+
+def audit_verdicts(reports: list[AuditReport], policy: str) -> list[Verdict]:
+    """Turn the audit's violations into verdicts (blocking when the training policy is ``error``)."""
+    found: dict[str, list[str]] = {}
+    for report in reports:
+        for reason, examples in report.details.items():
+            found.setdefault(AUDIT_CODES[reason], []).append(
+                f"{report.split}: {reason} × {len(report.violations[reason])} (e.g. {'; '.join(examples[:3])})"
+            )
+    severity = BLOCKING if policy == "error" else WARNING
+    verdicts = [Verdict(code, severity, " | ".join(lines)) for code, lines in found.items()]
+    total = sum(r.total for r in reports)
+    for code in ("labels_too_long", "empty_labels", "unknown_symbols", "non_finite_inputs"):
+        if code not in found:
+            verdicts.append(Verdict(code, OK, f"none in {total} samples"))
+    return verdicts
+
+
+def input_verdicts(stats: dict[str, float], opts: DoctorOptions) -> list[Verdict]:
+    """Range and spread of the (finite) inputs."""
+    if "input_min" not in stats:
+        return [Verdict("inputs_not_normalised", WARNING, "no input statistics: set stability.scan_inputs=true")]
+    lo, hi, mean, std = stats["input_min"], stats["input_max"], stats["input_mean"], stats["input_std"]
+    text = f"range [{lo:.4g}, {hi:.4g}], mean {mean:.4g}, std {std:.4g}"
+    if max(abs(lo), abs(hi)) > opts.max_input_abs:
+        return [Verdict("inputs_not_normalised", WARNING, f"{text}: |x| > {opts.max_input_abs:g}")]
+    if std < 1e-6:
+        return [Verdict("inputs_not_normalised", WARNING, f"{text}: the inputs are constant")]
+    return [Verdict("inputs_not_normalised", OK, text)]
+
+
+# ----------------------------------------------------------------------------- dry run
+
+
+class LayerProbe:
+    """Forward hooks on leaf modules: RMS and max |value| of each output, per step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.stats: dict[str, dict[str, float]] = {}
+        self.handles = [
+            m.register_forward_hook(self._hook(name))
+            for name, m in model.named_modules()
+            if name and not list(m.children())
+        ]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            out = output[0] if isinstance(output, tuple) else output
+            if isinstance(out, Tensor) and out.is_floating_point() and out.numel():
+                x = out.detach().float()
+                self.stats[name] = {"act_rms": float(x.pow(2).mean().sqrt()), "act_max": float(x.abs().max())}
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def grad_norms(model: nn.Module) -> dict[str, float]:
+    """L2 norm of the gradient of each module's own parameters (modules without any are left out)."""
+    norms = {}
+    for name, m in model.named_modules():
+        grads = [p.grad.detach().float() for p in m.parameters(recurse=False) if p.grad is not None]
+        if grads:
+            norms[name or "<model>"] = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+    return norms
+
+
+def own_params(model: nn.Module) -> dict[str, list[Tensor]]:
+    return {
+        name or "<model>": list(m.parameters(recurse=False))
+        for name, m in model.named_modules()
+        if list(m.parameters(recurse=False))
+    }
+
+
+def dry_run(
+    model: nn.Module,
+    batches: list[Batch],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    ctc: CTCLoss,
+    grad_clip: float,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], Verdict | None]:
+    """Run forward/backward/update on ``batches`` at a constant learning rate, measuring every layer.
+
+    Returns:
+        Per-step records (loss, grad norm, largest update/weight ratio), per-layer statistics of
+        the last step (activation RMS/max, gradient norm, update ratio; ``act_max`` is the largest
+        over all steps), and a ``nonfinite_step`` verdict when a step went non-finite (localised).
+    """
+    steps: list[dict[str, Any]] = []
+    layers: dict[str, dict[str, float]] = {}
+    params = own_params(model)
+    act_max: dict[str, float] = {}
+    model.train()
+    for i, batch in enumerate(batches, 1):
+        batch = batch.to(precision.device)
+        probe = LayerProbe(model)
+        try:
+            with precision.autocast():
+                logits, lengths = model(batch.inputs, batch.input_lengths)
+        finally:
+            probe.remove()
+        out = ctc(logits, lengths, batch.targets, batch.target_lengths)
+        optimizer.zero_grad(set_to_none=True)
+        precision.scaler.scale(out.loss).backward()
+        precision.scaler.unscale_(optimizer)
+        norms = grad_norms(model)
+        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf))
+        loss = float(out.loss.detach())
+        if not (math.isfinite(loss) and math.isfinite(total)):
+            found = localize(model, batch, ctc, precision.autocast)
+            steps.append({"step": i, "loss": loss, "grad_norm": total})
+            evidence = f"dry-run step {i}: loss={loss}, grad_norm={total}; {found.summary()}"
+            return steps, layers, Verdict("nonfinite_step", BLOCKING, evidence, cause=found.cause, fix="")
+        before = {k: [p.detach().clone() for p in ps] for k, ps in params.items()}
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+        ratios = {}
+        for k, ps in params.items():
+            delta = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(ps, before[k])))
+            norm = math.sqrt(sum(float(b.pow(2).sum()) for b in before[k]))
+            ratios[k] = delta / norm if norm > 1e-12 else 0.0
+        for name, s in probe.stats.items():
+            act_max[name] = max(act_max.get(name, 0.0), s["act_max"])
+        layers = {name: dict(s) for name, s in probe.stats.items()}
+        for name in layers:
+            layers[name]["act_max"] = act_max[name]
+        for name, g in norms.items():
+            layers.setdefault(name, {}).update(grad_norm=g, update_ratio=ratios[name])
+        steps.append({"step": i, "loss": loss, "grad_norm": total, "max_update_ratio": max(ratios.values(), default=0)})
+    return steps, layers, None
+
+
+def dynamics_verdicts(
+    steps: list[dict[str, Any]],
+    layers: dict[str, dict[str, float]],
+    lr: float,
+    precision: Precision,
+    opts: DoctorOptions,
+) -> list[Verdict]:
+    """Learning rate, exploding/vanishing layers and fp16 headroom from the dry run."""
+    verdicts = []
+    first, last = steps[0]["loss"], steps[-1]["loss"]
+    worst = max(steps, key=lambda s: s["max_update_ratio"])
+    ratio_text = f"largest update/weight ratio {worst['max_update_ratio']:.3g} at step {worst['step']}"
+    if last > opts.max_loss_growth * first:
+        verdicts.append(
+            Verdict(
+                "lr_too_high",
+                BLOCKING,
+                f"at lr {lr:g} the loss grew from {first:.4g} to {last:.4g} in {len(steps)} steps; {ratio_text}",
+            )
+        )
+    elif worst["max_update_ratio"] > opts.max_update_ratio:
+        verdicts.append(Verdict("lr_too_high", WARNING, f"at lr {lr:g}: {ratio_text} > {opts.max_update_ratio:g}"))
+    else:
+        verdicts.append(Verdict("lr_too_high", OK, f"at lr {lr:g}: {ratio_text}; loss {first:.4g} → {last:.4g}"))
+    grads = {k: v["grad_norm"] for k, v in layers.items() if "grad_norm" in v}
+    median = sorted(grads.values())[len(grads) // 2] if grads else 0.0
+    exploding = [k for k, g in grads.items() if median > 0 and g > opts.explode_factor * median]
+    vanishing = [k for k, g in grads.items() if g <= opts.vanish_factor * median]
+    verdicts.append(
+        Verdict("exploding_layer", WARNING, f"gradient norm > {opts.explode_factor:g} × median: {exploding}")
+        if exploding
+        else Verdict(
+            "exploding_layer", OK, f"layer gradient norms within {opts.explode_factor:g} × median {median:.3g}"
+        )
+    )
+    verdicts.append(
+        Verdict("vanishing_layer", WARNING, f"gradient norm ≤ {opts.vanish_factor:g} × median: {vanishing}")
+        if vanishing
+        else Verdict("vanishing_layer", OK, f"every layer gets ≥ {opts.vanish_factor:g} × the median gradient norm")
+    )
+    name, peak = max(((k, v["act_max"]) for k, v in layers.items() if "act_max" in v), key=lambda kv: kv[1])
+    fp16 = precision.autocast_dtype == torch.float16
+    text = f"largest |activation| {peak:.4g} in '{name}' (float16 max {FP16_MAX:g}, precision {precision.name})"
+    if peak > FP16_MAX:
+        verdicts.append(Verdict("fp16_overflow", BLOCKING if fp16 else WARNING, text + ": overflows under fp16"))
+    elif peak > FP16_MAX / opts.fp16_margin:
+        verdicts.append(Verdict("fp16_overflow", WARNING, text + f": within {opts.fp16_margin:g}× of overflow"))
+    else:
+        verdicts.append(Verdict("fp16_overflow", OK, text))
+    return verdicts
+
+
+# ----------------------------------------------------------------------------- the whole diagnosis
+
+
+def diagnose(cfg: DictConfig, model: nn.Module | None = None) -> DoctorReport:
+    """Run every check of the doctor on ``cfg`` (a composed ``doctor`` config).
+
+    Args:
+        cfg: the composed config (``conf/doctor.yaml``).
+        model: a model to diagnose instead of ``cfg.model`` built for the alphabet (the Python API
+            for checking a hand-built or loaded model).
+
+    Returns:
+        The :class:`DoctorReport`; ``report.blocking`` lists the blocking verdicts.
+    """
+    opts: DoctorOptions = instantiate(cfg.doctor)
+    seed_everything(cfg.seed)
+    stab = cfg.stability
+    data = instantiate(cfg.data)
+    train_set, val_set = data.dataset("train"), data.dataset("val")
+    alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=stab.unknown == "unk")
+    if model is None:
+        model = instantiate(cfg.model, num_classes=opts.num_classes or alphabet.num_classes)
+    report = DoctorReport()
+    report.model = {
+        "type": type(model).__name__,
+        "num_classes": model.num_classes,
+        "alphabet_classes": alphabet.num_classes,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    report.verdicts += head_verdicts(model, alphabet, train_set)
+    reports = [_audit(split, ds, alphabet, model, stab) for split, ds in (("train", train_set), ("val", val_set))]
+    report.audit = [r.to_dict() for r in reports]
+    report.verdicts += audit_verdicts(reports, stab.audit_policy)
+    report.histograms = length_histograms(train_set, alphabet, model, opts.histogram_bins)
+    report.inputs = {k: v for k, v in reports[0].stats.items() if k.startswith("input_")}
+    report.verdicts += input_verdicts(reports[0].stats, opts)
+    if report.codes(BLOCKING) & {"head_size", "ids_out_of_range"}:
+        log.info("dry run skipped: the head does not match the alphabet")
+        return report
+    _run_dry(cfg, opts, model, train_set, reports[0].kept, alphabet, report)
+    return report
+
+
+def _audit(split: str, dataset: Any, alphabet: Alphabet, model: nn.Module, stab: Any) -> AuditReport:
+    """The training audit with policy ``drop``, so that every violation is collected, none raised."""
+    node = dict(stab)
+    node["audit_policy"] = "drop"
+    node["unknown"] = "drop" if stab.unknown == "error" else stab.unknown
+    return run_audit(split, dataset, alphabet, model, _Node(node))
+
+
+class _Node:
+    """Attribute access to a plain dict (a config node with some values replaced)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _run_dry(
+    cfg: DictConfig,
+    opts: DoctorOptions,
+    model: nn.Module,
+    dataset: Any,
+    kept: list[int],
+    alphabet: Alphabet,
+    report: DoctorReport,
+) -> None:
+    if opts.dry_run_steps < 1 or not kept:
+        return
+    trainer = cfg.trainer
+    device = resolve_device(trainer.device)
+    precision = resolve_precision(trainer.precision, device)
+    model.to(device)
+    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
+    loader, _ = make_loader(dataset, kept, alphabet, cfg.data.batch_size, shuffle=True, seed=cfg.seed, unknown="unk")
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == opts.dry_run_steps:
+            break
+    ctc = CTCLoss(zero_infinity=cfg.stability.zero_infinity, reduction=cfg.stability.ctc_reduction)
+    steps, layers, failure = dry_run(model, batches, optimizer, precision, ctc, trainer.grad_clip)
+    report.dry_run, report.layers = steps, layers
+    lr = optimizer.param_groups[0]["lr"]
+    if failure is not None:
+        report.verdicts.append(failure)
+        grew = len(steps) > 1 and steps[-2]["loss"] > opts.max_loss_growth * steps[0]["loss"]
+        if grew or "learning rate is too high" in failure.cause:
+            losses = " → ".join(f"{s['loss']:.4g}" for s in steps)
+            report.verdicts.append(
+                Verdict("lr_too_high", BLOCKING, f"the dry run at lr {lr:g} diverged: loss {losses}")
+            )
+        return
+    report.verdicts += dynamics_verdicts(steps, layers, lr, precision, opts)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def render_text(report: DoctorReport) -> str:
+    """The terminal report: findings first, then the verdicts."""
+    lines = [f"recognizer-doctor — {report.model['type']}, {report.model['num_classes']} classes"]
+    for audit in report.audit:
+        lines.append(f"audit[{audit['split']}]: {audit['total']} samples, {audit['dropped']} with violations")
+    for name, h in report.histograms.items():
+        lines.append(f"histogram {name}:")
+        for lo, hi, n in zip(h["edges"], h["edges"][1:], h["counts"]):
+            lines.append(f"  [{lo:7.2f}, {hi:7.2f}) {n:6d} {'#' * min(40, math.ceil(40 * n / max(h['counts'])))}")
+    if report.dry_run:
+        lines.append("dry run: " + ", ".join(f"step {s['step']} loss {s['loss']:.4g}" for s in report.dry_run))
+        lines.append(f"  {'layer':32s} {'act_rms':>10s} {'act_max':>10s} {'grad_norm':>10s} {'upd/w':>9s}")
+        for name, s in report.layers.items():
+            cells = [
+                _cell(s, k, w) for k, w in (("act_rms", 10), ("act_max", 10), ("grad_norm", 10), ("update_ratio", 9))
+            ]
+            lines.append(f"  {name:32s} " + " ".join(cells))
+    lines.append("verdicts:")
+    order = {BLOCKING: 0, WARNING: 1, OK: 2}
+    for v in sorted(report.verdicts, key=lambda v: order[v.severity]):
+        lines.append(f"  [{v.severity.upper():8s}] {v.code}: {v.evidence}")
+        if v.severity != OK:
+            lines.append(f"             cause: {v.cause}")
+            if v.fix:
+                lines.append(f"             fix: {v.fix}")
+    n = len(report.blocking)
+    lines.append(f"result: {'FAIL' if n else 'PASS'} ({n} blocking, {len(report.codes(WARNING))} warnings)")
+    return "\n".join(lines)
+
+
+def _cell(stats: dict[str, float], key: str, width: int) -> str:
+    """A right-aligned number, or ``-`` for a layer without that value (no parameters: no gradient)."""
+    return f"{stats[key]:{width}.3g}" if key in stats else f"{'-':>{width}s}"
+
+
+def render_markdown(report: DoctorReport) -> str:
+    """``doctor.md``: the verdict table, then the histograms and the per-layer table."""
+    n = len(report.blocking)
+    md = [f"# recognizer-doctor: {'FAIL' if n else 'PASS'}", "", "| severity | verdict | evidence | cause | fix |"]
+    md.append("|---|---|---|---|---|")
+    for v in report.verdicts:
+        cells = [v.severity, v.code, v.evidence, v.cause if v.severity != OK else "", v.fix if v.severity != OK else ""]
+        md.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    for name, h in report.histograms.items():
+        md += ["", f"## {name}", "", "| bin | count |", "|---|---|"]
+        md += [f"| {lo:.2f}–{hi:.2f} | {c} |" for lo, hi, c in zip(h["edges"], h["edges"][1:], h["counts"])]
+    if report.layers:
+        md += ["", "## Dry run, last step", "", "| layer | act RMS | act max | grad norm | update/weight |"]
+        md.append("|---|---|---|---|---|")
+        for name, s in report.layers.items():
+            md.append(
+                f"| {name} | "
+                + " | ".join(_cell(s, k, 0).strip() for k in ("act_rms", "act_max", "grad_norm", "update_ratio"))
+                + " |"
+            )
+    return "\n".join(md) + "\n"
+
+
+def write_report(report: DoctorReport, run_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``doctor.json`` and ``doctor.md`` into ``run_dir``."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = run_dir / "doctor.json", run_dir / "doctor.md"
+    json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    md_path.write_text(render_markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+def run_doctor(cfg: DictConfig, model: nn.Module | None = None) -> DoctorReport:
+    """Diagnose, print the terminal report and write the files. Returns the report."""
+    report = diagnose(cfg, model)
+    json_path, md_path = write_report(report, cfg.paths.output_dir)
+    print(render_text(report))
+    print(f"report: {md_path} and {json_path}")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="doctor")
+def main(cfg: DictConfig) -> None:
+    report = run_doctor(cfg)
+    if report.blocking:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Rollback after a non-finite step: restore the last good state and lower the learning rate.
+
+The last good state is a CPU copy of the model, optimizer, scheduler and scaler state, taken
+every ``every_n_steps`` applied steps (and once before the first step). The trade-off: a copy
+costs one device→host transfer of the weights and optimizer moments (on CUDA it synchronises),
+so it is not taken every step; a rollback then loses up to ``every_n_steps`` steps of progress.
+The step counter and the position in the data go on (the batches after the failure are new
+ones), so a rollback never replays the batch that failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recognizer.stability.guard import NonFiniteStepError
+
+log = logging.getLogger(__name__)
+
+
+class RollbackError(NonFiniteStepError):
+    """More rollbacks than allowed: training keeps diverging after lowering the learning rate."""
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.detach().to("cpu", copy=True)
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return copy.deepcopy(x)
+
+
+@dataclass
+class RollbackEvent:
+    step: int  # the failing step
+    restored_step: int  # the step of the restored state
+    lr_scale: float  # learning-rate multiplier in force after the rollback
+    message: str  # the guard's message for the failing step
+
+
+class Rollback:
+    """Keep the last good state; on a non-finite step restore it with a lower learning rate.
+
+    Args:
+        every_n_steps: snapshot the state after every N-th applied step (>= 1).
+        lr_factor: multiply the learning rate by this after each rollback, in (0, 1].
+        max_rollbacks: raise :class:`RollbackError` (with the history) on the rollback after this many.
+    """
+
+    def __init__(self, every_n_steps: int = 50, lr_factor: float = 0.5, max_rollbacks: int = 3) -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"stability.rollback_every_n_steps must be >= 1, got {every_n_steps}")
+        if not 0.0 < lr_factor <= 1.0:
+            raise ValueError(f"stability.rollback_lr_factor must be in (0, 1], got {lr_factor}")
+        self.every_n_steps = every_n_steps
+        self.lr_factor = lr_factor
+        self.max_rollbacks = max_rollbacks
+        self.lr_scale = 1.0  # cumulative learning-rate multiplier
+        self.snapshot: dict[str, Any] | None = None
+        self.history: list[RollbackEvent] = []
+
+    def maybe_snapshot(self, state: Any, applied: bool) -> None:
+        """After a step: take a snapshot if none exists yet or every ``every_n_steps`` applied steps."""
+        if self.snapshot is None or (applied and state.step % self.every_n_steps == 0):
+            self.take(state)
+
+    def take(self, state: Any) -> None:
+        """Copy the model/optimizer/scheduler/scaler state to the CPU."""
+        self.snapshot = {
+            "step": state.step,
+            "lr_scale": self.lr_scale,
+            "model": _to_cpu(state.model.state_dict()),
+            "optimizer": _to_cpu(state.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(state.scheduler.state_dict()),
+            "scaler": copy.deepcopy(state.precision.scaler.state_dict()),
+        }
+
+    def restore(self, state: Any, message: str) -> RollbackEvent:
+        """Restore the snapshot into ``state`` and lower the learning rate by ``lr_factor``.
+
+        Raises:
+            RollbackError: after ``max_rollbacks`` rollbacks, with the history of all of them.
+        """
+        if self.snapshot is None:
+            raise RollbackError(f"{message}; no good state to roll back to (no step has succeeded yet)")
+        if len(self.history) >= self.max_rollbacks:
+            lines = "\n".join(
+                f"  step {e.step} → restored step {e.restored_step}, lr × {e.lr_scale:.3g}: {e.message}"
+                for e in self.history
+            )
+            raise RollbackError(
+                f"{message}; stability.max_rollbacks={self.max_rollbacks} rollbacks already done and "
+                f"training still diverges. History:\n{lines}\nLower optimizer.lr, check the data with "
+                "recognizer-doctor, or use trainer.precision=32."
+            )
+        snap = self.snapshot
+        state.model.load_state_dict(snap["model"])
+        state.optimizer.load_state_dict(snap["optimizer"])
+        state.scheduler.load_state_dict(snap["scheduler"])
+        state.precision.scaler.load_state_dict(snap["scaler"])
+        self.lr_scale *= self.lr_factor
+        scale = self.lr_scale / snap["lr_scale"]
+        scheduler = state.scheduler
+        scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]
+        for group in state.optimizer.param_groups:
+            group["lr"] *= scale
+            if "initial_lr" in group:
+                group["initial_lr"] *= scale
+        state.optimizer.zero_grad(set_to_none=True)
+        event = RollbackEvent(state.step, snap["step"], self.lr_scale, message)
+        self.history.append(event)
+        log.warning(
+            "rollback %d/%d at step %d: restored the state of step %d, learning rate × %.3g",
+            len(self.history),
+            self.max_rollbacks,
+            state.step,
+            snap["step"],
+            self.lr_scale,
+        )
+        return event
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr_scale": self.lr_scale, "rollbacks": len(self.history)}
+
+
+def finite_weights(model: torch.nn.Module) -> bool:
+    """True when every parameter and buffer of ``model`` is finite (a test and doctor helper)."""
+    tensors = [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
