@@ -1,5 +1,7 @@
-"""Data sets: embedded handwritten digit lines and users' line images."""
+"""Data sets: embedded handwritten digit lines and spoken digits; users' line images, audio
+manifests and LibriSpeech copies."""
 
 from recognizer.data.modules import DigitLinesData, LinesData
+from recognizer.data.speech_modules import AudioManifestData, LibriSpeechData, SpokenDigitsData
 
-__all__ = ["DigitLinesData", "LinesData"]
+__all__ = ["AudioManifestData", "DigitLinesData", "LibriSpeechData", "LinesData", "SpokenDigitsData"]

@@ -1,0 +1,82 @@
+"""Reading audio with soundfile (WAV, FLAC, OGG, ... — no FFmpeg) and checking it on the way in.
+
+Every failure raises :class:`~recognizer.data.lines.DataError` naming the file and the fix: a
+missing, corrupt or unsupported file, NaN/Inf samples, empty or all-zero audio, and a sample rate
+that differs from the model's when resampling is off. Clipping is only counted and logged (it
+degrades audio but does not break the CTC contract).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+from torch import Tensor
+
+from recognizer.data.lines import DataError
+
+log = logging.getLogger(__name__)
+
+CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
+
+
+def audio_info(path: Path) -> tuple[int, int]:
+    """``(num_samples, sample_rate)`` from the file header, without decoding the audio."""
+    if not path.is_file():
+        raise DataError(f"audio file {path} does not exist: fix the path or remove it from the manifest")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise DataError(
+            f"cannot read audio {path}: {e}. Supported formats are those of libsndfile "
+            "(WAV, FLAC, OGG/Vorbis, MP3, ...); convert the file (e.g. to 16-bit FLAC) or remove it"
+        ) from None
+    return int(info.frames), int(info.samplerate)
+
+
+def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
+    """Exactly the length :func:`torchaudio.functional.resample` returns: ``ceil(n × new / orig)``."""
+    if orig_rate == new_rate:
+        return num_samples
+    return -(-num_samples * new_rate // orig_rate)
+
+
+def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
+    """Decode ``path`` to a mono ``(N,)`` float32 waveform at ``sample_rate`` in [-1, 1], checked.
+
+    Multi-channel audio is averaged to mono. Raises DataError for unreadable, empty, silent or
+    non-finite audio, and for a rate mismatch when ``resample`` is False.
+    """
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        if not path.is_file():
+            raise DataError(f"audio file {path} does not exist: fix the path or remove it from the manifest") from None
+        raise DataError(f"cannot read audio {path}: {e}. Convert it (e.g. to 16-bit FLAC) or remove it") from None
+    wave = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
+    if not np.isfinite(wave).all():
+        n = int((~np.isfinite(wave)).sum())
+        raise DataError(
+            f"audio {path} has {n} non-finite sample(s) (NaN/Inf): fix or remove the file; "
+            "non-finite inputs make the CTC loss NaN"
+        )
+    if wave.size == 0:
+        raise DataError(f"audio {path} is empty (0 samples): remove it from the manifest")
+    if not np.any(wave):
+        raise DataError(f"audio {path} is silent (all {wave.size} samples are 0): remove it from the manifest")
+    clipped = int((np.abs(wave) >= CLIP_LEVEL).sum())
+    if clipped:
+        log.warning("audio %s: %d of %d samples are clipped (|x| >= %g)", path, clipped, wave.size, CLIP_LEVEL)
+    x = torch.from_numpy(np.ascontiguousarray(wave))
+    if rate != sample_rate:
+        if not resample:
+            raise DataError(
+                f"audio {path} is sampled at {rate} Hz but the model expects {sample_rate} Hz: set "
+                f"data.resample=true, or resample the file, or set data.sample_rate={rate}"
+            )
+        x = AF.resample(x, rate, sample_rate)  # length: resampled_length(N, rate, sample_rate)
+    return x

@@ -1,0 +1,175 @@
+"""Speech data sets: NeMo-style JSONL manifests and the dataset that turns audio into log-mel inputs.
+
+A manifest line is ``{"audio_filepath": ..., "duration": seconds, "text": ...}`` (``id`` optional);
+relative paths are relative to the manifest's folder. Input lengths (feature frames) are known
+from the audio headers without decoding, so the pre-flight audit checks every utterance before
+the first step; an item's input is ``(1, n_mels, frames)``, time as width, like a line image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from recognizer.data.audio import audio_info, read_audio, resampled_length
+from recognizer.data.features import LogMel, SpecAugment
+from recognizer.data.lines import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AudioRecord:
+    """One utterance: a unique id, the audio file, its transcript and duration in seconds."""
+
+    id: str
+    path: Path
+    text: str
+    duration: float
+
+
+def read_audio_manifest(path: str | Path) -> list[AudioRecord]:
+    """Read a JSONL manifest with ``audio_filepath``, ``duration`` and ``text`` per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist: point data.train/val/test at a .jsonl audio manifest")
+    records = []
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                audio, duration, text = obj["audio_filepath"], float(obj["duration"]), obj["text"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise DataError(
+                    f"{path}:{lineno}: expected a JSON object with 'audio_filepath', 'duration' and 'text' ({e})"
+                ) from None
+            records.append(AudioRecord(str(obj.get("id", audio)), path.parent / audio, str(text), duration))
+    if not records:
+        raise DataError(f"manifest {path} lists no utterances")
+    check_unique(records, path)
+    return records
+
+
+def check_unique(records: Sequence[AudioRecord], source: Path) -> None:
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"{source}: utterance id {r.id!r} appears twice; ids must be unique")
+        seen.add(r.id)
+
+
+def filter_duration(
+    records: list[AudioRecord], min_duration: float | None, max_duration: float | None, source: str
+) -> list[AudioRecord]:
+    """Keep utterances with ``min_duration <= duration <= max_duration`` (seconds); log what was dropped."""
+    kept = [
+        r
+        for r in records
+        if (min_duration is None or r.duration >= min_duration) and (max_duration is None or r.duration <= max_duration)
+    ]
+    if len(kept) < len(records):
+        log.info(
+            "%s: dropped %d of %d utterances outside [%s, %s] s",
+            source,
+            len(records) - len(kept),
+            len(records),
+            min_duration,
+            max_duration,
+        )
+    if not kept:
+        raise DataError(
+            f"{source}: no utterance is within data.min_duration={min_duration} .. data.max_duration={max_duration} s"
+        )
+    return kept
+
+
+class AudioDataset(Dataset):
+    """Utterances as log-mel features; items are ``{"id", "input": (1, n_mels, frames), "text"}``.
+
+    Args:
+        records: the utterances.
+        features: the log-mel front end (it knows the sample rate and the hop).
+        sample_rate: the model's audio rate in Hz.
+        resample: resample files at another rate; if False such a file is a DataError.
+        augment: SpecAugment applied in ``__getitem__`` (train split only), or None.
+        cache: keep computed features in memory (fp16) after their first load.
+    """
+
+    def __init__(
+        self,
+        records: list[AudioRecord],
+        features: LogMel,
+        sample_rate: int,
+        resample: bool = True,
+        augment: SpecAugment | None = None,
+        cache: bool = False,
+    ) -> None:
+        self.records = records
+        self.features = features
+        self.sample_rate = sample_rate
+        self.resample = resample
+        self.augment = augment
+        self.cache = cache
+        self._cache: dict[int, Tensor] = {}
+        self._widths: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.records]
+
+    @property
+    def texts(self) -> list[str]:
+        return [r.text for r in self.records]
+
+    @property
+    def widths(self) -> list[int]:
+        """Feature frames of every utterance, from the audio headers (cached)."""
+        if self._widths is None:
+            self._widths = [self._frames(r) for r in self.records]
+        return self._widths
+
+    def _frames(self, r: AudioRecord) -> int:
+        num_samples, rate = audio_info(r.path)
+        if num_samples == 0:
+            raise DataError(f"audio {r.path} (utterance {r.id}) is empty (0 samples): remove it from the manifest")
+        if rate != self.sample_rate and not self.resample:
+            raise DataError(
+                f"audio {r.path} (utterance {r.id}) is sampled at {rate} Hz but the model expects "
+                f"{self.sample_rate} Hz: set data.resample=true, or resample the file, or set data.sample_rate={rate}"
+            )
+        return self.features.num_frames(resampled_length(num_samples, rate, self.sample_rate))
+
+    def load(self, index: int) -> Tensor:
+        """The ``(1, n_mels, frames)`` fp32 features of utterance ``index`` (no augmentation)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached.float().unsqueeze(0)
+        r = self.records[index]
+        wave = read_audio(r.path, self.sample_rate, self.resample)
+        x = self.features(wave)  # (n_mels, frames)
+        if self._widths is not None and x.shape[-1] != self._widths[index]:
+            raise DataError(
+                f"audio {r.path} (utterance {r.id}) decodes to {x.shape[-1]} frames but its header "
+                f"promised {self._widths[index]}: re-encode the file as WAV or FLAC"
+            )
+        if self.cache:  # return the cached copy so the first epoch sees the same values as later ones
+            self._cache[index] = x.half()
+            return self.load(index)
+        return x.unsqueeze(0)
+
+    def __getitem__(self, index: int) -> dict:
+        x = self.load(index)
+        if self.augment is not None:
+            x = self.augment(x[0]).unsqueeze(0)
+        return {"id": self.records[index].id, "input": x, "text": self.records[index].text}

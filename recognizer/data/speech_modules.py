@@ -1,0 +1,172 @@
+"""Speech data modules (``conf/data/{spoken_digits,audio_manifest,librispeech}.yaml``).
+
+They follow the contract of :mod:`recognizer.data.modules`; ``height`` is the number of mel bins,
+so any model that reads ``${data.height}`` (the CRNN too) takes spectrograms with time as width.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recognizer.alphabet import Alphabet
+from recognizer.data.features import LogMel, SpecAugment
+from recognizer.data.librispeech import read_librispeech
+from recognizer.data.lines import DataError
+from recognizer.data.speech import AudioDataset, AudioRecord, filter_duration, read_audio_manifest
+from recognizer.data.spoken_digits import ensure_spoken_digits
+
+
+class AudioManifestData:
+    """A user's audio with NeMo-style JSONL manifests (``conf/data/audio_manifest.yaml``).
+
+    Args:
+        train, val, test: a ``.jsonl`` manifest per split (or None).
+        sample_rate: the model's audio rate (Hz); other rates are resampled when ``resample``.
+        n_mels, win_ms, hop_ms, n_fft, log_floor, normalize: the log-mel front end (:class:`LogMel`).
+        height: must equal ``n_mels`` (the configs set it by interpolation; models read it).
+        resample: resample files at another rate; False makes such a file an error.
+        min_duration, max_duration: keep utterances within these durations (seconds; None = no limit).
+        spec_augment: masking applied to the train split only, or None.
+        cache: keep computed features in memory (fp16) after their first load.
+        alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
+        batch_size, num_workers, pin_memory: loader settings.
+    """
+
+    def __init__(
+        self,
+        train: str | None,
+        val: str | None,
+        test: str | None = None,
+        sample_rate: int = 16000,
+        n_mels: int = 80,
+        win_ms: float = 25.0,
+        hop_ms: float = 10.0,
+        n_fft: int | None = None,
+        log_floor: float = 1e-6,
+        normalize: str = "per_feature",
+        height: int | None = None,
+        resample: bool = True,
+        min_duration: float | None = None,
+        max_duration: float | None = None,
+        spec_augment: SpecAugment | None = None,
+        cache: bool = False,
+        alphabet: str | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        if height is not None and height != n_mels:
+            raise ValueError(f"data.height={height} must equal data.n_mels={n_mels} for audio (set only n_mels)")
+        self.sources = {"train": train, "val": val, "test": test}
+        self.sample_rate = sample_rate
+        self.height = n_mels
+        self.features = LogMel(sample_rate, n_mels, win_ms, hop_ms, n_fft, log_floor, normalize)
+        self.resample = resample
+        self.min_duration = min_duration
+        self.max_duration = max_duration
+        self.spec_augment = spec_augment
+        self.cache = cache
+        self.alphabet_file = alphabet
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    def has(self, split: str) -> bool:
+        return self.sources.get(split) is not None
+
+    def records(self, split: str) -> list[AudioRecord]:
+        source = self.sources.get(split)
+        if source is None:
+            raise DataError(f"no {split} data configured: set data.{split}=PATH to a .jsonl manifest")
+        return read_audio_manifest(source)
+
+    def dataset(self, split: str) -> AudioDataset:
+        records = filter_duration(self.records(split), self.min_duration, self.max_duration, f"{split} data")
+        return AudioDataset(
+            records,
+            self.features,
+            self.sample_rate,
+            resample=self.resample,
+            augment=self.spec_augment if split == "train" else None,
+            cache=self.cache,
+        )
+
+    def alphabet(self) -> Alphabet | None:
+        """The configured alphabet file, or None to build one from the train transcripts."""
+        return Alphabet.from_file(self.alphabet_file) if self.alphabet_file else None
+
+
+class SpokenDigitsData(AudioManifestData):
+    """Embedded spoken digit strings, synthesised with eSpeak NG into ``root`` on first use.
+
+    Args:
+        root: cache folder (``${paths.data_dir}/spoken_digits``).
+        num_train, num_val, num_test: utterances per split (test voices are held out).
+        max_digits: each utterance holds 1..max_digits digits.
+        seed: generation seed.
+        train, val, test: must stay None: the generator writes the manifests.
+        Other arguments: as in :class:`AudioManifestData`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        num_train: int = 3000,
+        num_val: int = 300,
+        num_test: int = 300,
+        max_digits: int = 5,
+        seed: int = 0,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        **kwargs,
+    ) -> None:
+        if train or val or test:
+            raise ValueError("data=spoken_digits writes its own manifests: use data=audio_manifest for your files")
+        super().__init__(None, None, None, **kwargs)
+        self.root = Path(root)
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
+        self.max_digits = max_digits
+        self.seed = seed
+
+    def has(self, split: str) -> bool:
+        return self.sizes.get(split, 0) > 0
+
+    def records(self, split: str) -> list[AudioRecord]:
+        if not self.sources["train"]:  # generate lazily: instantiating the config stays cheap
+            manifests = ensure_spoken_digits(self.root, self.sizes, self.max_digits, self.sample_rate, self.seed)
+            self.sources.update({k: str(v) for k, v in manifests.items()})
+        return super().records(split)
+
+
+class LibriSpeechData(AudioManifestData):
+    """A LibriSpeech copy in its original layout (``conf/data/librispeech.yaml``).
+
+    Args:
+        root: the ``LibriSpeech`` folder holding the subset folders.
+        train, val, test: subset names per split (e.g. ``[train-clean-100]``, ``[dev-clean]``); empty = none.
+        lowercase: lower-case the transcripts (LibriSpeech's are upper case).
+        Other arguments: as in :class:`AudioManifestData`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train: list[str],
+        val: list[str],
+        test: list[str] | None = None,
+        lowercase: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(None, None, None, **kwargs)
+        self.root = root
+        self.subsets = {"train": list(train), "val": list(val), "test": list(test or [])}
+        self.lowercase = lowercase
+
+    def has(self, split: str) -> bool:
+        return bool(self.subsets.get(split))
+
+    def records(self, split: str) -> list[AudioRecord]:
+        if not self.has(split):
+            raise DataError(f"no {split} subsets configured: set data.{split}=[SUBSET, ...] (e.g. dev-clean)")
+        return read_librispeech(self.root, self.subsets[split], self.lowercase)
