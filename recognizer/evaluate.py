@@ -4,6 +4,7 @@ Examples::
 
     recognizer-eval checkpoint=outputs/train/runs/DATE/checkpoints/best.ckpt
     recognizer-eval checkpoint=best.ckpt data=lines data.test=data/iam/test.tsv
+    recognizer-eval checkpoint=best.ckpt decoding=beam decoding.lexicon=lexicon.txt decoding.lm=lm.arpa
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recognizer import CONFIG_DIR
 from recognizer.builders import make_loader, model_from_checkpoint, run_audit, write_predictions
 from recognizer.ctc import CTCLoss
+from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import evaluate
 from recognizer.engine.precision import resolve_device, resolve_precision
+from recognizer.metrics import ErrorRates
 
 log = logging.getLogger(__name__)
 
 #: Data settings that define what the model sees; taken from the checkpoint, not the eval config.
-PREPROCESSING_KEYS = ("height", "invert")
+#: Images: height, invert. Audio: the log-mel front end (height equals n_mels).
+PREPROCESSING_KEYS = (
+    *("height", "invert"),
+    *("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize"),
+)
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
@@ -65,6 +72,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     )
     ctc = CTCLoss(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
     values, rows = evaluate(model, loader, ctc, alphabet, precision, keep_predictions=True)
+    decoder = build_decoder(cfg.decoding, alphabet.symbols)
+    if not isinstance(decoder, GreedyDecoder):  # evaluate() decodes greedily; keep its figures beside
+        values |= {"greedy_cer": values["cer"], "greedy_wer": values["wer"]}
+        rows = decode_loader(model, loader, decoder, alphabet, precision)
+        rates = ErrorRates()
+        rates.update([r[1] for r in rows], [r[2] for r in rows])
+        values |= {"cer": rates.cer, "wer": rates.wer}
     metrics = {f"{cfg.split}/{k}": v for k, v in values.items()} | {f"{cfg.split}/samples": len(rows)}
     predictions = write_predictions(rows, run_dir / f"predictions_{cfg.split}.tsv")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,174 @@
+"""Export a checkpoint's model to TorchScript and ONNX, with the preprocessing it expects beside it.
+
+Examples::
+
+    recognizer-export best.ckpt --out exported/
+    recognizer-export best.ckpt --out exported/ --formats onnx
+
+Writes ``model.ts`` (TorchScript, ``torch.jit.load``), ``model.onnx`` (opset 17; dynamic batch and
+width axes) and ``preprocessing.json`` (input layout, image preprocessing, alphabet, blank id,
+outputs). Both models map ``inputs (B, 1, H, W)`` float32 (line images, or log-mel features of
+height ``n_mels`` for speech models) and ``input_lengths (B,)`` int64 to ``logits (B, T, C)`` and
+``output_lengths (B,)``; decode with blank id 0. Feature extraction is not part of the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from recognizer.builders import model_from_checkpoint
+from recognizer.ctc import BLANK
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.transcribe import is_audio, preprocessing
+
+FORMATS = ("torchscript", "onnx")
+OPSET = 17
+
+
+class Exportable(nn.Module):
+    """The model in eval mode with a fixed ``(inputs, input_lengths) -> (logits, output_lengths)`` signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.eval()
+
+    def forward(self, inputs: Tensor, input_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, 1, H, W)`` float32 and ``(B,)`` int64 → ``(B, T, C)`` logits and ``(B,)`` int64 lengths."""
+        logits, lengths = self.model(inputs, input_lengths)
+        return logits, lengths.long()
+
+
+def example_inputs(height: int, widths: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """A deterministic padded batch: ``(B, 1, height, max(widths))`` in [0, 1] and ``(B,)`` widths."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.rand(len(widths), 1, height, max(widths), generator=gen)
+    lengths = torch.tensor(list(widths), dtype=torch.long)
+    mask = torch.arange(max(widths)) < lengths.unsqueeze(1)  # (B, W)
+    return inputs * mask[:, None, None, :], lengths  # padding is 0, as in training
+
+
+def export_torchscript(module: Exportable, example: tuple[Tensor, Tensor], path: Path) -> Path:
+    """Trace ``module`` (shapes stay symbolic: width and batch may change) and save it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarning on shape-dependent branches; checked by tests
+        traced = torch.jit.trace(module, example, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(module: Exportable, example: tuple[Tensor, Tensor], path: Path) -> Path:
+    """Export to ONNX with dynamic batch, width and frame axes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=["inputs", "input_lengths"],
+            output_names=["logits", "output_lengths"],
+            dynamic_axes={
+                "inputs": {0: "batch", 3: "width"},
+                "input_lengths": {0: "batch"},
+                "logits": {0: "batch", 1: "frames"},
+                "output_lengths": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return path
+
+
+AUDIO_KEYS = ("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize")
+
+
+def preprocessing_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a caller must do to an input before the exported model sees it (saved as JSON)."""
+    if is_audio(ckpt["config"]):
+        data = ckpt["config"]["data"]
+        return {
+            "input": "inputs: float32 (batch, 1, n_mels, frames) log-mel features, zero-padded on the right; "
+            "input_lengths: int64 (batch,) real frames",
+            "height": int(data["n_mels"]),
+            "features": {k: data[k] for k in AUDIO_KEYS},
+            "steps": [
+                f"read mono audio and resample to {data['sample_rate']} Hz",
+                "log-mel features exactly as recognizer.data.features.LogMel(sample_rate, n_mels, win_ms, "
+                "hop_ms, n_fft, log_floor, normalize) with the values under 'features'",
+                "pad batches with 0 on the right",
+            ],
+            **_common_spec(ckpt),
+        }
+    height, invert = preprocessing(ckpt["config"])
+    return {
+        "input": "inputs: float32 (batch, 1, height, width), zero-padded on the right; "
+        "input_lengths: int64 (batch,) real widths",
+        "height": height,
+        "invert": invert,
+        "steps": [
+            "read as 8-bit grayscale (PIL convert('L')) and divide by 255 → [0, 1]",
+            "if invert: x = 1 - x (ink bright, background 0)",
+            f"resize to height {height} keeping the aspect ratio (bilinear, width = round(w * {height} / h))",
+            "clip to [0, 1]; pad batches with 0 on the right",
+        ],
+        **_common_spec(ckpt),
+    }
+
+
+def _common_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "outputs": "logits: float32 (batch, frames, classes); output_lengths: int64 (batch,) valid frames",
+        "blank_id": BLANK,
+        "alphabet": list(ckpt["alphabet"]),
+        "decoding": "greedy: argmax per frame over the first output_lengths frames, merge repeats, drop id 0, "
+        "id i > 0 is alphabet[i - 1]",
+        "model": ckpt["config"]["model"],
+    }
+
+
+def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FORMATS) -> dict[str, Path]:
+    """Export ``checkpoint`` into folder ``out``; returns the written files by name."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export format(s) {bad}: choose from {list(FORMATS)}")
+    ckpt = load_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(ckpt)
+    module = Exportable(model)
+    spec = preprocessing_spec(ckpt)
+    example = example_inputs(spec["height"], [64, 48])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"preprocessing": out / "preprocessing.json"}
+    written["preprocessing"].write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with torch.no_grad():
+        if "torchscript" in formats:
+            written["torchscript"] = export_torchscript(module, example, out / "model.ts")
+        if "onnx" in formats:
+            written["onnx"] = export_onnx(module, example, out / "model.onnx")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="recognizer-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="a .ckpt written by recognizer-train")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--formats", nargs="+", default=list(FORMATS), help="torchscript and/or onnx (default both)")
+    args = p.parse_args(argv)
+    try:
+        written = export(args.checkpoint, args.out, args.formats)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"recognizer-export: error: {e}")
+    for name, path in written.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Score predictions against references: CER/WER with substitutions, deletions, insertions, worst lines.
+
+Examples::
+
+    recognizer-score outputs/eval/runs/DATE/predictions_test.tsv
+    recognizer-score hypotheses.jsonl --ref references.tsv --worst 20
+
+Inputs: a predictions TSV with header ``id<TAB>reference<TAB>hypothesis`` (as recognizer-eval
+writes it); or a hypothesis file plus ``--ref``, each a TSV ``id<TAB>text`` (a first line
+``id<TAB>text`` is a header) or JSONL with ``id`` (or ``path``) and ``text`` keys, matched by id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class EditCounts:
+    """Levenshtein alignment counts; ``errors = substitutions + deletions + insertions``."""
+
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+    reference_length: int = 0
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        return self.errors / max(self.reference_length, 1)
+
+    def __iadd__(self, other: EditCounts) -> EditCounts:
+        self.substitutions += other.substitutions
+        self.deletions += other.deletions
+        self.insertions += other.insertions
+        self.reference_length += other.reference_length
+        return self
+
+
+def edit_counts(ref: Sequence, hyp: Sequence) -> EditCounts:
+    """Substitutions, deletions and insertions of a minimum-cost alignment of ``hyp`` to ``ref``.
+
+    Among equal-cost alignments, substitutions are preferred over deletion + insertion pairs.
+    """
+    n, m = len(ref), len(hyp)
+    # cost[i][j] = (edits, -substitutions) so that ties favour substitutions
+    cost = [[(0, 0)] * (m + 1) for _ in range(n + 1)]
+    for i in range(1, n + 1):
+        cost[i][0] = (i, 0)
+    for j in range(1, m + 1):
+        cost[0][j] = (j, 0)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            e, s = cost[i - 1][j - 1]
+            diag = (e, s) if ref[i - 1] == hyp[j - 1] else (e + 1, s - 1)
+            up, left = cost[i - 1][j], cost[i][j - 1]
+            cost[i][j] = min(diag, (up[0] + 1, up[1]), (left[0] + 1, left[1]))
+    counts = EditCounts(reference_length=n)
+    i, j = n, m
+    while i > 0 or j > 0:  # trace back one optimal path
+        if i > 0 and j > 0:
+            e, s = cost[i - 1][j - 1]
+            same = ref[i - 1] == hyp[j - 1]
+            if cost[i][j] == ((e, s) if same else (e + 1, s - 1)):
+                counts.substitutions += not same
+                i, j = i - 1, j - 1
+                continue
+        if i > 0 and cost[i][j] == (cost[i - 1][j][0] + 1, cost[i - 1][j][1]):
+            counts.deletions += 1
+            i -= 1
+        else:
+            counts.insertions += 1
+            j -= 1
+    return counts
+
+
+@dataclass
+class Report:
+    """Corpus-level character and word counts plus per-line character errors."""
+
+    chars: EditCounts = field(default_factory=EditCounts)
+    words: EditCounts = field(default_factory=EditCounts)
+    lines: list[tuple[int, str, str, str]] = field(default_factory=list)  # (char errors, id, ref, hyp)
+
+
+def score(rows: Sequence[tuple[str, str, str]]) -> Report:
+    """Score ``(id, reference, hypothesis)`` rows (words split on whitespace)."""
+    report = Report()
+    for id_, ref, hyp in rows:
+        c = edit_counts(ref, hyp)
+        report.chars += c
+        report.words += edit_counts(ref.split(), hyp.split())
+        report.lines.append((c.errors, id_, ref, hyp))
+    return report
+
+
+def read_texts(path: Path) -> dict[str, str]:
+    """``{id: text}`` from a TSV (``id<TAB>text``) or JSONL (``id`` or ``path``, and ``text``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    texts: dict[str, str] = {}
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if path.suffix == ".jsonl":
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                        texts[str(obj["id"] if "id" in obj else obj["path"])] = obj["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise ValueError(
+                            f"{path}:{lineno}: expected a JSON object with 'id' (or 'path') and 'text' ({e})"
+                        ) from None
+            return texts
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or (lineno == 1 and row[:2] == ["id", "text"]):
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{path}:{lineno}: expected 2 tab-separated fields (id, text), got {len(row)}")
+            texts[row[0]] = row[1]
+    return texts
+
+
+def read_predictions(path: Path) -> list[tuple[str, str, str]]:
+    """``(id, reference, hypothesis)`` rows of a predictions TSV (header ``id reference hypothesis``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))
+    if not rows or rows[0] != ["id", "reference", "hypothesis"]:
+        raise ValueError(
+            f"{path}: expected the header id<TAB>reference<TAB>hypothesis (a recognizer-eval predictions file); "
+            "for a hypothesis file alone, give the references with --ref"
+        )
+    bad = [i for i, r in enumerate(rows[1:], 2) if len(r) != 3]
+    if bad:
+        raise ValueError(f"{path}:{bad[0]}: expected 3 tab-separated fields (id, reference, hypothesis)")
+    return [(r[0], r[1], r[2]) for r in rows[1:]]
+
+
+def pair(hypotheses: dict[str, str], references: dict[str, str], hyp_path: Path, ref_path: Path) -> list:
+    """Join by id; every reference needs a hypothesis and vice versa."""
+    missing = [k for k in references if k not in hypotheses]
+    extra = [k for k in hypotheses if k not in references]
+    if missing or extra:
+        raise ValueError(
+            f"ids differ between {hyp_path} and {ref_path}: {len(missing)} reference(s) without hypothesis "
+            f"{missing[:3]}, {len(extra)} hypothesis(es) without reference {extra[:3]}"
+        )
+    return [(k, references[k], hypotheses[k]) for k in references]
+
+
+def format_report(report: Report, worst: int) -> str:
+    """The printed summary: CER and WER lines with counts, then the ``worst`` lines by character errors."""
+    lines = []
+    for name, c in (("CER", report.chars), ("WER", report.words)):
+        lines.append(
+            f"{name} {c.rate:.2%} ({c.errors}/{c.reference_length}: {c.substitutions} substitutions, "
+            f"{c.deletions} deletions, {c.insertions} insertions)"
+        )
+    lines.append(f"{len(report.lines)} lines, {sum(1 for e, *_ in report.lines if e)} with errors")
+    ranked = sorted((r for r in report.lines if r[0]), key=lambda r: (-r[0], r[1]))[:worst]
+    if ranked:
+        lines.append(f"worst {len(ranked)} lines (char errors, id, reference → hypothesis):")
+        lines += [f"  {e}\t{i}\t{ref!r} → {hyp!r}" for e, i, ref, hyp in ranked]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="recognizer-score", description=__doc__.split("\n\n")[0])
+    p.add_argument("predictions", help="predictions TSV (id, reference, hypothesis), or hypotheses with --ref")
+    p.add_argument("--ref", help="references (TSV id<TAB>text or JSONL id/text), matched to the hypotheses by id")
+    p.add_argument("--worst", type=int, default=10, help="how many worst lines to print (default 10)")
+    args = p.parse_args(argv)
+    try:
+        path = Path(args.predictions)
+        if args.ref:
+            rows = pair(read_texts(path), read_texts(Path(args.ref)), path, Path(args.ref))
+        else:
+            rows = read_predictions(path)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"recognizer-score: error: {e}")
+    print(format_report(score(rows), args.worst))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Alignment picture: forced alignment on hand-made log-probs, the PNG from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from recognizer.alignment import forced_alignment, main
+from tests.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_forced_alignment_follows_the_emissions() -> None:
+    # frames favour: 1, 1, blank, 2, blank  → the path of target [1, 2]
+    probs = torch.full((5, 3), 0.05)
+    for t, i in enumerate([1, 1, 0, 2, 0]):
+        probs[t, i] = 0.9
+    assert forced_alignment(probs.log(), [1, 2]) == [1, 1, 0, 2, 0]
+    assert forced_alignment(probs.log(), []) == [0] * 5
+
+
+def test_forced_alignment_reports_infeasible_references() -> None:
+    log_probs = torch.zeros(3, 3).log_softmax(-1)
+    assert forced_alignment(log_probs, [1, 1]) == [1, 0, 1]  # exactly L + repeats = 3 frames
+    assert forced_alignment(log_probs, [1, 1, 2]) is None  # needs 4
+
+
+def test_alignment_png_from_the_command_line(data_root: Path, tmp_path_factory: pytest.TempPathFactory, capsys) -> None:
+    ckpt = tiny_checkpoint(tmp_path_factory, data_root)
+    image, text = sample_line(data_root, "val", 0)
+    out = tmp_path_factory.mktemp("align")
+    main([str(ckpt), str(image), text, "--out", str(out / "a.png")])
+    main([str(ckpt), str(image), "1" * 40, "--out", str(out / "too_long.png")])  # drawn, with the reason
+    main([str(ckpt), str(image), "--out", str(out / "no_ref.png")])
+    assert capsys.readouterr().out.split() == [str(out / n) for n in ("a.png", "too_long.png", "no_ref.png")]
+    for name in ("a.png", "too_long.png", "no_ref.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(SystemExit, match=r"symbol 'x' \(U\+0078\) in 'x1' is not in the alphabet"):
+        main([str(ckpt), str(image), "x1", "--out", str(out / "bad.png")])
+
+
+def test_alignment_of_an_utterance(tmp_path: Path) -> None:
+    ckpt = untrained_audio_checkpoint(tmp_path / "asr.ckpt")
+    wav, _ = write_audio(tmp_path)
+    main([str(ckpt), str(wav), "ab", "--out", str(tmp_path / "u.png")])
+    assert (tmp_path / "u.png").read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(SystemExit, match=r"recognizer-align: error: input .*missing.wav does not exist"):
+        main([str(ckpt), str(tmp_path / "missing.wav"), "ab"])

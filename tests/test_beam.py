@@ -1,0 +1,132 @@
+"""Beam search (flashlight via torchaudio), the ARPA writer, and evaluation with decoding=beam."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from recognizer.decoding import BeamDecoder, GreedyDecoder, greedy_decode, write_arpa, write_lexicon
+from recognizer.evaluate import evaluate_checkpoint
+from tests.conftest import compose_config
+from tests.tiny_checkpoint import tiny_checkpoint
+
+DIGITS = list("0123456789")
+
+
+def emissions(frames: list[dict[int, float]], num_classes: int) -> torch.Tensor:
+    """``(1, T, C)`` log-probs: each frame puts the given probabilities on its ids, the rest on blank."""
+    probs = torch.full((len(frames), num_classes), 1e-4)
+    for t, frame in enumerate(frames):
+        for i, p in frame.items():
+            probs[t, i] = p
+        probs[t, 0] = max(1.0 - sum(frame.values()), 1e-4)
+    return (probs / probs.sum(-1, keepdim=True)).log().unsqueeze(0)
+
+
+def ids(text: str, symbols: list[str]) -> list[int]:
+    return [symbols.index(c) + 1 for c in text]
+
+
+# "1", blank, then a frame torn between "2" (0.45) and "3" (0.55), blank: greedy says "13"
+AMBIGUOUS = [{2: 0.9}, {}, {3: 0.45, 4: 0.55}, {}]
+
+
+def test_greedy_decoder_gives_ids_frames_and_path_score() -> None:
+    x = emissions([{2: 0.9}, {2: 0.9}, {}, {4: 0.8}, {}], 11)
+    (hyp,) = GreedyDecoder(DIGITS)(x, torch.tensor([5]))
+    assert hyp.ids == [2, 4] == greedy_decode(x, torch.tensor([5]))[0]
+    assert hyp.frames == [0, 3]
+    assert hyp.score == pytest.approx(float(x[0].max(-1).values.sum()))
+
+
+def test_beam_without_lm_matches_greedy_on_peaky_emissions() -> None:
+    x = torch.cat([emissions([{2: 0.9}, {}, {2: 0.8}, {5: 0.7}, {5: 0.9}, {}], 11)] * 2)
+    lengths = torch.tensor([6, 3])  # the second sample stops after "1", blank, "1"
+    hyps = BeamDecoder(DIGITS, beam_size=8)(x, lengths)
+    assert [h.ids for h in hyps] == [[2, 2, 5], [2, 2]] == greedy_decode(x, lengths)
+    assert hyps[0].frames == [0, 2, 3]
+
+
+def test_character_lm_overrides_an_ambiguous_frame(tmp_path: Path) -> None:
+    x = emissions(AMBIGUOUS, 11)
+    assert greedy_decode(x, torch.tensor([4]))[0] == ids("13", DIGITS)
+    lm = write_arpa([list("12")] * 20 + [list("1")], tmp_path / "lm.arpa")
+    (hyp,) = BeamDecoder(DIGITS, lm=str(lm), lm_weight=1.0)(x, torch.tensor([4]))
+    assert hyp.ids == ids("12", DIGITS)
+
+
+def test_lexicon_without_space_keeps_outputs_in_the_lexicon(tmp_path: Path) -> None:
+    x = emissions([{2: 0.9}, {2: 0.9}, {}, *AMBIGUOUS[2:], {}], 11)  # "1" held two frames, then "2|3"
+    lexicon = write_lexicon(["12", "7"], tmp_path / "lexicon.txt")
+    (hyp,) = BeamDecoder(DIGITS, lexicon=str(lexicon))(x, torch.tensor([6]))
+    assert hyp.ids == ids("12", DIGITS)
+
+
+def test_lexicon_with_spaces_decodes_words(tmp_path: Path) -> None:
+    symbols = [" ", "a", "b"]
+    # "ab ba" where the last frame leans to "b": greedy gives "ab bb", not words of the lexicon
+    x = emissions([{2: 0.9}, {3: 0.9}, {1: 0.9}, {3: 0.9}, {}, {2: 0.4, 3: 0.5}, {}], 4)
+    assert greedy_decode(x, torch.tensor([7]))[0] == ids("ab bb", symbols)
+    lexicon = write_lexicon(["ab", "ba"], tmp_path / "lexicon.txt")
+    assert lexicon.read_text() == "ab a b\nba b a\n"
+    (hyp,) = BeamDecoder(symbols, lexicon=str(lexicon))(x, torch.tensor([7]))
+    assert hyp.ids == ids("ab ba", symbols)
+
+
+def test_arpa_conditional_probabilities_sum_to_one(tmp_path: Path) -> None:
+    path = write_arpa([list("121"), list("13"), list("2")], tmp_path / "lm.arpa", order=2)
+    uni, bi, backoff = {}, {}, {}
+    section = 0
+    for line in path.read_text().splitlines():
+        if line.startswith("\\") and "-grams" in line:
+            section = int(line[1])
+        elif section and line.strip() and not line.startswith("\\"):
+            fields = line.split("\t")
+            words = tuple(fields[1].split())
+            if section == 1:
+                uni[words[0]] = 10 ** float(fields[0])
+                if len(fields) == 3:
+                    backoff[words[0]] = 10 ** float(fields[2])
+            else:
+                bi[words] = 10 ** float(fields[0])
+    assert "ngram 1=6" in path.read_text() and "ngram 2=8" in path.read_text()
+    targets = [w for w in uni if w != "<s>"]
+    assert sum(uni[w] for w in targets) == pytest.approx(1.0, abs=1e-5)
+    for context in ("<s>", "1", "2"):
+        total = sum(bi.get((context, w), backoff[context] * uni[w]) for w in targets)
+        assert total == pytest.approx(1.0, abs=1e-5), context
+
+
+def test_arpa_needs_a_bigram(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"order must be at least 2 \(KenLM needs a bigram model\), got 1"):
+        write_arpa([["a"]], tmp_path / "lm.arpa", order=1)
+
+
+def test_beam_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"decoding.lm=.*nope.arpa does not exist: give an existing file"):
+        BeamDecoder(DIGITS, lm=str(tmp_path / "nope.arpa"))
+    with pytest.raises(ValueError, match=r"logits have 5 classes but the decoder's alphabet has 10 symbols"):
+        BeamDecoder(DIGITS)(torch.zeros(1, 3, 5), torch.tensor([3]))
+
+
+@pytest.mark.slow
+def test_evaluation_with_beam_search(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    ckpt = tiny_checkpoint(tmp_path_factory, data_root)
+    out = tmp_path_factory.mktemp("eval_beam")
+    texts = [
+        line.split("\t")[1] for line in next(data_root.glob("digit_lines/*/train.tsv")).read_text().splitlines()[1:]
+    ]
+    lm = write_arpa([list(t) for t in texts], out / "lm.arpa", order=3)
+    common = [f"checkpoint={ckpt}", f"data.root={data_root}/digit_lines", "data.num_train=96", "data.num_val=24"]
+    common += ["data.num_test=24", "device=cpu"]
+    beam = evaluate_checkpoint(compose_config("eval", [*common, f"paths.output_dir={out}/b", "decoding=beam"]))
+    assert beam["test/cer"] == beam["test/greedy_cer"]  # without an LM, beam search finds the best path
+    with_lm = evaluate_checkpoint(
+        compose_config("eval", [*common, f"paths.output_dir={out}/lm", "decoding=beam", f"decoding.lm={lm}"])
+    )
+    assert with_lm["test/greedy_cer"] == beam["test/greedy_cer"]
+    assert 0.0 <= with_lm["test/cer"] <= 1.5 and not math.isnan(with_lm["test/cer"])
+    assert (out / "lm" / "predictions_test.tsv").read_text().startswith("id\treference\thypothesis\n")

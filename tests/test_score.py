@@ -1,0 +1,71 @@
+"""recognizer-score: S/D/I counts, input formats, report and error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recognizer.metrics import edit_distance
+from recognizer.score import edit_counts, main, score
+
+
+@pytest.mark.parametrize(
+    ("ref", "hyp", "sdi"),
+    [
+        ("abc", "abc", (0, 0, 0)),
+        ("abc", "axc", (1, 0, 0)),
+        ("abc", "ab", (0, 1, 0)),
+        ("abc", "xabc", (0, 0, 1)),
+        ("kitten", "sitting", (2, 0, 1)),
+        ("", "ab", (0, 0, 2)),
+        ("ab", "", (0, 2, 0)),
+        ("abcd", "ba", (1, 2, 0)),
+    ],
+)
+def test_edit_counts(ref: str, hyp: str, sdi: tuple[int, int, int]) -> None:
+    c = edit_counts(ref, hyp)
+    assert (c.substitutions, c.deletions, c.insertions) == sdi
+    assert c.errors == edit_distance(ref, hyp) and c.reference_length == len(ref)
+
+
+def test_score_counts_chars_and_words() -> None:
+    report = score([("1", "a b c", "a b c"), ("2", "hello world", "hallo world x")])
+    assert (report.chars.errors, report.chars.reference_length) == (3, 16)  # e→a, + " x"
+    assert (report.words.substitutions, report.words.insertions, report.words.reference_length) == (1, 1, 5)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_predictions_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tsv = write(tmp_path / "p.tsv", "id\treference\thypothesis\na\t123\t123\nb\t4567\t457\nc\t89\t8x9y\n")
+    main([str(tsv), "--worst", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "CER 33.33% (3/9: 0 substitutions, 1 deletions, 2 insertions)"
+    assert out[1] == "WER 66.67% (2/3: 2 substitutions, 0 deletions, 0 insertions)"
+    assert out[2] == "3 lines, 2 with errors"
+    assert out[3:] == ["worst 1 lines (char errors, id, reference → hypothesis):", "  2\tc\t'89' → '8x9y'"]
+
+
+def test_hypotheses_and_references_by_id(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hyp = write(tmp_path / "h.jsonl", '{"path": "b.png", "text": "xy"}\n{"path": "a.png", "text": "12"}\n')
+    ref = write(tmp_path / "r.tsv", "id\ttext\na.png\t12\nb.png\txyz\n")
+    main([str(hyp), "--ref", str(ref)])
+    assert capsys.readouterr().out.startswith("CER 20.00% (1/5: 0 substitutions, 1 deletions, 0 insertions)\n")
+
+
+def test_errors_name_the_file_and_fix(tmp_path: Path) -> None:
+    bad = write(tmp_path / "p.tsv", "a\tb\n")
+    with pytest.raises(SystemExit, match=r"p.tsv: expected the header id<TAB>reference<TAB>hypothesis"):
+        main([str(bad)])
+    hyp = write(tmp_path / "h.tsv", "a\t1\n")
+    ref = write(tmp_path / "r.tsv", "a\t1\nb\t2\n")
+    with pytest.raises(
+        SystemExit, match=r"ids differ between .*h.tsv and .*r.tsv: 1 reference\(s\) without hypothesis \['b'\]"
+    ):
+        main([str(hyp), "--ref", str(ref)])
+    with pytest.raises(SystemExit, match=r"recognizer-score: error: .*missing.tsv does not exist"):
+        main([str(tmp_path / "missing.tsv")])
