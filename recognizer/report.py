@@ -1,0 +1,385 @@
+"""Summarise a Hydra multirun directory: which job won, which failed and why.
+
+Usage::
+
+    recognizer-sweep-report outputs/htr_digits_crnn/multiruns/2026-11-25_02-10-00
+    recognizer-sweep-report SWEEP_DIR --metric val/wer --out reports/
+
+Writes ``sweep_report.md``, ``sweep_report.csv`` and ``sweep_heatmap.png`` (the metric over
+lr × weight_decay; failed jobs marked) into the sweep directory (or ``--out``), and prints the
+table and the best job as a ready-to-run command. Works while a sweep is still running: jobs
+without final metrics are listed as ``unfinished`` with their last validation.
+
+A job is any folder below the sweep directory with ``.hydra/overrides.yaml``. Its state:
+``done`` (``metrics.json``), ``failed`` (``failure.json``, written when training diverged) or
+``unfinished`` (neither yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from recognizer.sweeps import FAILURE_FILE
+
+#: Metrics shown in the table, in this order, when any job has them.
+METRIC_COLUMNS = ("val/cer", "val/wer", "val/loss", "test/cer", "test/wer", "train/steps", "train/time")
+#: Overrides that select a sweep or a launcher: left out of the command that reruns one job.
+SWEEP_ONLY_PREFIXES = ("hparams_search=", "hydra/", "hydra.", "+hydra", "~hydra")
+STATUS_ORDER = {"done": 0, "unfinished": 1, "failed": 2}
+
+
+@dataclass
+class Job:
+    """One job of a sweep.
+
+    Attributes:
+        path: the job's directory.
+        overrides: its Hydra overrides, as on the command line.
+        status: ``done`` | ``failed`` | ``unfinished``.
+        metrics: final metrics (done), the last validation (unfinished) or {} (failed).
+        lr: ``optimizer.lr`` of its config, if any.
+        weight_decay: ``optimizer.weight_decay`` of its config, if any.
+        cause: why it failed (failed jobs), or where it is (unfinished).
+    """
+
+    path: Path
+    overrides: list[str]
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    lr: float | None = None
+    weight_decay: float | None = None
+    cause: str = ""
+
+    def value(self, metric: str) -> float:
+        """The metric for ranking: ``inf`` when missing or failed, so the job sorts last."""
+        if self.status == "failed":
+            return math.inf
+        return float(self.metrics.get(metric, math.inf))
+
+    def override_map(self) -> dict[str, str]:
+        pairs = [o.split("=", 1) for o in self.overrides]
+        return {pair[0]: pair[1] if len(pair) == 2 else "" for pair in pairs}
+
+
+def last_validation(metrics_jsonl: Path) -> dict[str, float]:
+    """The last ``val/*`` record of a running job's ``metrics.jsonl`` (with its step), or {}."""
+    if not metrics_jsonl.is_file():
+        return {}
+    last: dict[str, float] = {}
+    for line in metrics_jsonl.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+        if any(k.startswith("val/") for k in row):
+            last = {k: v for k, v in row.items() if k.startswith("val/")} | {"train/steps": row["step"]}
+    return last
+
+
+def describe_failure(failure: dict) -> str:
+    step = f" at step {failure['step']}" if failure.get("step") is not None else ""
+    message = " ".join(str(failure.get("message", "")).split())
+    return f"{failure.get('status', 'failed')}{step}: {failure.get('type', 'error')}: {message}"
+
+
+def read_job(job_dir: Path) -> Job:
+    """Read one job directory (see the module docstring for what makes its status)."""
+    overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+    lr = weight_decay = None
+    config_file = job_dir / ".hydra" / "config.yaml"
+    if config_file.is_file():  # select: None when a config has no optimizer node
+        config = OmegaConf.load(config_file)
+        lr, weight_decay = OmegaConf.select(config, "optimizer.lr"), OmegaConf.select(config, "optimizer.weight_decay")
+    job = Job(job_dir, overrides, "unfinished", lr=lr, weight_decay=weight_decay)
+    if (job_dir / FAILURE_FILE).is_file():
+        failure = json.loads((job_dir / FAILURE_FILE).read_text(encoding="utf-8"))
+        job.status, job.cause = "failed", describe_failure(failure)
+    elif (job_dir / "metrics.json").is_file():
+        job.status = "done"
+        job.metrics = json.loads((job_dir / "metrics.json").read_text(encoding="utf-8"))
+    else:
+        job.metrics = last_validation(job_dir / "metrics.jsonl")
+        step = job.metrics.get("train/steps")
+        job.cause = f"running or stopped; last validation at step {step}" if step else "no validation yet"
+    return job
+
+
+def read_sweep(sweep_dir: str | Path) -> list[Job]:
+    """Every job below ``sweep_dir``, in directory order.
+
+    Raises:
+        FileNotFoundError: ``sweep_dir`` does not exist or holds no job.
+    """
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep directory {root} does not exist")
+    job_dirs = sorted(p.parent.parent for p in root.glob("**/.hydra/overrides.yaml"))
+    if not job_dirs:
+        raise FileNotFoundError(
+            f"no jobs in {root}: expected folders with .hydra/overrides.yaml, as `recognizer-train -m ...` "
+            "writes under outputs/<task>/multiruns/<time>/"
+        )
+    return [read_job(d) for d in job_dirs]
+
+
+def sweep_metric(sweep_dir: str | Path) -> str:
+    """The sweep's ``optimized_metric`` (from ``multirun.yaml``), or ``val/cer``."""
+    multirun = Path(sweep_dir) / "multirun.yaml"
+    if multirun.is_file():
+        return str(OmegaConf.select(OmegaConf.load(multirun), "optimized_metric", default="val/cer"))
+    return "val/cer"
+
+
+def rank(jobs: Sequence[Job], metric: str) -> list[Job]:
+    """Finished jobs by ``metric`` (lower is better), then unfinished ones, then failed ones."""
+    return sorted(jobs, key=lambda j: (STATUS_ORDER[j.status], j.value(metric), str(j.path)))
+
+
+def varying_keys(jobs: Sequence[Job]) -> list[str]:
+    """Override keys whose value differs between jobs (the swept ones), in first-seen order."""
+    keys = list(dict.fromkeys(k for j in jobs for k in j.override_map()))
+    return [k for k in keys if len({j.override_map().get(k) for j in jobs}) > 1]
+
+
+def common_overrides(jobs: Sequence[Job]) -> list[str]:
+    varying = set(varying_keys(jobs))
+    return [o for o in jobs[0].overrides if o.split("=", 1)[0] not in varying] if jobs else []
+
+
+def best_command(job: Job, program: str = "recognizer-train") -> str:
+    """A command that reruns ``job`` alone: its overrides without the sweep and launcher choices."""
+    kept = [o for o in job.overrides if not o.startswith(SWEEP_ONLY_PREFIXES)]
+    return " ".join([program, *(shlex.quote(o) for o in kept)])
+
+
+def fmt(metric: str, value: float | None) -> str:
+    """A metric value for the table: steps as an integer, seconds rounded, rates with 4 decimals."""
+    if value is None:
+        return ""
+    if metric == "train/steps":
+        return str(int(value))
+    if metric == "train/time":
+        return f"{value:.0f}"
+    return f"{value:.4f}"
+
+
+def short_cause(cause: str, max_chars: int = 110) -> str:
+    """The first clause of a failure message (the full one is in the CSV and ``failure.json``)."""
+    first = cause.split(";")[0]
+    return first if len(first) <= max_chars else first[: max_chars - 1] + "…"
+
+
+def table_rows(
+    jobs: Sequence[Job], metric: str, sweep_dir: Path, full_cause: bool = False
+) -> tuple[list[str], list[list[str]]]:
+    """Header and ranked rows of the table (shared by Markdown, CSV and the console)."""
+    keys = varying_keys(jobs) or sorted({k for j in jobs for k in j.override_map()})
+    metrics = [m for m in dict.fromkeys([metric, *METRIC_COLUMNS]) if any(m in j.metrics for j in jobs)]
+    header = ["rank", "status", *keys, *metrics, "cause", "job"]
+    rows = []
+    for i, job in enumerate(rank(jobs, metric), start=1):
+        values = job.override_map()
+        rows.append(
+            [
+                str(i),
+                job.status,
+                *(values.get(k, "") for k in keys),
+                *(fmt(m, job.metrics.get(m)) for m in metrics),
+                job.cause if full_cause else short_cause(job.cause),
+                job.path.relative_to(sweep_dir).as_posix(),
+            ]
+        )
+    return header, rows
+
+
+def markdown(jobs: Sequence[Job], metric: str, sweep_dir: Path) -> str:
+    header, rows = table_rows(jobs, metric, sweep_dir)
+    counts = {s: sum(j.status == s for j in jobs) for s in STATUS_ORDER}
+    lines = [
+        f"# Sweep report: `{sweep_dir}`",
+        "",
+        f"{len(jobs)} jobs: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
+        f"Sorted by `{metric}` (lower is better).",
+        "",
+        f"Common overrides: `{' '.join(common_overrides(jobs)) or '(none)'}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    best = rank(jobs, metric)[0]
+    if best.status == "done":
+        lines += ["", f"Best ({metric}={fmt(metric, best.value(metric))}):", "", "```bash", best_command(best), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(jobs: Sequence[Job], metric: str, sweep_dir: Path, path: Path) -> None:
+    header, rows = table_rows(jobs, metric, sweep_dir, full_cause=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow([*header, "overrides"])
+        for row, job in zip(rows, rank(jobs, metric)):
+            writer.writerow([*row, " ".join(job.overrides)])
+
+
+def is_grid(jobs: Sequence[Job], max_values: int = 12) -> bool:
+    """A few distinct lr and weight-decay values (a grid) rather than continuous samples (Optuna)."""
+    lrs = {j.lr for j in jobs}
+    wds = {j.weight_decay for j in jobs}
+    return len(lrs) <= max_values and len(wds) <= max_values and len(lrs) * len(wds) <= 2 * len(jobs)
+
+
+def plot_heatmap(jobs: Sequence[Job], metric: str, path: Path) -> bool:
+    """Plot ``metric`` over lr × weight_decay: a grid as a heatmap, random samples as a scatter.
+
+    Failed jobs are marked ✗ with the step they diverged at; the best job is framed. Returns False
+    (and writes nothing) when the jobs do not vary lr and weight decay.
+    """
+    jobs = [j for j in jobs if j.lr is not None and j.weight_decay is not None]
+    if len({j.lr for j in jobs}) < 2 and len({j.weight_decay for j in jobs}) < 2:
+        return False
+    try:
+        import matplotlib
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError("the sweep heatmap needs matplotlib: pip install -e '.[sweep]'") from error
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
+    if is_grid(jobs):
+        _grid(ax, fig, jobs, metric)
+    else:
+        _scatter(ax, fig, jobs, metric)
+    done = sum(j.status == "done" for j in jobs)
+    failed = sum(j.status == "failed" for j in jobs)
+    ax.set_title(f"{metric} over lr × weight decay ({done} done, {failed} failed, lower is better)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _grid(ax, fig, jobs: Sequence[Job], metric: str) -> None:
+    import numpy as np
+
+    points = [(j.lr, j.weight_decay, j) for j in jobs if j.lr is not None and j.weight_decay is not None]
+    lrs = sorted({lr for lr, _, _ in points}, reverse=True)
+    wds = sorted({wd for _, wd, _ in points})
+    cells: dict[tuple[int, int], list[Job]] = {}
+    for lr, wd, j in points:
+        cells.setdefault((lrs.index(lr), wds.index(wd)), []).append(j)
+    values = np.full((len(lrs), len(wds)), np.nan)
+    for (r, c), group in cells.items():
+        finished = [j.value(metric) for j in group if j.status == "done" and math.isfinite(j.value(metric))]
+        if finished:
+            values[r, c] = float(np.mean(finished))  # several seeds per cell: their mean
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
+    ax.set_facecolor("#d9d9d9")
+    fig.colorbar(image, ax=ax, label=metric)
+    best = np.unravel_index(np.nanargmin(values), values.shape) if np.isfinite(values).any() else None
+    for (r, c), group in cells.items():
+        if math.isfinite(values[r, c]):
+            text, color = f"{values[r, c]:.4f}", "white" if values[r, c] > np.nanmean(values) else "black"
+        elif any(j.status == "failed" for j in group):
+            step = next(j.cause for j in group if j.status == "failed").split(":")[0]
+            text, color = "✗ " + step.replace(" at ", "\n"), "#b00020"
+        else:
+            text, color = "unfinished", "#555555"
+        ax.text(c, r, text, ha="center", va="center", fontsize=9, color=color, fontweight="bold")
+    if best is not None:
+        ax.add_patch(_frame(float(best[1]), float(best[0])))
+    ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("optimizer.weight_decay")
+    ax.set_ylabel("optimizer.lr")
+
+
+def _frame(x: float, y: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3)
+
+
+def _scatter(ax, fig, jobs: Sequence[Job], metric: str) -> None:
+    done = [j for j in jobs if j.status == "done" and math.isfinite(j.value(metric))]
+    failed = [j for j in jobs if j.status == "failed"]
+    if done:
+        points = ax.scatter(
+            [j.lr for j in done],
+            [j.weight_decay for j in done],
+            c=[j.value(metric) for j in done],
+            cmap="viridis_r",
+            s=70,
+            edgecolors="black",
+        )
+        fig.colorbar(points, ax=ax, label=metric)
+        best = min(done, key=lambda j: j.value(metric))
+        ax.scatter([best.lr], [best.weight_decay], s=260, facecolors="none", edgecolors="red", linewidths=2.5)
+    if failed:
+        ax.scatter(
+            [j.lr for j in failed], [j.weight_decay for j in failed], marker="x", c="#b00020", s=80, label="failed"
+        )
+        ax.legend(loc="best")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer.lr (log)")
+    ax.set_ylabel("optimizer.weight_decay")
+
+
+def write_report(sweep_dir: str | Path, metric: str | None = None, out_dir: str | Path | None = None) -> dict:
+    """Write the Markdown, CSV and heatmap of a sweep; return paths, the ranked jobs and the best command."""
+    sweep_dir = Path(sweep_dir)
+    metric = metric or sweep_metric(sweep_dir)
+    jobs = read_sweep(sweep_dir)
+    out = Path(out_dir) if out_dir else sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "sweep_report.md", "csv": out / "sweep_report.csv", "heatmap": out / "sweep_heatmap.png"}
+    paths["markdown"].write_text(markdown(jobs, metric, sweep_dir), encoding="utf-8")
+    write_csv(jobs, metric, sweep_dir, paths["csv"])
+    if not plot_heatmap(jobs, metric, paths["heatmap"]):
+        del paths["heatmap"]
+    ranked = rank(jobs, metric)
+    best = ranked[0] if ranked[0].status == "done" else None
+    return {"paths": paths, "jobs": ranked, "metric": metric, "best": best}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recognizer-sweep-report", description=__doc__.split("\n\n")[0], allow_abbrev=False
+    )
+    parser.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/train/multiruns/<time>")
+    parser.add_argument("--metric", help="rank and plot by this metric (default: the sweep's optimized_metric)")
+    parser.add_argument("--out", help="write the report files here (default: the sweep directory)")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.sweep_dir, args.metric, args.out)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    header, rows = table_rows(report["jobs"], report["metric"], Path(args.sweep_dir))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-2])]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:-2], widths)), row[-2][:100])
+    for kind, path in report["paths"].items():
+        print(f"{kind}: {path}")
+    best = report["best"]
+    if best is None:
+        print("best: none yet (no job has finished)")
+    else:
+        metric = report["metric"]
+        print(f"best: {best.path.relative_to(args.sweep_dir).as_posix()} {metric}={fmt(metric, best.value(metric))}")
+        print(best_command(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

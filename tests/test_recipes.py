@@ -1,0 +1,166 @@
+"""Recipes: every conf/experiment file composes and trains for two steps; each has a row in RESULTS.md
+that scripts/reproduce.py can check."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from recognizer import CONFIG_DIR
+from recognizer.train import train
+from tests.conftest import compose_config
+
+ROOT = Path(CONFIG_DIR).parent
+RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+SCRIPT = ROOT / "scripts" / "reproduce.py"
+
+
+def load_reproduce() -> ModuleType:
+    """scripts/reproduce.py as a module (scripts/ is not a package; no sys.path change)."""
+    spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+reproduce = load_reproduce()
+
+
+def tiny_librispeech(root: Path) -> list[str]:
+    from tests.test_librispeech import TEXTS, write_librispeech
+
+    write_librispeech(root, "train-clean-100", TEXTS)
+    write_librispeech(root, "dev-clean", TEXTS[:2])
+    write_librispeech(root, "test-clean", TEXTS[2:4])
+    return [f"data.root={root}", "data.train=[train-clean-100]", "data.val=[dev-clean]", "data.test=[test-clean]"]
+
+
+def shrink(data: str, tmp: Path, data_root: Path) -> list[str]:
+    """Overrides that make a recipe's data tiny, by data module class. A new data module needs an entry."""
+    if data == "DigitLinesData":  # the set tests/conftest.py generates once per session
+        return [f"data.root={data_root}/digit_lines", "data.num_train=96", "data.num_val=24", "data.num_test=24"]
+    if data == "SpokenDigitsData":
+        sizes = ["data.num_train=16", "data.num_val=8", "data.num_test=8", "data.max_digits=3"]
+        return [f"data.root={data_root}/spoken_digits", *sizes]
+    if data == "LibriSpeechData":
+        return tiny_librispeech(tmp / "LibriSpeech")
+    raise AssertionError(f"tests/test_recipes.py cannot shrink data {data}: add it to shrink()")
+
+
+def shrink_model(model: str) -> list[str]:
+    """A Conformer shrunk to seconds on a CPU (the GPU preset has 26M parameters); a CRNN is small already."""
+    if model == "ConformerCTC":
+        return ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=64"]
+    return []
+
+
+def recipe_config(recipe: str, tmp: Path, data_root: Path) -> DictConfig:
+    cfg = compose_config("train", [f"experiment={recipe}", f"paths.output_dir={tmp / 'run'}"])
+    data, model = (get_class(node._target_).__name__ for node in (cfg.data, cfg.model))
+    return compose_config(
+        "train",
+        [
+            f"experiment={recipe}",
+            *shrink(data, tmp, data_root),
+            *shrink_model(model),
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            f"paths.output_dir={tmp / 'run'}",
+        ],
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_recipe_trains_two_steps(recipe: str, tmp_path: Path, data_root: Path) -> None:
+    """The recipe's own data module, model type, optimizer, schedule and precision, shrunk to two steps."""
+    cfg = recipe_config(recipe, tmp_path, data_root)
+    metrics = train(cfg)
+    assert metrics["train/steps"] == 2
+    assert math.isfinite(metrics[cfg.optimized_metric])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == pytest.approx(metrics)
+
+
+def test_every_recipe_has_a_results_row() -> None:
+    rows = reproduce.read_table(ROOT / "RESULTS.md")
+    missing = [r for r in RECIPES if r not in rows]
+    assert not missing, f"conf/experiment/{missing[0]}.yaml has no row in RESULTS.md: add one"
+    for recipe in RECIPES:
+        row = rows[recipe]
+        assert row["command"].startswith(f"recognizer-train experiment={recipe}"), row["command"]
+        assert row["metric"] in ("val/cer", "val/wer", "test/cer", "test/wer"), row["metric"]
+        assert all(row[c] for c in reproduce.COLUMNS), f"RESULTS.md row {recipe} has an empty cell"
+    assert set(rows) == set(RECIPES), f"RESULTS.md rows without a recipe: {set(rows) - set(RECIPES)}"
+
+
+RESULTS = """# Results
+
+| recipe | command | data | metric | value | tolerance | wall time | machine |
+|---|---|---|---|---|---|---|---|
+| `tiny` | `recognizer-train experiment=htr_digits_crnn` | tiny | test/cer | 0.0500 | ± 0.01 | 1 min | test |
+| `pending` | `recognizer-train experiment=pending` | tiny | test/cer | __TBD__ | ± 0.01 | __TBD__ | __TBD__ |
+"""
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    path = tmp_path / "RESULTS.md"
+    path.write_text(RESULTS)
+    return path
+
+
+@pytest.mark.parametrize(("measured", "code", "verdict"), [(0.055, 0, "PASS"), (0.07, 1, "FAIL")])
+def test_reproduce_checks_the_tolerance(
+    results: Path, tmp_path: Path, measured: float, code: int, verdict: str
+) -> None:
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"test/cer": measured, "val/cer": 0.0}))
+    done = run_script("tiny", "--results", str(results), "--metrics", str(metrics))
+    assert done.returncode == code, done.stderr
+    off = f"{measured - 0.05:+.4f}"
+    tail = ")" if code == 0 else ", outside the tolerance)"
+    assert done.stdout == f"{verdict} tiny: test/cer={measured:.4f}, documented 0.0500 ± 0.01 ({off}{tail}\n"
+
+
+def test_reproduce_says_what_is_missing(results: Path) -> None:
+    done = run_script("pending", "--results", str(results))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: pending: {results} documents no value to check against yet (value '__TBD__', tolerance "
+        "'± 0.01'); run `recognizer-train experiment=pending` and fill in the row\n"
+    )
+    done = run_script("nope", "--results", str(results))
+    assert done.returncode == 2
+    assert done.stderr == f"error: no recipe 'nope' in {results}; documented: pending, tiny\n"
+
+
+@pytest.mark.slow
+def test_reproduce_runs_the_documented_command(results: Path, tmp_path: Path, data_root: Path) -> None:
+    tiny = ["trainer.max_steps=2", "trainer.device=cpu", "trainer.progress_bar=false"]
+    tiny += [f"data.root={data_root}/digit_lines", "data.num_train=96", "data.num_val=24", "data.num_test=24"]
+    results.write_text(RESULTS.replace("0.0500 | ± 0.01", "0.5000 | ± 10"))  # any CER passes after 2 steps
+    done = run_script("tiny", "--results", str(results), "--out", str(tmp_path / "out"), "--", *tiny)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("+ recognizer-train experiment=htr_digits_crnn trainer.max_steps=2")
+    assert lines[-2].startswith("wall time ") and lines[-2].endswith(" min (documented: 1 min on test)")
+    assert lines[-1].startswith("PASS tiny: test/cer=")
+    [run] = (tmp_path / "out" / "tiny").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["train/steps"] == 2
