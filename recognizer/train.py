@@ -26,13 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
-from recognizer.ctc import CTCLoss
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.loggers import JsonlLogger, MultiLogger
 from recognizer.stability.audit import write_reports
-from recognizer.stability.guard import NonFiniteGuard
+from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
+from recognizer.stability.runtime import attach_stability, make_ctc
+from recognizer.sweeps import DIVERGED_METRIC, in_multirun, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
+    opts = instantiate(cfg.trainer)
+    if opts.num_threads:  # on a busy CPU fewer threads can be several times faster
+        torch.set_num_threads(opts.num_threads)
     data = instantiate(cfg.data)
     train_set, val_set = data.dataset("train"), data.dataset("val")
     alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
@@ -101,7 +105,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pin_memory=data.pin_memory,
     )
 
-    opts = instantiate(cfg.trainer)
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     model.to(device)
@@ -109,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
     state = TrainState(model, optimizer, scheduler, precision, guard)
+    attach_stability(state, stab, run_dir)
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
@@ -126,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             state.batch_in_epoch,
         )
 
-    ctc = CTCLoss(zero_infinity=stab.zero_infinity, reduction=stab.ctc_reduction)
+    ctc = make_ctc(stab)
     config = OmegaConf.to_container(cfg, resolve=True)
     loggers = [JsonlLogger(run_dir / "metrics.jsonl")]
     loggers += [instantiate(node) for node in (cfg.logger or {}).values()]
@@ -134,7 +138,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger.log_config(config)
     describe = {"config": config, "alphabet": alphabet.symbols}
     try:
-        fit(state, sampler, train_loader, val_loader, ctc, alphabet, opts, run_dir, logger, describe)
+        fit(
+            state,
+            sampler,
+            train_loader,
+            val_loader,
+            ctc,
+            alphabet,
+            opts,
+            run_dir,
+            logger,
+            describe,
+            grad_norm_every_step=stab.grad_norm_every_step,
+            detect_anomaly=stab.detect_anomaly,
+        )
         metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
         logger.log_metrics(metrics, state.step)
     finally:
@@ -174,7 +191,18 @@ def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> di
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    """Train and return ``metrics[cfg.optimized_metric]`` for sweepers.
+
+    In a ``-m`` sweep a diverged job does not end the sweep: its cause goes to ``failure.json`` and it
+    returns ``inf``, which ranks last. A single run re-raises, with the step and samples in the message.
+    """
+    try:
+        metrics = train(cfg)
+    except NonFiniteStepError as error:
+        if not in_multirun():
+            raise
+        record_failure(error, cfg.paths.output_dir)
+        return DIVERGED_METRIC
     print(
         f"val/cer={metrics['val/cer']:.4f} val/wer={metrics['val/wer']:.4f}"
         + (f" test/cer={metrics['test/cer']:.4f}" if "test/cer" in metrics else "")
