@@ -1,4 +1,4 @@
-"""Batches: padding, encoded targets with explicit lengths, and a resumable, seeded sampler."""
+"""Batches: padding, encoded targets with explicit lengths, and resumable, seeded samplers."""
 
 from __future__ import annotations
 
@@ -110,6 +110,10 @@ class EpochBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g)]
+        return self._cut(order)
+
+    def _cut(self, order: list[int]) -> list[list[int]]:
+        """Cut ``order`` into batches (the last one possibly incomplete, unless ``drop_last``)."""
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
@@ -122,3 +126,68 @@ class EpochBatchSampler(Sampler[list[int]]):
         n = len(self.indices)
         full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return max(0, full - self.start_batch)
+
+
+class BucketBatchSampler(EpochBatchSampler):
+    """Like :class:`EpochBatchSampler`, but each batch holds inputs of similar width (less padding).
+
+    Per epoch, with a generator seeded by ``(seed, epoch)`` only: permute the indices, cut the
+    permutation into pools of ``pool_batches × batch_size`` samples, sort each pool by width (ties
+    keep the permutation order), cut it into batches, then shuffle all batches. Batch contents vary
+    from epoch to epoch (the pools do) and the order stays a pure function of ``(seed, epoch)``, so
+    ``set_epoch(epoch, start_batch)`` resumes mid-epoch exactly. Every pool but the last holds whole
+    batches, so the number of batches (``__len__``) equals :class:`EpochBatchSampler`'s.
+
+    Args:
+        indices: the dataset indices to draw from (after the audit dropped any).
+        widths: input width (or frames) of every sample of the dataset, indexed like the dataset.
+        batch_size: samples per batch.
+        shuffle: permute per epoch; otherwise sort all of ``indices`` by width, in one pool.
+        seed: base seed of the permutation.
+        drop_last: drop the one incomplete batch (the last of the last pool).
+        pool_batches: batches per sorting pool; larger pools pad less but vary less between epochs.
+    """
+
+    def __init__(
+        self,
+        indices: Sequence[int],
+        widths: Sequence[int],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        pool_batches: int = 50,
+    ) -> None:
+        super().__init__(indices, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        if pool_batches < 1:
+            raise ValueError(f"pool_batches must be >= 1 (batches per sorting pool), got {pool_batches}")
+        missing = [i for i in self.indices if not 0 <= i < len(widths)]
+        if missing:
+            raise ValueError(
+                f"{len(missing)} index(es) have no width (first: {missing[0]}; {len(widths)} widths): "
+                "pass the widths of the dataset the indices point into"
+            )
+        self.widths = list(widths)
+        self.pool_batches = pool_batches
+
+    def _batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            order = sorted(self.indices, key=lambda i: self.widths[i])
+            return self._cut(order)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = [self.indices[i] for i in torch.randperm(len(self.indices), generator=g)]
+        size = self.pool_batches * self.batch_size
+        pools = [order[start : start + size] for start in range(0, len(order), size)]
+        batches = [b for pool in pools for b in self._cut(sorted(pool, key=lambda i: self.widths[i]))]
+        return [batches[i] for i in torch.randperm(len(batches), generator=g)]
+
+
+def padding_cells(input_lengths: Tensor, padded_width: int) -> tuple[int, int]:
+    """``(padded cells, total cells)`` along the padded axis of one batch (a few CPU ops, no pass).
+
+    Args:
+        input_lengths: ``(B,)`` real widths (CPU).
+        padded_width: the padded width of the batch (``inputs.shape[-1]``).
+    """
+    total = len(input_lengths) * padded_width
+    return total - int(input_lengths.sum()), total

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import Dataset
+
+from recognizer.data.base import RecordDataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 
@@ -144,7 +145,7 @@ def _load_gray(path: Path) -> np.ndarray:
     return arr
 
 
-class LineDataset(Dataset):
+class LineDataset(RecordDataset):
     """Line images resized to ``height``; items are ``{"id", "input": (1, H, W), "text"}``.
 
     Args:
@@ -169,17 +170,6 @@ class LineDataset(Dataset):
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
         self._widths: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def texts(self) -> list[str]:
-        return [r.text for r in self.records]
 
     @property
     def widths(self) -> list[int]:

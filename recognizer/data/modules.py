@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recognizer.alphabet import Alphabet
+from recognizer.data.base import SplitData
 from recognizer.data.digit_lines import ensure_digit_lines
 from recognizer.data.lines import DataError, LineDataset, read_records
 
 
-class LinesData:
+class LinesData(SplitData):
     """A user's line images (``conf/data/lines.yaml``).
 
     Args:
@@ -34,27 +34,16 @@ class LinesData:
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
-        self.sources = {"train": train, "val": val, "test": test}
+        super().__init__({"train": train, "val": val, "test": test}, alphabet, batch_size, num_workers, pin_memory)
         self.height = height
         self.invert = invert
         self.cache = cache
-        self.alphabet_file = alphabet
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-
-    def has(self, split: str) -> bool:
-        return self.sources.get(split) is not None
 
     def dataset(self, split: str) -> LineDataset:
         source = self.sources.get(split)
         if source is None:
             raise DataError(f"no {split} data configured: set data.{split}=PATH (a manifest or folder)")
         return LineDataset(read_records(source), self.height, invert=self.invert, cache=self.cache)
-
-    def alphabet(self) -> Alphabet | None:
-        """The configured alphabet file, or None to build one from the train transcripts."""
-        return Alphabet.from_file(self.alphabet_file) if self.alphabet_file else None
 
 
 class DigitLinesData(LinesData):

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
+from recognizer.data.base import RecordDataset
 from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.lines import DataError
 
@@ -91,7 +91,7 @@ def filter_duration(
     return kept
 
 
-class AudioDataset(Dataset):
+class AudioDataset(RecordDataset):
     """Utterances as log-mel features; items are ``{"id", "input": (1, n_mels, frames), "text"}``.
 
     Args:
@@ -120,17 +120,6 @@ class AudioDataset(Dataset):
         self.cache = cache
         self._cache: dict[int, Tensor] = {}
         self._widths: list[int] | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def ids(self) -> list[str]:
-        return [r.id for r in self.records]
-
-    @property
-    def texts(self) -> list[str]:
-        return [r.text for r in self.records]
 
     @property
     def widths(self) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recognizer.alphabet import Alphabet
+from recognizer.data.base import SplitData
 from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.librispeech import read_librispeech
 from recognizer.data.lines import DataError
@@ -16,7 +16,7 @@ from recognizer.data.speech import AudioDataset, AudioRecord, filter_duration, r
 from recognizer.data.spoken_digits import ensure_spoken_digits
 
 
-class AudioManifestData:
+class AudioManifestData(SplitData):
     """A user's audio with NeMo-style JSONL manifests (``conf/data/audio_manifest.yaml``).
 
     Args:
@@ -57,7 +57,7 @@ class AudioManifestData:
     ) -> None:
         if height is not None and height != n_mels:
             raise ValueError(f"data.height={height} must equal data.n_mels={n_mels} for audio (set only n_mels)")
-        self.sources = {"train": train, "val": val, "test": test}
+        super().__init__({"train": train, "val": val, "test": test}, alphabet, batch_size, num_workers, pin_memory)
         self.sample_rate = sample_rate
         self.height = n_mels
         self.features = LogMel(sample_rate, n_mels, win_ms, hop_ms, n_fft, log_floor, normalize)
@@ -66,13 +66,6 @@ class AudioManifestData:
         self.max_duration = max_duration
         self.spec_augment = spec_augment
         self.cache = cache
-        self.alphabet_file = alphabet
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-
-    def has(self, split: str) -> bool:
-        return self.sources.get(split) is not None
 
     def records(self, split: str) -> list[AudioRecord]:
         source = self.sources.get(split)
@@ -90,10 +83,6 @@ class AudioManifestData:
             augment=self.spec_augment if split == "train" else None,
             cache=self.cache,
         )
-
-    def alphabet(self) -> Alphabet | None:
-        """The configured alphabet file, or None to build one from the train transcripts."""
-        return Alphabet.from_file(self.alphabet_file) if self.alphabet_file else None
 
 
 class SpokenDigitsData(AudioManifestData):
