@@ -62,7 +62,7 @@ class WandbLogger:
             raise ValueError(f"wandb mode must be online, offline or disabled, got {mode!r}")
         self.run = wandb.init(
             project=project,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # validated just above
             name=name,
             group=group,
             tags=list(tags or []),

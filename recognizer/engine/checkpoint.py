@@ -37,7 +37,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def rng_state() -> dict[str, Any]:
     """The Python, NumPy and torch (CPU and CUDA) random states, as plain tensors and lists."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)  # the (name, keys, pos, has_gauss, gauss) tuple
+    assert isinstance(np_state, tuple)
     state: dict[str, Any] = {
         "python": _to_lists(random.getstate()),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

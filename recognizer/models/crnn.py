@@ -162,6 +162,7 @@ class CRNN(nn.Module):
         """Exact number of output frames for inputs of ``input_lengths`` columns."""
         lengths = input_lengths.long()
         for block in self.blocks:
+            assert isinstance(block, ConvBlock)
             lengths = block.output_lengths(lengths)
         return lengths.clamp(min=0)
 
