@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
-from recognizer.data.batching import Collate, EpochBatchSampler
+from recognizer.data.batching import BucketBatchSampler, Collate, EpochBatchSampler
 from recognizer.data.lines import LineDataset
 from recognizer.stability.audit import AuditReport, audit_split
 
@@ -31,13 +31,25 @@ def make_loader(
     unknown: str,
     num_workers: int = 0,
     pin_memory: bool = False,
+    bucketing: bool = False,
+    bucket_pool_batches: int = 50,
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """A loader over ``indices`` with a seeded, resumable batch sampler.
 
     The loader has its own generator so that creating an iterator never draws from the global
     RNG (which would shift dropout masks after a resume).
+
+    Args:
+        bucketing: batch inputs of similar width (:class:`BucketBatchSampler`, widths read from
+            ``dataset.widths`` without decoding); otherwise a plain seeded permutation.
+        bucket_pool_batches: batches per sorting pool when bucketing.
     """
-    sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed)
+    if bucketing:
+        sampler: EpochBatchSampler = BucketBatchSampler(
+            indices, dataset.widths, batch_size, shuffle=shuffle, seed=seed, pool_batches=bucket_pool_batches
+        )
+    else:
+        sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -8,6 +8,11 @@ Examples::
     recognizer-train optimizer.lr=1e-3 trainer.max_epochs=5 logger=wandb logger.wandb.mode=offline
     recognizer-train hydra.run.dir=outputs/myrun trainer.resume=auto   # continue an interrupted run
     recognizer-train -m optimizer.lr=1e-3,3e-4,1e-4      # a sweep; each job returns val/cer
+    recognizer-train trainer.bucketing=true              # batches of similar widths: less padding
+
+On SIGTERM or SIGUSR1 (e.g. SLURM's ``--signal=USR1@120`` or a preemption) training finishes the
+current step, writes ``checkpoints/last.ckpt`` and exits with ``trainer.preempt_exit_code`` (0 by
+default); run the same command with ``trainer.resume=auto`` (e.g. after a requeue) to continue.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -27,7 +33,7 @@ from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
 from recognizer.engine.checkpoint import load_checkpoint
-from recognizer.engine.loop import TrainState, evaluate, fit
+from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.loggers import JsonlLogger, MultiLogger
 from recognizer.stability.audit import write_reports
@@ -55,6 +61,30 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint")
     return path
+
+
+def order_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """The settings that fix the batch order and differ from the checkpoint's run, as ``key: old → new``.
+
+    Args:
+        saved: the resolved config stored in the checkpoint (older ones lack the bucketing keys:
+            they trained without bucketing).
+        cfg: this run's config.
+    """
+    trainer = saved["trainer"]
+    before = {
+        "seed": saved["seed"],
+        "data.batch_size": saved["data"]["batch_size"],
+        "trainer.bucketing": trainer.get("bucketing", False),
+        "trainer.bucket_pool_batches": trainer.get("bucket_pool_batches", 50),
+    }
+    now = {
+        "seed": cfg.seed,
+        "data.batch_size": cfg.data.batch_size,
+        "trainer.bucketing": cfg.trainer.bucketing,
+        "trainer.bucket_pool_batches": cfg.trainer.bucket_pool_batches,
+    }
+    return [f"{k}: {before[k]} → {now[k]}" for k in now if before[k] != now[k]]
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -92,6 +122,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         unknown=stab.unknown,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
+        bucketing=opts.bucketing,
+        bucket_pool_batches=opts.bucket_pool_batches,
     )
     val_loader, _ = make_loader(
         val_set,
@@ -122,6 +154,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 f"{Alphabet(ckpt['alphabet'])!r}, the data gives {alphabet!r}"
             )
         state.load_state_dict(ckpt)
+        changed = order_changes(ckpt["config"], cfg)
+        if changed and state.batch_in_epoch:
+            log.warning(
+                "resuming mid-epoch (batch %d) with %s: the rest of this epoch is not what the interrupted run "
+                "would have seen (some samples twice, some never); resume with the original values for an exact "
+                "continuation",
+                state.batch_in_epoch,
+                ", ".join(changed),
+            )
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             ckpt_path,
@@ -195,9 +236,12 @@ def main(cfg: DictConfig) -> float:
 
     In a ``-m`` sweep a diverged job does not end the sweep: its cause goes to ``failure.json`` and it
     returns ``inf``, which ranks last. A single run re-raises, with the step and samples in the message.
+    A preempted run (SIGTERM/SIGUSR1) exits with ``trainer.preempt_exit_code``, a sweep included.
     """
     try:
         metrics = train(cfg)
+    except Preempted:
+        raise SystemExit(cfg.trainer.preempt_exit_code) from None  # fit logged where it stopped
     except NonFiniteStepError as error:
         if not in_multirun():
             raise

@@ -9,14 +9,21 @@ Stability extras cost nothing on a healthy step: the non-finite inspector (save 
 it with hooks, name the first bad module) runs only when the guard fires; the rollback snapshot is
 a CPU copy every ``stability.rollback_every_n_steps`` steps; blank collapse is judged from the
 validation outputs.
+
+Preemption: during ``fit``, SIGTERM and SIGUSR1 (what SLURM sends before it stops a job) only raise
+a flag; the loop finishes the current step, writes ``last.ckpt`` with the mid-epoch position and
+raises :class:`Preempted`, so ``trainer.resume=auto`` continues exactly where the run stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +36,7 @@ from tqdm import tqdm
 
 from recognizer.alphabet import Alphabet
 from recognizer.ctc import CTCLoss, check_feasible, check_targets
-from recognizer.data.batching import Batch, EpochBatchSampler
+from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
 from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
 from recognizer.engine.precision import Precision
@@ -60,6 +67,9 @@ class TrainerOptions:
     progress_bar: bool = True
     resume: str | None = None
     num_threads: int | None = None
+    bucketing: bool = False
+    bucket_pool_batches: int = 50
+    preempt_exit_code: int = 0
 
 
 @dataclass
@@ -111,6 +121,50 @@ class TrainState:
         set_rng_state(ckpt["rng"])
         if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
             self.collapse.load_state_dict(ckpt["collapse"])
+
+
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal after writing ``last.ckpt``; resume with ``trainer.resume=auto``."""
+
+    def __init__(self, signum: int, step: int, epoch: int, batch_in_epoch: int) -> None:
+        self.signum, self.step, self.epoch, self.batch_in_epoch = signum, step, epoch, batch_in_epoch
+        super().__init__(
+            f"preempted by {signal.Signals(signum).name} at step {step} (epoch {epoch + 1}, batch "
+            f"{batch_in_epoch}): wrote checkpoints/last.ckpt; continue with trainer.resume=auto"
+        )
+
+
+@dataclass
+class StopFlag:
+    """Set by a preemption signal handler; the loop reads it between steps."""
+
+    signum: int | None = None
+
+
+@contextlib.contextmanager
+def preemption_handlers() -> Iterator[StopFlag]:
+    """Turn SIGTERM/SIGUSR1 into a :class:`StopFlag` for the duration; restore the previous handlers.
+
+    Handlers can only be installed from the main thread of the main interpreter; elsewhere (a
+    training run inside a thread) the flag never fires and the signals keep their previous meaning.
+    """
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum: int, frame: object) -> None:  # only set a flag: safe at any bytecode
+        flag.signum = signum
+
+    previous = {s: signal.signal(s, handler) for s in PREEMPT_SIGNALS}
+    try:
+        yield flag
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -257,6 +311,10 @@ def fit(
         grad_norm_every_step: also log ``train/grad_norm`` and ``train/loss`` at every step (the
             values are already on the host: no extra sync).
         detect_anomaly: run every step under ``torch.autograd.set_detect_anomaly`` (slow; deep dives).
+
+    Raises:
+        Preempted: SIGTERM or SIGUSR1 arrived; the step in flight finished and ``last.ckpt`` holds
+            the position to resume from. The previous signal handlers are restored in any case.
     """
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
@@ -271,54 +329,72 @@ def fit(
     def done() -> bool:
         return opts.max_steps is not None and state.step >= opts.max_steps
 
-    while state.epoch < opts.max_epochs and not done():
-        sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
-            leave=False,
-            disable=None if opts.progress_bar else True,  # None: off when not a terminal
-            initial=state.batch_in_epoch,
-            total=state.batch_in_epoch + len(sampler),
-            mininterval=1.0,
-        )
-        for batch in bar:
-            with torch.autograd.set_detect_anomaly(detect_anomaly):
-                result = train_step(state, batch, ctc, opts.grad_clip)
-            state.batch_in_epoch += 1
-            if grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
-                logger.log_metrics({"train/grad_norm": result.grad_norm, "train/loss": result.loss}, state.step)
-            if state.step % opts.log_every_n_steps == 0 or not result.applied:
-                lr = state.optimizer.param_groups[0]["lr"]
-                logger.log_metrics(
-                    {
-                        "train/loss": result.loss,
-                        "train/grad_norm": result.grad_norm,
-                        "train/lr": lr,
-                        "train/skipped": float(not result.applied),
-                        "epoch": state.epoch,
-                        "time": elapsed(),
-                    },
-                    state.step,
-                )
-                bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-            if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
+    with preemption_handlers() as stop:
+        padded = cells = 0  # padding along the width/time axis since the last train log
+        while state.epoch < opts.max_epochs and not done():
+            sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
+                leave=False,
+                disable=None if opts.progress_bar else True,  # None: off when not a terminal
+                initial=state.batch_in_epoch,
+                total=state.batch_in_epoch + len(sampler),
+                mininterval=1.0,
+            )
+            for batch in bar:
+                with torch.autograd.set_detect_anomaly(detect_anomaly):
+                    result = train_step(state, batch, ctc, opts.grad_clip)
+                state.batch_in_epoch += 1
+                pad, total = padding_cells(batch.input_lengths, batch.inputs.shape[-1])  # CPU lengths: no sync
+                padded, cells = padded + pad, cells + total
+                if grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
+                    logger.log_metrics({"train/grad_norm": result.grad_norm, "train/loss": result.loss}, state.step)
+                if state.step % opts.log_every_n_steps == 0 or not result.applied:
+                    lr = state.optimizer.param_groups[0]["lr"]
+                    logger.log_metrics(
+                        {
+                            "train/loss": result.loss,
+                            "train/grad_norm": result.grad_norm,
+                            "train/lr": lr,
+                            "train/skipped": float(not result.applied),
+                            "train/padding": padded / max(cells, 1),  # padded share of the inputs
+                            "epoch": state.epoch,
+                            "time": elapsed(),
+                        },
+                        state.step,
+                    )
+                    bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                    padded = cells = 0
+                if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
+                    checkpoint("last.ckpt")
+                if done() or stop.signum is not None:
+                    break
+            bar.close()
+            if stop.signum is not None:  # after the step that was running when the signal came
+                raise preempt(state, stop.signum, checkpoint)
+            if done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
+                checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
+                break
+            state.epoch += 1
+            state.batch_in_epoch = 0
+            if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or done():
+                if validate_and_checkpoint(state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint):
+                    log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
+                    break
+            else:
                 checkpoint("last.ckpt")
-            if done():
-                break
-        bar.close()
-        if done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
-            checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
-            break
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or done():
-            if validate_and_checkpoint(state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint):
-                log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
-                break
-        else:
-            checkpoint("last.ckpt")
+            if stop.signum is not None:  # the signal came during validation: last.ckpt is current
+                raise preempt(state, stop.signum, checkpoint)
     return state
+
+
+def preempt(state: TrainState, signum: int, checkpoint: Any) -> Preempted:
+    """Write ``last.ckpt`` (with the mid-epoch position), log why, and return the error to raise."""
+    checkpoint("last.ckpt")
+    error = Preempted(signum, state.step, state.epoch, state.batch_in_epoch)
+    log.warning("%s", error)
+    return error
 
 
 def validate_and_checkpoint(
