@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from recognizer.alphabet import Alphabet
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file or sample and the fix."""
+
+
+def check_unique(records: Sequence[Any], source: str | Path) -> None:
+    """Raise :class:`DataError` if two records of ``source`` share an id."""
+    seen: set[str] = set()
+    for r in records:
+        if r.id in seen:
+            raise DataError(f"{source}: sample id {r.id!r} appears twice; ids must be unique")
+        seen.add(r.id)
+
+
+def write_manifest(path: Path, rows: Sequence[str]) -> Path:
+    """Write a manifest atomically (temp file + rename): its presence marks a finished split."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 class RecordDataset(Dataset):

@@ -13,11 +13,12 @@ manifest, which is written last (atomically).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from recognizer.data.base import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,7 @@ def generate_split(root: Path, split: str, num_lines: int, max_digits: int, heig
         name = f"{split}/{split}-{i:06d}.png"
         Image.fromarray(pixels, mode="L").save(root / name, compress_level=1)
         rows.append(f"{name}\t{text}")
-    manifest = root / f"{split}.tsv"
-    tmp = manifest.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    tmp.replace(manifest)
-    return manifest
+    return write_manifest(root / f"{split}.tsv", rows)
 
 
 def ensure_digit_lines(

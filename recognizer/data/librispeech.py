@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 
 from recognizer.data.audio import audio_info
+from recognizer.data.base import check_unique
 from recognizer.data.lines import DataError
-from recognizer.data.speech import AudioRecord, check_unique
+from recognizer.data.speech import AudioRecord
 
 _SPACES = re.compile(r"\s+")
 

@@ -18,13 +18,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from recognizer.data.base import RecordDataset
+from recognizer.data.base import DataError, RecordDataset, check_unique
+
+__all__ = ["DataError", "LineDataset", "Record", "read_records"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file or sample and the fix."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ def read_records(source: str | Path) -> list[Record]:
         raise DataError(f"{source}: unsupported manifest type {source.suffix!r}; use .tsv or .jsonl")
     if not records:
         raise DataError(f"manifest {source} lists no samples")
-    _check_unique(records, source)
+    check_unique(records, source)
     return records
 
 
@@ -106,14 +104,6 @@ def _read_kraken(folder: Path) -> list[Record]:
     if not records:
         raise DataError(f"folder {folder} has no NAME.gt.txt transcripts (kraken layout)")
     return records
-
-
-def _check_unique(records: list[Record], source: Path) -> None:
-    seen: set[str] = set()
-    for r in records:
-        if r.id in seen:
-            raise DataError(f"{source}: sample id {r.id!r} appears twice; ids must be unique")
-        seen.add(r.id)
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
-from recognizer.data.base import RecordDataset
+from recognizer.data.base import RecordDataset, check_unique
 from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.lines import DataError
 
@@ -56,14 +55,6 @@ def read_audio_manifest(path: str | Path) -> list[AudioRecord]:
         raise DataError(f"manifest {path} lists no utterances")
     check_unique(records, path)
     return records
-
-
-def check_unique(records: Sequence[AudioRecord], source: Path) -> None:
-    seen: set[str] = set()
-    for r in records:
-        if r.id in seen:
-            raise DataError(f"{source}: utterance id {r.id!r} appears twice; ids must be unique")
-        seen.add(r.id)
 
 
 def filter_duration(

@@ -21,12 +21,13 @@ import ctypes
 import json
 import logging
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from recognizer.data.base import write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,7 @@ def generate_split(root: Path, split: str, num: int, max_digits: int, sample_rat
         sf.write(root / name, audio, sample_rate, subtype="PCM_16")
         row = {"audio_filepath": name, "duration": round(len(audio) / sample_rate, 4), "text": plan["text"]}
         rows.append(json.dumps(row | {"voice": plan["voice"]}))
-    manifest = root / f"{split}.jsonl"
-    tmp = manifest.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    tmp.replace(manifest)
-    return manifest
+    return write_manifest(root / f"{split}.jsonl", rows)
 
 
 def ensure_spoken_digits(
