@@ -256,6 +256,11 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
         )
     out.loss.backward()
     bad_params = [n for n, p in replica.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    # Exploded weights first: with |w| in the thousands a plain matmul's backward overflows, and
+    # naming that layer as a singular op would send the user after the wrong fix.
+    exploded = _exploded(replica)
+    if exploded is not None:
+        return exploded
     culprit = backward.culprit()
     if culprit is not None:
         module = dict(replica.named_modules())[culprit]
@@ -264,9 +269,6 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
             "at 0 or a division by a tiny value — add an epsilon or clamp away from the singular point"
         )
         return Localization("backward", culprit, type(module).__name__, True, cause, bad_parameters=bad_params)
-    exploded = _exploded(replica)
-    if exploded is not None:
-        return exploded
     if bad_params:
         owner = bad_params[0].rsplit(".", 1)[0]
         module = dict(replica.named_modules())[owner]
