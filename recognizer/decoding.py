@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from recognizer.ctc import BLANK
+from recognizer.metrics import ErrorRates
 
 if TYPE_CHECKING:
     from recognizer.alphabet import Alphabet
@@ -197,6 +198,7 @@ class BeamDecoder:
                 "symbols + blank: build the decoder with the checkpoint's alphabet"
             )
         emissions = logits.detach().float().log_softmax(-1).cpu()  # (B, T, C)
+        lengths = lengths.cpu()
         if self.synthetic_sil:
             sil = (
                 emissions[..., BLANK : BLANK + 1]
@@ -204,7 +206,9 @@ class BeamDecoder:
                 else emissions.new_full((*emissions.shape[:2], 1), SIL_LOGPROB)
             )
             emissions = torch.cat([emissions, sil], -1)
-        results = self.decoder(emissions.contiguous(), lengths.cpu().to(torch.int32))
+        if self.sil_like_blank:
+            emissions, lengths = _close_last_word(emissions, lengths)
+        results = self.decoder(emissions.contiguous(), lengths.to(torch.int32))
         return [self._hypothesis(r[0], int(n)) for r, n in zip(results, lengths.tolist())]
 
     def _hypothesis(self, hyp: object, length: int) -> Hypothesis:
@@ -215,6 +219,21 @@ class BeamDecoder:
                 ids.append(token)
                 frames.append(step - 1)
         return Hypothesis(ids, float(hyp.score), frames)  # type: ignore[attr-defined]
+
+
+def _close_last_word(emissions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Append one frame per sample where only the separator (last column) is possible, at no cost.
+
+    With spellings that end in the separator, a line's last word completes only on a separator
+    frame; the end of a line is a word boundary, but a model that ends on a symbol gives none, and
+    flashlight then keeps only the hypotheses that dropped the last word. This frame closes it.
+    """
+    batch, frames, classes = emissions.shape
+    closed = emissions.new_full((batch, frames + 1, classes), SIL_LOGPROB)
+    closed[:, :frames] = emissions
+    closed[torch.arange(batch), lengths, :] = SIL_LOGPROB
+    closed[torch.arange(batch), lengths, -1] = 0.0
+    return closed, lengths + 1
 
 
 def _with_final_token(source: Path, target: Path, token: str) -> str:
@@ -343,3 +362,46 @@ def decode_loader(
         hyps = decoder(logits, lengths)
         rows += [(i, t, alphabet.decode(h.ids)) for i, t, h in zip(batch.ids, batch.texts, hyps)]
     return rows
+
+
+@torch.no_grad()
+def tune_lm(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    alphabet: Alphabet,
+    precision: Precision,
+    lm_weights: Sequence[float],
+    word_scores: Sequence[float],
+    **beam: object,
+) -> tuple[dict[str, float], list[tuple[float, float, int]]]:
+    """Choose ``lm_weight`` and ``word_score`` for beam search on a held-out split (a grid, as NeMo does).
+
+    The model runs once; every grid point decodes the stored outputs. Pick the split you tune on
+    (validation) apart from the one you report (test).
+
+    Args:
+        model, loader, alphabet, precision: as for :func:`decode_loader`.
+        lm_weights, word_scores: the grid.
+        beam: the other :class:`BeamDecoder` arguments (``lexicon``, ``lm``, ``beam_size`` ...).
+
+    Returns:
+        ``({"lm_weight": w, "word_score": s}, [(w, s, character errors), ...])``: the first point of
+        the grid with the fewest character errors, and the whole table in grid order.
+    """
+    model.eval()
+    outputs = []
+    for batch in loader:
+        moved = batch.to(precision.device, non_blocking=True)
+        with precision.autocast():
+            logits, lengths = model(moved.inputs, moved.input_lengths)
+        outputs.append((logits.float().cpu(), lengths.cpu(), batch.texts))
+    table = []
+    for weight in lm_weights:
+        for word_score in word_scores:
+            decoder = BeamDecoder(alphabet.symbols, lm_weight=weight, word_score=word_score, **beam)  # type: ignore[arg-type]
+            rates = ErrorRates()
+            for logits, lengths, texts in outputs:
+                rates.update(texts, [alphabet.decode(h.ids) for h in decoder(logits, lengths)])
+            table.append((weight, word_score, rates.char_errors))
+    best = min(table, key=lambda row: row[2])
+    return {"lm_weight": best[0], "word_score": best[1]}, table

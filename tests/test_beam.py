@@ -7,9 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
-from recognizer.decoding import BeamDecoder, GreedyDecoder, greedy_decode, write_arpa, write_lexicon
+from recognizer.builders import make_loader, model_from_checkpoint
+from recognizer.decoding import (
+    BeamDecoder,
+    GreedyDecoder,
+    greedy_decode,
+    tune_lm,
+    write_arpa,
+    write_lexicon,
+)
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.engine.precision import resolve_precision
 from recognizer.evaluate import evaluate_checkpoint
+from recognizer.train import train
 from tests.conftest import compose_config
 from tests.tiny_checkpoint import tiny_checkpoint
 
@@ -63,6 +75,17 @@ def test_lexicon_without_space_keeps_outputs_in_the_lexicon(tmp_path: Path) -> N
     lexicon = write_lexicon(["12", "7"], tmp_path / "lexicon.txt")
     (hyp,) = BeamDecoder(DIGITS, lexicon=str(lexicon))(x, torch.tensor([6]))
     assert hyp.ids == ids("12", DIGITS)
+
+
+def test_lexicon_without_space_ends_the_last_word_at_the_end_of_the_line(tmp_path: Path) -> None:
+    # one-digit words; sample 0 ends on "2" held two frames, sample 1 (padded) on "1" at its last frame:
+    # no blank follows either, yet the end of a line is a word boundary (flashlight alone drops them)
+    x = torch.cat([emissions([{2: 0.9}, {}, {3: 0.9}, {3: 0.9}], 11), emissions([{}, {2: 0.9}, {}, {}], 11)])
+    lengths = torch.tensor([4, 2])
+    lexicon = write_lexicon(DIGITS, tmp_path / "lexicon.txt")
+    hyps = BeamDecoder(DIGITS, lexicon=str(lexicon))(x, lengths)
+    assert [h.ids for h in hyps] == [ids("12", DIGITS), ids("1", DIGITS)] == greedy_decode(x, lengths)
+    assert [h.frames for h in hyps] == [[0, 2], [1]]
 
 
 def test_lexicon_with_spaces_decodes_words(tmp_path: Path) -> None:
@@ -130,3 +153,40 @@ def test_evaluation_with_beam_search(data_root: Path, tmp_path_factory: pytest.T
     assert with_lm["test/greedy_cer"] == beam["test/greedy_cer"]
     assert 0.0 <= with_lm["test/cer"] <= 1.5 and not math.isnan(with_lm["test/cer"])
     assert (out / "lm" / "predictions_test.tsv").read_text().startswith("id\treference\thypothesis\n")
+
+
+@pytest.mark.slow
+def test_lexicon_and_lm_do_not_lose_to_greedy_on_the_embedded_test_split(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The issue's bar, on a trained model: a small lexicon and an ARPA LM built from the training text,
+    weights chosen on validation (``tune_lm``), then the test split through ``recognizer-eval``'s path."""
+    root, out = tmp_path_factory.mktemp("beam_data"), tmp_path_factory.mktemp("beam_run")
+    data = [f"data.root={root}", "data.num_train=4000", "data.num_val=200", "data.num_test=500"]
+    run = ["trainer.max_epochs=5", "trainer.device=cpu", "trainer.progress_bar=false", f"paths.output_dir={out}"]
+    train(compose_config("train", [*data, *run]))
+    texts = [line.split("\t")[1] for line in next(root.glob("*/train.tsv")).read_text().splitlines()[1:]]
+    lm = write_arpa([list(t) for t in texts], out / "chars3.arpa", order=3)
+    lexicon = write_lexicon(sorted(set("".join(texts))), out / "lexicon.txt")
+    assert lexicon.read_text().splitlines()[:2] == ["0 0", "1 1"]
+
+    ckpt = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    model, alphabet = model_from_checkpoint(ckpt)
+    val = instantiate(ckpt["config"]["data"]).dataset("val")
+    loader, _ = make_loader(val, list(range(len(val))), alphabet, 64, False, 0, "error")
+    precision = resolve_precision("32", torch.device("cpu"))
+    beam = {"lexicon": str(lexicon), "lm": str(lm)}
+    chosen, table = tune_lm(model, loader, alphabet, precision, (0.1, 0.3), (0.0, 1.0, 2.0), **beam)
+    assert len(table) == 6 and min(e for *_, e in table) == next(
+        e for w, s, e in table if (w, s) == tuple(chosen.values())
+    )
+
+    decoding = ["decoding=beam", *(f"decoding.{k}={v}" for k, v in (beam | chosen).items())]
+    metrics = evaluate_checkpoint(
+        compose_config(
+            "eval",
+            [f"checkpoint={out}/checkpoints/best.ckpt", *data, "device=cpu", f"paths.output_dir={out}/eval", *decoding],
+        )
+    )
+    assert metrics["test/greedy_cer"] < 0.05  # a trained model, not noise
+    assert metrics["test/cer"] <= metrics["test/greedy_cer"], (chosen, metrics)
