@@ -33,6 +33,8 @@ def make_loader(
     pin_memory: bool = False,
     bucketing: bool = False,
     bucket_pool_batches: int = 50,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """A loader over ``indices`` with a seeded, resumable batch sampler.
 
@@ -43,13 +45,16 @@ def make_loader(
         bucketing: batch inputs of similar width (:class:`BucketBatchSampler`, widths read from
             ``dataset.widths`` without decoding); otherwise a plain seeded permutation.
         bucket_pool_batches: batches per sorting pool when bucketing.
+        num_replicas, rank: under DDP, this rank's shard of the batches; training shards (``shuffle``)
+            are padded to equal length, evaluation shards are not (every sample counted once).
     """
+    shard = {"num_replicas": num_replicas, "rank": rank, "pad_shards": shuffle}
     if bucketing:
         sampler: EpochBatchSampler = BucketBatchSampler(
-            indices, dataset.widths, batch_size, shuffle=shuffle, seed=seed, pool_batches=bucket_pool_batches
+            indices, dataset.widths, batch_size, shuffle=shuffle, seed=seed, pool_batches=bucket_pool_batches, **shard
         )
     else:
-        sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed)
+        sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed, **shard)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

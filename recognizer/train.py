@@ -9,10 +9,15 @@ Examples::
     recognizer-train hydra.run.dir=outputs/myrun trainer.resume=auto   # continue an interrupted run
     recognizer-train -m optimizer.lr=1e-3,3e-4,1e-4      # a sweep; each job returns val/cer
     recognizer-train trainer.bucketing=true              # batches of similar widths: less padding
+    torchrun --standalone --nproc_per_node=2 $(which recognizer-train) hydra.run.dir=outputs/ddp   # DDP
 
 On SIGTERM or SIGUSR1 (e.g. SLURM's ``--signal=USR1@120`` or a preemption) training finishes the
 current step, writes ``checkpoints/last.ckpt`` and exits with ``trainer.preempt_exit_code`` (0 by
 default); run the same command with ``trainer.resume=auto`` (e.g. after a requeue) to continue.
+
+Under ``torchrun`` every rank runs this same function (see :mod:`recognizer.engine.distributed`):
+rank 0 prepares the data first, writes every file and evaluates at the end; the others train on
+their shards and take part in validation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
+from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
@@ -88,16 +94,34 @@ def order_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics."""
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
+    """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this joins the process group and leaves it at the end.
+    """
+    dist = distributed.init_distributed(cfg.trainer.device)
+    try:
+        metrics = _train(cfg, dist)
+        dist.barrier()  # tear down together: gloo aborts a rank whose peer left first
+        return metrics
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
+    # Hydra names each rank's run dir by its own clock: all ranks use rank 0's.
+    run_dir = Path(dist.broadcast(str(cfg.paths.output_dir)))
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 logs progress
+    seed_everything(cfg.seed + dist.rank)  # own dropout/augmentation stream per rank; DDP syncs the weights
 
     opts = instantiate(cfg.trainer)
     if opts.num_threads:  # on a busy CPU fewer threads can be several times faster
         torch.set_num_threads(opts.num_threads)
-    data = instantiate(cfg.data)
-    train_set, val_set = data.dataset("train"), data.dataset("val")
+    with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
+        data = instantiate(cfg.data)
+        train_set, val_set = data.dataset("train"), data.dataset("val")
     alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
     model = instantiate(cfg.model, num_classes=alphabet.num_classes)
     check_head(model, alphabet)
@@ -110,8 +134,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
 
     reports = [run_audit(s, d, alphabet, model, cfg.stability) for s, d in (("train", train_set), ("val", val_set))]
-    write_reports(reports, run_dir)
+    if dist.is_main:
+        write_reports(reports, run_dir)
     stab = cfg.stability
+    shard = {"num_replicas": dist.world_size, "rank": dist.rank}
     train_loader, sampler = make_loader(
         train_set,
         reports[0].kept,
@@ -124,6 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pin_memory=data.pin_memory,
         bucketing=opts.bucketing,
         bucket_pool_batches=opts.bucket_pool_batches,
+        **shard,
     )
     val_loader, _ = make_loader(
         val_set,
@@ -135,16 +162,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         unknown=stab.unknown,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
+        **shard,
     )
 
-    device = resolve_device(opts.device)
+    device = distributed.device_for(dist, resolve_device(opts.device))
     precision = resolve_precision(opts.precision, device)
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
-    state = TrainState(model, optimizer, scheduler, precision, guard)
-    attach_stability(state, stab, run_dir)
+    state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
+    state.ddp = distributed.wrap(model, dist, device)
+    attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
@@ -173,8 +202,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     ctc = make_ctc(stab)
     config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = [JsonlLogger(run_dir / "metrics.jsonl")]
-    loggers += [instantiate(node) for node in (cfg.logger or {}).values()]
+    loggers = [JsonlLogger(run_dir / "metrics.jsonl")] if dist.is_main else []
+    loggers += [instantiate(node) for node in (cfg.logger or {}).values()] if dist.is_main else []
     logger = MultiLogger(loggers)
     logger.log_config(config)
     describe = {"config": config, "alphabet": alphabet.symbols}
@@ -193,8 +222,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
             grad_norm_every_step=stab.grad_norm_every_step,
             detect_anomaly=stab.detect_anomaly,
         )
-        metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
-        logger.log_metrics(metrics, state.step)
+        compared = distributed.check_same_parameters(model, dist)
+        if dist.enabled:
+            log.info("parameters identical on all %d ranks (%d values compared)", dist.world_size, compared)
+        metrics = None
+        if dist.is_main:
+            if dist.enabled:  # evaluate the whole splits on rank 0 (the train-time val loader is a shard)
+                val_loader, _ = make_loader(
+                    val_set, reports[1].kept, alphabet, data.batch_size, False, cfg.seed, stab.unknown
+                )
+            metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
+            logger.log_metrics(metrics, state.step)
+        metrics = dist.broadcast(metrics)
     finally:
         logger.finish()
     return metrics
@@ -247,10 +286,11 @@ def main(cfg: DictConfig) -> float:
             raise
         record_failure(error, cfg.paths.output_dir)
         return DIVERGED_METRIC
-    print(
-        f"val/cer={metrics['val/cer']:.4f} val/wer={metrics['val/wer']:.4f}"
-        + (f" test/cer={metrics['test/cer']:.4f}" if "test/cer" in metrics else "")
-    )
+    if distributed.env_dist().is_main:
+        print(
+            f"val/cer={metrics['val/cer']:.4f} val/wer={metrics['val/wer']:.4f}"
+            + (f" test/cer={metrics['test/cer']:.4f}" if "test/cer" in metrics else "")
+        )
     return metrics[cfg.optimized_metric]
 
 

@@ -75,12 +75,22 @@ class EpochBatchSampler(Sampler[list[int]]):
     The order depends only on the seed and the epoch, so a run resumed in the middle of an
     epoch (``start_batch``) sees exactly the batches the uninterrupted run would have seen.
 
+    Distributed (``num_replicas > 1``): every rank builds the same list of batches (same seed) and
+    takes every ``num_replicas``-th one from position ``rank``, so a step's global batch is
+    ``num_replicas × batch_size`` samples and no two ranks share a batch. ``pad_shards`` (training)
+    repeats the first batches so every rank gets the same number of batches (DDP needs every rank
+    to step together); without it (evaluation) every batch is seen exactly once and ranks may get
+    one batch less.
+
     Args:
         indices: the dataset indices to draw from (after the audit dropped any).
         batch_size: samples per batch.
         shuffle: permute per epoch; otherwise keep ``indices`` order.
-        seed: base seed of the permutation.
+        seed: base seed of the permutation (the same on every rank).
         drop_last: drop a final incomplete batch.
+        num_replicas: number of ranks sharing the epoch.
+        rank: this rank's position, ``0..num_replicas-1``.
+        pad_shards: make all shards equally long by repeating batches from the start of the epoch.
     """
 
     def __init__(
@@ -90,14 +100,22 @@ class EpochBatchSampler(Sampler[list[int]]):
         shuffle: bool,
         seed: int = 0,
         drop_last: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad_shards: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in 0..{num_replicas - 1} for num_replicas={num_replicas}, got {rank}")
         self.indices = list(indices)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pad_shards = pad_shards
         self.epoch = 0
         self.start_batch = 0
 
@@ -119,12 +137,25 @@ class EpochBatchSampler(Sampler[list[int]]):
             batches.pop()
         return batches
 
+    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+        """This rank's batches of the epoch (all of them with one replica)."""
+        if self.num_replicas == 1:
+            return batches
+        if self.pad_shards and batches:
+            short = -len(batches) % self.num_replicas
+            batches = batches + [batches[i % len(batches)] for i in range(short)]
+        return batches[self.rank :: self.num_replicas]
+
     def __iter__(self) -> Iterator[list[int]]:
-        yield from self._batches()[self.start_batch :]
+        yield from self._shard(self._batches())[self.start_batch :]
 
     def __len__(self) -> int:
         n = len(self.indices)
         full = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.num_replicas > 1 and self.pad_shards:
+            full = -(-full // self.num_replicas)
+        elif self.num_replicas > 1:
+            full = len(range(self.rank, full, self.num_replicas))
         return max(0, full - self.start_batch)
 
 
@@ -146,6 +177,8 @@ class BucketBatchSampler(EpochBatchSampler):
         seed: base seed of the permutation.
         drop_last: drop the one incomplete batch (the last of the last pool).
         pool_batches: batches per sorting pool; larger pools pad less but vary less between epochs.
+        num_replicas, rank, pad_shards: distributed sharding of the batches, as in :class:`EpochBatchSampler`
+            (bucketing happens before sharding, so every rank gets batches of similar widths).
     """
 
     def __init__(
@@ -157,8 +190,20 @@ class BucketBatchSampler(EpochBatchSampler):
         seed: int = 0,
         drop_last: bool = False,
         pool_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pad_shards: bool = True,
     ) -> None:
-        super().__init__(indices, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        super().__init__(
+            indices,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad_shards=pad_shards,
+        )
         if pool_batches < 1:
             raise ValueError(f"pool_batches must be >= 1 (batches per sorting pool), got {pool_batches}")
         missing = [i for i in self.indices if not 0 <= i < len(widths)]

@@ -39,6 +39,7 @@ from recognizer.ctc import CTCLoss, check_feasible, check_targets
 from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
 from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from recognizer.engine.distributed import Dist
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
@@ -91,6 +92,8 @@ class TrainState:
     inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
     rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
     collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
+    dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
+    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper for the training forward
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -118,7 +121,13 @@ class TrainState:
         self.guard.load_state_dict(ckpt["guard"])
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])
-        set_rng_state(ckpt["rng"])
+        per_rank = ckpt.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])  # each rank continues its own dropout stream
+        else:
+            set_rng_state(ckpt["rng"])
+            if self.dist.rank:  # another number of ranks than the saved run: derive distinct streams
+                torch.manual_seed(int(torch.randint(2**62, (1,))) + self.dist.rank)
         if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
             self.collapse.load_state_dict(ckpt["collapse"])
 
@@ -189,7 +198,7 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     saved_buffers = [b.clone() for b in buffers]
     with precision.autocast():
-        logits, output_lengths = model(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
+        logits, output_lengths = (state.ddp or model)(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
     out = ctc(logits, output_lengths, batch.targets, batch.target_lengths)
     optimizer.zero_grad(set_to_none=True)
     scaler = precision.scaler
@@ -199,12 +208,14 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     loss_value, norm_value = torch.stack([out.loss.detach(), grad_norm.detach().float()]).tolist()
     state.step += 1
-    if precision.scaled and math.isfinite(loss_value) and not math.isfinite(norm_value):
+    # Under DDP every rank must take the same decision: agree on which quantity was non-finite anywhere.
+    loss_bad, norm_bad = (v > 0 for v in state.dist.sum([not math.isfinite(loss_value), not math.isfinite(norm_value)]))
+    if precision.scaled and not loss_bad and norm_bad:
         # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault.
         scaler.step(optimizer)
         scaler.update()
         return StepResult(loss_value, norm_value, applied=False)
-    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+    if loss_bad or norm_bad:
         restore_buffers(buffers, saved_buffers)  # before the guard may raise or save the state
     inspector = state.inspector
     diagnose = None
@@ -214,7 +225,9 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
             return inspector(state.step, model, optimizer, scaler, batch, ctc, precision.autocast)
 
     # per_sample stays on the device: the guard reads it only on a non-finite step (no copy per step)
-    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose):
+    # the fault is another rank's if our loss is finite but some rank's is not (or only theirs overflowed)
+    peer_fault = math.isfinite(loss_value) and (loss_bad or (norm_bad and math.isfinite(norm_value)))
+    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault):
         optimizer.zero_grad(set_to_none=True)
         scaler.update()
         if state.guard.policy == "rollback":
@@ -248,11 +261,14 @@ def evaluate(
     alphabet: Alphabet,
     precision: Precision,
     keep_predictions: bool = False,
+    dist: Dist | None = None,
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Loss, CER, WER and blank statistics with greedy decoding; optionally (id, reference, hypothesis) rows.
 
     ``blank`` is the fraction of valid output frames whose argmax is the blank, ``empty`` the
-    fraction of empty hypotheses (both near 1 mean blank collapse).
+    fraction of empty hypotheses (both near 1 mean blank collapse). Under DDP (``dist``) each rank
+    evaluates its shard and the counts are summed over ranks (rows stay per rank), so the metrics
+    are those of the whole split.
     """
     model.eval()
     rates, loss_sum, n = ErrorRates(), 0.0, 0
@@ -272,6 +288,11 @@ def evaluate(
         rates.update(refs, hyps)
         if keep_predictions:
             rows += list(zip(batch.ids, batch.texts, hyps))
+    if dist is not None and dist.enabled:
+        counts = [rates.char_errors, rates.chars, rates.word_errors, rates.words, loss_sum, n, blanks, frames, empty]
+        counts = dist.sum(counts)
+        rates.char_errors, rates.chars, rates.word_errors, rates.words = (int(c) for c in counts[:4])
+        loss_sum, n, blanks, frames, empty = counts[4], int(counts[5]), counts[6], counts[7], counts[8]
     metrics = {
         "loss": loss_sum / max(n, 1),
         "cer": rates.cer,
@@ -323,8 +344,14 @@ def fit(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start
 
+    dist = state.dist
+
     def checkpoint(name: str) -> None:
-        save_checkpoint({**state.state_dict(), **describe}, ckpt_dir / name)
+        # every rank takes part (its RNG state is gathered); only rank 0 writes
+        per_rank = dist.gather(rng_state()) if dist.enabled else None
+        if dist.is_main:
+            extra = {"rng_per_rank": per_rank} if per_rank is not None else {}
+            save_checkpoint({**state.state_dict(), **extra, **describe}, ckpt_dir / name)
 
     def done() -> bool:
         return opts.max_steps is not None and state.step >= opts.max_steps
@@ -337,11 +364,12 @@ def fit(
                 train_loader,
                 desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
                 leave=False,
-                disable=None if opts.progress_bar else True,  # None: off when not a terminal
+                disable=None if opts.progress_bar and dist.is_main else True,  # None: off when not a terminal
                 initial=state.batch_in_epoch,
                 total=state.batch_in_epoch + len(sampler),
                 mininterval=1.0,
             )
+            stopping = False
             for batch in bar:
                 with torch.autograd.set_detect_anomaly(detect_anomaly):
                     result = train_step(state, batch, ctc, opts.grad_clip)
@@ -368,11 +396,12 @@ def fit(
                     padded = cells = 0
                 if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
                     checkpoint("last.ckpt")
-                if done() or stop.signum is not None:
+                stopping = dist.any(stop.signum is not None)  # a signal to any rank stops all of them
+                if done() or stopping:
                     break
             bar.close()
-            if stop.signum is not None:  # after the step that was running when the signal came
-                raise preempt(state, stop.signum, checkpoint)
+            if stopping:  # after the step that was running when the signal came
+                raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
             if done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
                 checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
                 break
@@ -384,8 +413,8 @@ def fit(
                     break
             else:
                 checkpoint("last.ckpt")
-            if stop.signum is not None:  # the signal came during validation: last.ckpt is current
-                raise preempt(state, stop.signum, checkpoint)
+            if dist.any(stop.signum is not None):  # the signal came during validation: last.ckpt is current
+                raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
     return state
 
 
@@ -408,7 +437,7 @@ def validate_and_checkpoint(
     checkpoint: Any,
 ) -> bool:
     """Validate, log, write best/last checkpoints; return True if early stopping triggers."""
-    metrics, _ = evaluate(state.model, val_loader, ctc, alphabet, state.precision)
+    metrics, _ = evaluate(state.model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
     record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
     state.history.append({"step": state.step, **record})
     logger.log_metrics(record, state.step)

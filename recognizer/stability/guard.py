@@ -45,6 +45,7 @@ class NonFiniteGuard:
         per_sample_loss: Tensor,
         ids: Sequence[str],
         diagnose: Callable[[], str] | None = None,
+        peer_fault: bool = False,
     ) -> bool:
         """Return True if the step is healthy; otherwise skip (False) or raise, per policy.
 
@@ -56,14 +57,23 @@ class NonFiniteGuard:
             ids: the batch's sample ids.
             diagnose: called only on a non-finite step (the healthy path never calls it); its text
                 (the localisation, where the batch was saved) is appended to the message.
+            peer_fault: under DDP, the fault started on another rank (its loss was non-finite; this
+                rank's gradient may be non-finite only because DDP averaged it in): this rank takes
+                the same decision (skip, roll back or raise) so the ranks stay in step.
         """
-        if math.isfinite(loss) and math.isfinite(grad_norm):
+        if math.isfinite(loss) and math.isfinite(grad_norm) and not peer_fault:
             self.consecutive = 0
             return True
         self.consecutive += 1
         self.skipped += 1
-        message = describe(step, loss, grad_norm, per_sample_loss, ids)
-        if diagnose is not None:
+        if peer_fault:
+            message = (
+                f"non-finite step {step} on another rank (loss={loss} here, grad_norm={grad_norm} after DDP's "
+                "average; the faulty rank's log names the samples)"
+            )
+        else:
+            message = describe(step, loss, grad_norm, per_sample_loss, ids)
+        if diagnose is not None and not peer_fault:
             message += f"; {diagnose()}"
         self.last_message = message
         if self.policy == "raise":

@@ -1,0 +1,197 @@
+"""DDP: sharded samplers, agreed decisions across ranks, and real ``torchrun`` runs on CPU with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as torch_dist
+import torch.multiprocessing as mp
+
+from recognizer.ctc import CTCLoss
+from recognizer.data.batching import BucketBatchSampler, EpochBatchSampler
+from recognizer.engine import distributed
+from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.engine.distributed import Dist
+from recognizer.engine.loop import train_step
+from tests.conftest import tiny_overrides
+from tests.test_loop import make_batch, make_state
+
+# --- samplers --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [96, 100, 7])
+@pytest.mark.parametrize("bucketing", [False, True])
+def test_training_shards_are_disjoint_equal_and_cover_the_epoch(n: int, bucketing: bool) -> None:
+    def sampler(rank: int) -> EpochBatchSampler:
+        if bucketing:
+            widths = [(i * 37) % 50 + 10 for i in range(n)]
+            return BucketBatchSampler(range(n), widths, 16, shuffle=True, seed=3, num_replicas=2, rank=rank)
+        return EpochBatchSampler(range(n), 16, shuffle=True, seed=3, num_replicas=2, rank=rank)
+
+    single = EpochBatchSampler(range(n), 16, shuffle=True, seed=3)
+    shards = [list(sampler(r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(sampler(0)) == -(-len(single) // 2)
+    seen = [i for shard in shards for b in shard for i in b]
+    assert set(seen) == set(range(n))  # every sample trained on
+    padded = len(shards[0]) * 2 - len(single)  # batches repeated to even out the shards
+    assert len(seen) - n <= padded * 16
+    if not padded:
+        assert len(seen) == n  # no sample twice
+
+
+def test_evaluation_shards_count_every_sample_once() -> None:
+    def shard(rank: int) -> EpochBatchSampler:
+        return EpochBatchSampler(range(70), 16, shuffle=False, num_replicas=2, rank=rank, pad_shards=False)
+
+    shards = [list(shard(r)) for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 2]
+    assert sorted(i for s in shards for b in s for i in b) == list(range(70))
+    assert len(shard(1)) == 2
+
+
+def test_shards_resume_mid_epoch() -> None:
+    full = list(EpochBatchSampler(range(100), 8, shuffle=True, seed=1, num_replicas=2, rank=1))
+    resumed = EpochBatchSampler(range(100), 8, shuffle=True, seed=1, num_replicas=2, rank=1)
+    resumed.set_epoch(0, start_batch=3)
+    assert list(resumed) == full[3:] and len(resumed) == len(full) - 3
+
+
+def test_rank_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"rank must be in 0\.\.1 for num_replicas=2, got 2"):
+        EpochBatchSampler(range(10), 2, shuffle=False, num_replicas=2, rank=2)
+
+
+def test_a_single_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist = distributed.init_distributed("cpu")
+    assert dist == Dist() and not dist.enabled and dist.is_main
+    assert dist.any(True) and not dist.any(False) and dist.sum([1.0, 2.0]) == [1.0, 2.0]
+    assert dist.broadcast("x") == "x" and dist.gather(3) == [3]
+    assert not torch_dist.is_initialized()
+
+
+# --- two processes with gloo (torch.multiprocessing) ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, port: int) -> Dist:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    return distributed.init_distributed("cpu", timeout_s=60)
+
+
+def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
+    dist = _join(rank, port)
+    state = make_state("skip", poison=rank == 1)  # same seed: same weights; rank 1 turns sample 1 into NaN
+    state.dist = dist
+    state.ddp = distributed.wrap(state.model, dist, torch.device("cpu"))
+    before = [p.detach().clone() for p in state.model.parameters()]
+    result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+    if rank == 1:
+        state.model.head = state.model.head[1]  # healthy again
+    unchanged = all(torch.equal(a, p) for a, p in zip(before, state.model.parameters()))
+    healthy = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+    compared = distributed.check_same_parameters(state.model, dist)
+    torch.save(
+        {
+            "applied": result.applied,
+            "unchanged": unchanged,
+            "message": state.guard.last_message,
+            "healthy_applied": healthy.applied,
+            "compared": compared,
+            "skipped": state.guard.skipped,
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
+    dist.barrier()
+    distributed.shutdown(dist)
+
+
+def _desync(rank: int, port: int, out: str) -> None:
+    dist = _join(rank, port)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)  # same bias on both ranks; the 6 weights differ
+    with torch.no_grad():
+        model.weight.fill_(float(rank))
+    try:
+        distributed.check_same_parameters(model, dist)
+        error = ""
+    except RuntimeError as e:
+        error = str(e)
+    (Path(out) / f"rank{rank}.txt").write_text(error)
+    dist.barrier()
+    distributed.shutdown(dist)
+
+
+def test_a_nonfinite_step_on_one_rank_is_skipped_on_all(tmp_path: Path) -> None:
+    mp.spawn(_nonfinite_on_one_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for r in (r0, r1):  # both ranks skipped together, weights untouched, then trained on together
+        assert not r["applied"] and r["unchanged"] and r["healthy_applied"] and r["skipped"] == 1
+        assert r["compared"] == sum(p.numel() for p in make_state().model.parameters())
+    assert "non-finite loss in samples ['line-1']" in r1["message"]
+    assert "non-finite step 1 on another rank" in r0["message"]
+
+
+def test_ranks_out_of_step_are_detected(tmp_path: Path) -> None:
+    mp.spawn(_desync, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    for r in (0, 1):
+        message = (tmp_path / f"rank{r}.txt").read_text()
+        assert "parameters differ across the 2 ranks (6 values differ from rank 0's)" in message
+
+
+# --- the real command under torchrun ---------------------------------------------------------
+
+
+def torchrun(overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "recognizer.train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([*cmd, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def ddp_overrides(data_root: Path, run: Path, *extra: str) -> list[str]:
+    base = [o for o in tiny_overrides(data_root, run) if not o.startswith("paths.output_dir")]
+    return [*base, f"hydra.run.dir={run}", *extra]
+
+
+def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    done = torchrun(ddp_overrides(data_root, run), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "parameters identical on all 2 ranks" in done.stdout  # Hydra logs to stdout
+    assert len([line for line in done.stdout.splitlines() if line.startswith("val/cer=")]) == 1  # rank 0 only
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert not list(run.glob("rank*"))  # the other rank wrote nothing
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    # 96 samples / batch 16 = 6 batches per epoch, 3 per rank: 2 epochs = 6 steps of 2 × 16 samples
+    assert ckpt["step"] == 6 and len(ckpt["rng_per_rank"]) == 2
+    assert sorted(step_losses(run)) == [1, 2, 3, 4, 5, 6]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train/steps"] == 6 and "test/cer" in metrics
+
+    # Interrupted after 2 steps (mid-epoch) and resumed: the same losses as the uninterrupted run.
+    parts = tmp_path / "parts"
+    first = torchrun(ddp_overrides(data_root, parts, "trainer.max_steps=2"), tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun(ddp_overrides(data_root, parts, "trainer.resume=auto"), tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert step_losses(parts) == step_losses(run)
