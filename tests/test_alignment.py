@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from recognizer.alignment import forced_alignment, main
+from recognizer.train import train
+from tests.conftest import compose_config, tiny_overrides
 from tests.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -49,3 +51,19 @@ def test_alignment_of_an_utterance(tmp_path: Path) -> None:
     assert (tmp_path / "u.png").read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(SystemExit, match=r"recognizer-align: error: input .*missing.wav does not exist"):
         main([str(ckpt), str(tmp_path / "missing.wav"), "ab"])
+
+
+def test_training_writes_alignment_pictures_after_each_validation(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(data_root, out, "trainer.alignment_samples=2")))
+    epochs = sorted(p.name for p in (out / "alignments").iterdir())
+    assert epochs == ["epoch_001", "epoch_002"]
+    for epoch in epochs:
+        pictures = sorted((out / "alignments" / epoch).glob("*.png"))
+        assert len(pictures) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pictures)
+    assert [p.name for p in pictures] == ["val_val-000000.png", "val_val-000001.png"]  # ids val/val-00000N.png
+
+
+def test_no_alignment_pictures_by_default(tiny_cfg) -> None:
+    train(tiny_cfg)
+    assert not (Path(tiny_cfg.paths.output_dir) / "alignments").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -71,6 +72,7 @@ class TrainerOptions:
     bucketing: bool = False
     bucket_pool_batches: int = 50
     preempt_exit_code: int = 0
+    alignment_samples: int = 0
 
 
 @dataclass
@@ -408,7 +410,13 @@ def fit(
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or done():
-                if validate_and_checkpoint(state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint):
+                stop_early = validate_and_checkpoint(
+                    state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint
+                )
+                if opts.alignment_samples and dist.is_main:
+                    folder = run_dir / "alignments" / f"epoch_{state.epoch:03d}"
+                    write_alignments(state.model, val_loader, alphabet, opts.alignment_samples, folder)
+                if stop_early:
                     log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
                     break
             else:
@@ -464,3 +472,26 @@ def validate_and_checkpoint(
         checkpoint("best.ckpt")
     patience = opts.early_stopping_patience
     return patience is not None and state.bad_epochs >= patience
+
+
+@torch.no_grad()
+def write_alignments(
+    model: nn.Module, loader: Iterable[Batch], alphabet: Alphabet, count: int, folder: Path
+) -> list[Path]:
+    """Alignment pictures (:mod:`recognizer.alignment`) of the first ``count`` samples of ``loader``.
+
+    Written per validation when ``trainer.alignment_samples > 0``: watching the same lines epoch
+    after epoch shows blank collapse or frames running out long before the CER says why.
+    """
+    from recognizer.alignment import align_sample  # matplotlib: imported only when pictures are asked for
+
+    written: list[Path] = []
+    for batch in loader:
+        for i in range(len(batch)):
+            if len(written) == count:
+                return written
+            name = re.sub(r"\.(png|jpe?g|tiff?|bmp|npy|wav|flac|ogg|mp3)$", "", batch.ids[i], flags=re.IGNORECASE)
+            name = re.sub(r"[^\w.-]+", "_", name).strip("_") or f"sample_{len(written)}"
+            x = batch.inputs[i, ..., : int(batch.input_lengths[i])]
+            written.append(align_sample(model, x, alphabet, batch.texts[i], folder / f"{name}.png"))
+    return written
