@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -460,3 +461,33 @@ def test_manifest_with_byte_order_mark(tmp_path):
     for name in ("m.tsv", "m.jsonl"):
         records = read_records(tmp_path / name)
         assert [(r.id, r.text) for r in records] == [("a.png", "ab")]
+
+
+def test_parallel_jobs_generate_the_embedded_lines_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sweep jobs (threads here; flock works the same across processes) start on an empty cache."""
+    import threading
+    import time
+
+    from recognizer.data import digit_lines
+
+    calls: list[str] = []
+    real = digit_lines.generate_split
+
+    def slow_generate(*args, **kwargs):  # widen the race window
+        calls.append(args[1])
+        time.sleep(0.2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(digit_lines, "generate_split", slow_generate)
+    sizes = {"train": 8, "val": 4, "test": 4}
+    results: list[dict] = []
+    jobs = [
+        threading.Thread(target=lambda: results.append(digit_lines.ensure_digit_lines(tmp_path, sizes)))
+        for _ in range(2)
+    ]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert sorted(calls) == ["test", "train", "val"]  # each split generated once
+    assert results[0] == results[1] and all(m.is_file() for m in results[0].values())

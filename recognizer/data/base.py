@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,28 @@ def check_unique(records: Sequence[Any], source: str | Path) -> None:
         if r.id in seen:
             raise DataError(f"{source}: sample id {r.id!r} appears twice; ids must be unique")
         seen.add(r.id)
+
+
+@contextlib.contextmanager
+def generation_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder/.lock`` while a cache is generated.
+
+    Parallel jobs of a sweep (joblib, submitit) or DDP ranks that start on an empty cache then
+    generate it once: the first takes the lock and generates, the others wait and find the
+    manifests written. An advisory ``flock`` (POSIX); elsewhere no lock is taken.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    with (folder / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_manifest(path: Path, rows: Sequence[str]) -> Path:

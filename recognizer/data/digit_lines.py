@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from recognizer.data.base import write_manifest
+from recognizer.data.base import generation_lock, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +107,12 @@ def ensure_digit_lines(
     """
     tag = f"h{height}_d{max_digits}_s{seed}_" + "_".join(f"{s}{sizes[s]}" for s in SPLITS)
     base = Path(root) / tag
-    manifests = {}
-    for split in SPLITS:
-        manifest = base / f"{split}.tsv"
-        if not manifest.is_file():
-            log.info("generating %d %s lines of handwritten digits into %s", sizes[split], split, base)
-            generate_split(base, split, sizes[split], max_digits, height, seed)
-        manifests[split] = manifest
+    manifests = {split: base / f"{split}.tsv" for split in SPLITS}
+    if all(m.is_file() for m in manifests.values()):
+        return manifests
+    with generation_lock(base):  # parallel jobs on an empty cache: one generates, the others wait
+        for split, manifest in manifests.items():
+            if not manifest.is_file():
+                log.info("generating %d %s lines of handwritten digits into %s", sizes[split], split, base)
+                generate_split(base, split, sizes[split], max_digits, height, seed)
     return manifests

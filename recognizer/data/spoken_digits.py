@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recognizer.data.base import write_manifest
+from recognizer.data.base import generation_lock, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -172,10 +172,14 @@ def ensure_spoken_digits(
     """
     tag = f"sr{sample_rate}_d{max_digits}_s{seed}_" + "_".join(f"{s}{sizes[s]}" for s in SPLITS)
     base = Path(root) / tag
-    manifests = {}
-    for split in SPLITS:
-        manifest = base / f"{split}.jsonl"
-        if not manifest.is_file() and sizes[split] > 0:
+    manifests = {split: base / f"{split}.jsonl" for split in SPLITS}
+    missing = [s for s in SPLITS if sizes[s] > 0 and not manifests[s].is_file()]
+    if not missing:
+        return manifests
+    with generation_lock(base):  # parallel jobs on an empty cache: one synthesises, the others wait
+        for split in missing:
+            if manifests[split].is_file():  # written by the job that held the lock before us
+                continue
             log.info("synthesising %d %s utterances of spoken digits into %s", sizes[split], split, base)
             # Run this file as a script: a fresh interpreter that imports neither torch nor the package.
             cmd = [sys.executable, str(Path(__file__).resolve()), str(base), split]
@@ -183,7 +187,6 @@ def ensure_spoken_digits(
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"generating the {split} split of spoken digits failed:\n{done.stderr[-2000:]}")
-        manifests[split] = manifest
     return manifests
 
 
