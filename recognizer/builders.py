@@ -48,13 +48,22 @@ def make_loader(
         num_replicas, rank: under DDP, this rank's shard of the batches; training shards (``shuffle``)
             are padded to equal length, evaluation shards are not (every sample counted once).
     """
-    shard = {"num_replicas": num_replicas, "rank": rank, "pad_shards": shuffle}
     if bucketing:
         sampler: EpochBatchSampler = BucketBatchSampler(
-            indices, dataset.widths, batch_size, shuffle=shuffle, seed=seed, pool_batches=bucket_pool_batches, **shard
+            indices,
+            dataset.widths,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            pool_batches=bucket_pool_batches,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad_shards=shuffle,
         )
     else:
-        sampler = EpochBatchSampler(indices, batch_size, shuffle=shuffle, seed=seed, **shard)
+        sampler = EpochBatchSampler(
+            indices, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank, pad_shards=shuffle
+        )
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,

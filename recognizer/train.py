@@ -172,7 +172,10 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
-    state.ddp = distributed.wrap(model, dist, device)
+    forward = distributed.wrap(model, dist, device) or model
+    if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
+        forward = torch.compile(forward)
+    state.train_forward = None if forward is model else forward
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is not None:

@@ -97,7 +97,7 @@ def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
     dist = _join(rank, port)
     state = make_state("skip", poison=rank == 1)  # same seed: same weights; rank 1 turns sample 1 into NaN
     state.dist = dist
-    state.ddp = distributed.wrap(state.model, dist, torch.device("cpu"))
+    state.train_forward = distributed.wrap(state.model, dist, torch.device("cpu"))
     before = [p.detach().clone() for p in state.model.parameters()]
     result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
     if rank == 1:

@@ -117,3 +117,22 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_loss() -> None:
     state.precision = resolve_precision("bf16-mixed", torch.device("cpu"))
     result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
     assert result.applied and torch.isfinite(torch.tensor(result.loss))
+
+
+def test_the_training_forward_goes_through_the_wrapper() -> None:
+    """``TrainState.train_forward`` (DDP, torch.compile) runs the training forward; the bare model the rest."""
+    state = make_state()
+    calls = []
+
+    class Counting(nn.Module):
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *args):
+            calls.append(1)
+            return self.inner(*args)
+
+    state.train_forward = Counting(state.model)
+    assert train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0).applied
+    assert calls == [1]

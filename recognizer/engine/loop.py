@@ -73,6 +73,7 @@ class TrainerOptions:
     bucket_pool_batches: int = 50
     preempt_exit_code: int = 0
     alignment_samples: int = 0
+    compile: bool = False
 
 
 @dataclass
@@ -95,7 +96,7 @@ class TrainState:
     rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
     collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
     dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
-    ddp: nn.Module | None = None  # the DistributedDataParallel wrapper for the training forward
+    train_forward: nn.Module | None = None  # the training forward's wrapper (DDP, torch.compile) if any
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -200,7 +201,8 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     buffers = [b for b in model.buffers() if b.is_floating_point()]
     saved_buffers = [b.clone() for b in buffers]
     with precision.autocast():
-        logits, output_lengths = (state.ddp or model)(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
+        forward = model if state.train_forward is None else state.train_forward  # (no bool(): compiled modules)
+        logits, output_lengths = forward(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
     out = ctc(logits, output_lengths, batch.targets, batch.target_lengths)
     optimizer.zero_grad(set_to_none=True)
     scaler = precision.scaler
@@ -294,7 +296,8 @@ def evaluate(
         counts = [rates.char_errors, rates.chars, rates.word_errors, rates.words, loss_sum, n, blanks, frames, empty]
         counts = dist.sum(counts)
         rates.char_errors, rates.chars, rates.word_errors, rates.words = (int(c) for c in counts[:4])
-        loss_sum, n, blanks, frames, empty = counts[4], int(counts[5]), counts[6], counts[7], counts[8]
+        loss_sum = counts[4]
+        n, blanks, frames, empty = (int(c) for c in counts[5:])
     metrics = {
         "loss": loss_sum / max(n, 1),
         "cer": rates.cer,
