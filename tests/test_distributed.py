@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -195,3 +197,34 @@ def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -
     second = torchrun(ddp_overrides(data_root, parts, "trainer.resume=auto"), tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert step_losses(parts) == step_losses(run)
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(data_root: Path, tmp_path: Path) -> None:
+    """SIGTERM to torchrun (it forwards the signal to every rank): one agreed step, one last.ckpt."""
+    slow = ["trainer.max_epochs=100", "trainer.num_threads=1"]  # long enough for the signal to land mid-run
+    reference = torchrun(ddp_overrides(data_root, tmp_path / "full", *slow, "trainer.max_steps=8"), tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["-m", "recognizer.train", *ddp_overrides(data_root, run, *slow)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().count('"train/loss"') >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert "preempted by SIGTERM at step" in out, out[-3000:]
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    step = ckpt["step"]
+    assert 2 <= step < 8 and max(step_losses(run)) == step  # both ranks stopped after the same step
+    resumed = torchrun(ddp_overrides(data_root, run, *slow, "trainer.max_steps=8", "trainer.resume=auto"), tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert step_losses(run) == step_losses(tmp_path / "full")
+    assert sorted(step_losses(run)) == list(range(1, 9))
