@@ -14,6 +14,7 @@ from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
+from recognizer.engine.checkpoint import load_checkpoint, save_checkpoint
 from recognizer.engine.loop import TrainState, evaluate, train_step
 from recognizer.engine.precision import resolve_precision
 from recognizer.engine.schedulers import constant
@@ -97,6 +98,20 @@ def test_rollbacks_are_bounded_and_the_error_has_the_history() -> None:
         train_step(state, batch, ctc, 1.0)
     assert isinstance(RollbackError("x"), NonFiniteStepError)  # sweeps treat it as a diverged job
     assert all(torch.equal(a, b) for a, b in zip(before, params(state)))
+
+
+def test_rollback_count_and_lr_scale_survive_a_checkpoint(tmp_path: Path) -> None:
+    state = make_state(NanOnCalls({2}), every=100, max_rollbacks=1)
+    batch, ctc = make_batch(), CTCLoss()
+    train_step(state, batch, ctc, 1.0)
+    train_step(state, batch, ctc, 1.0)  # rollback 1 of 1
+    save_checkpoint(state.state_dict(), tmp_path / "last.ckpt")
+
+    resumed = make_state(NanOnCalls({1}), every=100, max_rollbacks=1)  # NaN at once after the resume
+    resumed.load_state_dict(load_checkpoint(tmp_path / "last.ckpt"))
+    assert resumed.rollback.lr_scale == 0.5 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+    with pytest.raises(RollbackError, match=r"max_rollbacks=1 rollbacks already done.*\n  step 2 → restored step 0"):
+        train_step(resumed, batch, ctc, 1.0)  # the budget was spent before the interruption
 
 
 def test_rollback_options_are_validated() -> None:

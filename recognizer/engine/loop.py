@@ -114,6 +114,7 @@ class TrainState:
             "history": self.history,
             "rng": rng_state(),
             "collapse": self.collapse.state_dict() if self.collapse else None,
+            "rollback": self.rollback.state_dict() if self.rollback else None,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -133,6 +134,8 @@ class TrainState:
                 torch.manual_seed(int(torch.randint(2**62, (1,))) + self.dist.rank)
         if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
             self.collapse.load_state_dict(ckpt["collapse"])
+        if self.rollback is not None and ckpt.get("rollback") is not None:
+            self.rollback.load_state_dict(ckpt["rollback"])
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -127,7 +127,14 @@ class Rollback:
         return event
 
     def state_dict(self) -> dict[str, Any]:
-        return {"lr_scale": self.lr_scale, "rollbacks": len(self.history)}
+        """The learning-rate multiplier and the rollbacks so far (checkpointed: a resumed run keeps
+        counting towards ``max_rollbacks``); the snapshot itself is not saved, a resumed run takes a
+        fresh one before its first step."""
+        return {"lr_scale": self.lr_scale, "history": [asdict(e) for e in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr_scale = float(state["lr_scale"])
+        self.history = [RollbackEvent(**e) for e in state.get("history", [])]
 
 
 def finite_weights(model: torch.nn.Module) -> bool:
