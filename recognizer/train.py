@@ -224,6 +224,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
             describe,
             grad_norm_every_step=stab.grad_norm_every_step,
             detect_anomaly=stab.detect_anomaly,
+            augment=data.train_augment,
         )
         compared = distributed.check_same_parameters(model, dist)
         if dist.enabled:

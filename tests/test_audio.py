@@ -10,7 +10,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from recognizer.alphabet import Alphabet
 from recognizer.data.audio import read_audio, resampled_length
+from recognizer.data.batching import Collate
 from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.lines import DataError
 from recognizer.data.speech import AudioDataset, filter_duration, read_audio_manifest
@@ -68,14 +70,22 @@ def test_features_are_normalised_per_mel_bin_in_fp32_under_autocast() -> None:
     torch.testing.assert_close(x.mean(dim=1), torch.zeros(80), atol=1e-4, rtol=0)
 
 
-def test_spec_augment_masks_only_the_train_split(tmp_path: Path) -> None:
-    manifest = write_manifest(tmp_path, {"x": (tone(1.0), 16000, "a")})
+def test_spec_augment_masks_train_batches_within_each_length(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path, {"x": (tone(1.0), 16000, "a"), "y": (tone(0.4), 16000, "b")})
     data = AudioManifestData(str(manifest), str(manifest), spec_augment=SpecAugment(2, 20, 2, 20, 0.2))
+    assert torch.equal(data.dataset("train")[0]["input"], data.dataset("train").load(0))  # loaders never mask
+    batch = Collate(Alphabet(["a", "b"]))([data.dataset("train")[i] for i in (0, 1)])
     torch.manual_seed(0)
-    train_x = data.dataset("train")[0]["input"]
-    val_x = data.dataset("val")[0]["input"]
-    assert torch.equal(val_x, data.dataset("val").load(0))  # no masks outside training
-    assert (train_x == 0).sum() > (val_x == 0).sum()
+    masked = data.train_augment(batch)
+    assert torch.equal(batch.inputs, Collate(Alphabet(["a", "b"]))([data.dataset("train")[i] for i in (0, 1)]).inputs)
+    short = int(batch.input_lengths[1])
+    assert short < batch.inputs.shape[-1]
+    assert torch.equal(masked.inputs[1, ..., short:], batch.inputs[1, ..., short:])  # padding untouched
+    for i in (0, 1):
+        n = int(batch.input_lengths[i])
+        assert (masked.inputs[i, ..., :n] == 0).sum() > (batch.inputs[i, ..., :n] == 0).sum()
+    assert masked.ids == batch.ids and torch.equal(masked.targets, batch.targets)
+    assert AudioManifestData(str(manifest), None, spec_augment=None).train_augment is None
 
 
 def test_duration_filters_keep_the_range(tmp_path: Path) -> None:
@@ -201,3 +211,40 @@ def test_user_manifest_trains_and_the_audit_drops_a_nan_file(tmp_path: Path) -> 
     report = json.loads((out / "audit.json").read_text())[0]
     assert report["kept"] == 3 and list(report["violations"]) == ["non_finite"]
     assert "audio/bad.wav has 1 non-finite sample(s)" in report["violations"]["non_finite"]["examples"][0]
+
+
+def test_speech_training_with_spec_augment_resumes_exactly(tmp_path: Path) -> None:
+    """SpecAugment draws from the global RNG, which checkpoints save: a mid-epoch resume is exact."""
+    from recognizer.train import train
+    from tests.conftest import compose_config
+    from tests.test_train import step_losses
+
+    texts = ["one two", "three", "four one", "two", "one", "three four"]
+    items = {f"u{i}": (tone(0.6 + 0.1 * i, seed=i), 16000, t) for i, t in enumerate(texts)}
+    manifest = write_manifest(tmp_path, items, fmt="wav")
+
+    def overrides(out: Path, *extra: str) -> list[str]:
+        model = ["model.d_model=16", "model.num_layers=1", "model.num_heads=2", "model.ffn_dim=32"]
+        return [
+            "data=audio_manifest",
+            f"data.train={manifest}",
+            f"data.val={manifest}",
+            "data.batch_size=2",
+            "model=conformer",
+            *model,
+            "model.subsampling_channels=4",
+            "trainer.max_epochs=2",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            "scheduler.warmup_steps=1",
+            f"paths.output_dir={out}",
+            *extra,
+        ]
+
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    train(compose_config("train", overrides(full)))
+    train(compose_config("train", overrides(parts, "trainer.max_steps=4")))  # stops inside epoch 2
+    train(compose_config("train", overrides(parts, "trainer.resume=auto")))
+    assert sorted(step_losses(full)) == list(range(1, 7))
+    assert step_losses(parts) == step_losses(full)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch.utils.data import Dataset
 
 from recognizer.alphabet import Alphabet
+
+if TYPE_CHECKING:
+    from recognizer.data.batching import Batch
 
 
 class DataError(ValueError):
@@ -102,6 +105,11 @@ class SplitData:
 
     def has(self, split: str) -> bool:
         return self.sources.get(split) is not None
+
+    @property
+    def train_augment(self) -> Callable[[Batch], Batch] | None:
+        """Augmentation the training loop applies to each train batch in the main process (None: none)."""
+        return None
 
     def alphabet(self) -> Alphabet | None:
         """The configured alphabet file, or None to build one from the train transcripts."""

@@ -6,9 +6,15 @@ spectrum of loud audio (a known source of NaN losses).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import torch
 import torchaudio.transforms as T
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from recognizer.data.batching import Batch
 
 NORMALIZE = ("per_feature", "utterance", "none")
 
@@ -85,11 +91,13 @@ class LogMel(nn.Module):
 
 
 class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al., 2019) on one ``(n_mels, frames)`` feature map.
+    """Frequency and time masking (Park et al., 2019) on one ``(n_mels, frames)`` feature map, or on
+    the train batches (:meth:`batch`).
 
-    Masked values are 0, the mean of normalised features. Masks draw from the global torch RNG
-    (seeded by the run's seed; checkpoints save its state), so with ``num_workers=0`` a run is
-    reproducible; with loader workers the masks depend on the workers' seeds.
+    Masked values are 0, the mean of normalised features. Training masks whole batches in the main
+    process, between the loader and the step (as NeMo masks in the model's forward), never in loader
+    workers: the masks draw from the global torch RNG, which is seeded per run and rank and saved in
+    checkpoints, so a resumed run draws the same masks whatever ``data.num_workers`` is.
 
     Args:
         freq_masks: number of frequency masks.
@@ -117,3 +125,15 @@ class SpecAugment(nn.Module):
         for mask in [*self.freq, *self.time]:
             x = mask(x)
         return x.squeeze(0)
+
+    @torch.no_grad()
+    def batch(self, batch: Batch) -> Batch:
+        """Mask every utterance of a padded ``(B, 1, n_mels, T)`` batch within its own length.
+
+        Time masks are drawn inside the real frames (``time_ratio`` of the utterance, not of the
+        padded batch), so short utterances in a long batch are masked as much as when alone.
+        """
+        inputs = batch.inputs.clone()
+        for i, n in enumerate(batch.input_lengths.tolist()):
+            inputs[i, 0, :, :n] = self(inputs[i, 0, :, :n])
+        return dataclasses.replace(batch, inputs=inputs)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
 from recognizer.data.base import RecordDataset, check_unique
-from recognizer.data.features import LogMel, SpecAugment
+from recognizer.data.features import LogMel
 from recognizer.data.lines import DataError
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,6 @@ class AudioDataset(RecordDataset):
         features: the log-mel front end (it knows the sample rate and the hop).
         sample_rate: the model's audio rate in Hz.
         resample: resample files at another rate; if False such a file is a DataError.
-        augment: SpecAugment applied in ``__getitem__`` (train split only), or None.
         cache: keep computed features in memory (fp16) after their first load.
     """
 
@@ -100,14 +99,12 @@ class AudioDataset(RecordDataset):
         features: LogMel,
         sample_rate: int,
         resample: bool = True,
-        augment: SpecAugment | None = None,
         cache: bool = False,
     ) -> None:
         self.records = records
         self.features = features
         self.sample_rate = sample_rate
         self.resample = resample
-        self.augment = augment
         self.cache = cache
         self._cache: dict[int, Tensor] = {}
         self._widths: list[int] | None = None
@@ -149,7 +146,4 @@ class AudioDataset(RecordDataset):
         return x.unsqueeze(0)
 
     def __getitem__(self, index: int) -> dict:
-        x = self.load(index)
-        if self.augment is not None:
-            x = self.augment(x[0]).unsqueeze(0)
-        return {"id": self.records[index].id, "input": x, "text": self.records[index].text}
+        return {"id": self.records[index].id, "input": self.load(index), "text": self.records[index].text}

@@ -6,9 +6,11 @@ so any model that reads ``${data.height}`` (the CRNN too) takes spectrograms wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from recognizer.data.base import SplitData
+from recognizer.data.batching import Batch
 from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.librispeech import read_librispeech
 from recognizer.data.lines import DataError
@@ -67,6 +69,11 @@ class AudioManifestData(SplitData):
         self.spec_augment = spec_augment
         self.cache = cache
 
+    @property
+    def train_augment(self) -> Callable[[Batch], Batch] | None:
+        """SpecAugment on whole train batches, applied by the loop in the main process (None: off)."""
+        return None if self.spec_augment is None else self.spec_augment.batch
+
     def records(self, split: str) -> list[AudioRecord]:
         source = self.sources.get(split)
         if source is None:
@@ -80,7 +87,6 @@ class AudioManifestData(SplitData):
             self.features,
             self.sample_rate,
             resample=self.resample,
-            augment=self.spec_augment if split == "train" else None,
             cache=self.cache,
         )
 

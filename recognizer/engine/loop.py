@@ -24,7 +24,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +324,7 @@ def fit(
     describe: dict[str, Any],
     grad_norm_every_step: bool = False,
     detect_anomaly: bool = False,
+    augment: Callable[[Batch], Batch] | None = None,
 ) -> TrainState:
     """Train until ``max_epochs``/``max_steps`` or early stopping; validate and checkpoint.
 
@@ -340,6 +341,8 @@ def fit(
         grad_norm_every_step: also log ``train/grad_norm`` and ``train/loss`` at every step (the
             values are already on the host: no extra sync).
         detect_anomaly: run every step under ``torch.autograd.set_detect_anomaly`` (slow; deep dives).
+        augment: applied to each train batch here, in the main process (e.g. SpecAugment): its random
+            draws come from the checkpointed global RNG, not from loader workers, so resume stays exact.
 
     Raises:
         Preempted: SIGTERM or SIGUSR1 arrived; the step in flight finished and ``last.ckpt`` holds
@@ -379,6 +382,8 @@ def fit(
             )
             stopping = False
             for batch in bar:
+                if augment is not None:
+                    batch = augment(batch)
                 with torch.autograd.set_detect_anomaly(detect_anomaly):
                     result = train_step(state, batch, ctc, opts.grad_clip)
                 state.batch_in_epoch += 1
