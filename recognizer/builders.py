@@ -10,12 +10,12 @@ from typing import Any
 import hydra
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
 from recognizer.data.batching import BucketBatchSampler, Collate, EpochBatchSampler
 from recognizer.data.lines import LineDataset
+from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport, audit_split
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def make_loader(
     return loader, sampler
 
 
-def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: nn.Module, stability: Any) -> AuditReport:
+def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: Recognizer, stability: Any) -> AuditReport:
     """Audit one split with the ``stability`` config node's policies."""
     return audit_split(
         split,
@@ -93,7 +93,7 @@ def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: nn.Mo
     )
 
 
-def check_head(model: nn.Module, alphabet: Alphabet) -> None:
+def check_head(model: Recognizer, alphabet: Alphabet) -> None:
     """The model's output layer must have exactly ``C = charset + 1`` classes."""
     if model.num_classes != alphabet.num_classes:
         raise ValueError(
@@ -104,7 +104,7 @@ def check_head(model: nn.Module, alphabet: Alphabet) -> None:
         )
 
 
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Alphabet]:
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[Recognizer, Alphabet]:
     """Rebuild the model and alphabet a checkpoint describes, with its weights loaded."""
     alphabet = Alphabet(ckpt["alphabet"])
     model_cfg = OmegaConf.create(ckpt["config"]["model"])

@@ -39,6 +39,7 @@ from recognizer.builders import check_head, make_loader, run_audit
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
+from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.localize import FP16_MAX, localize
 from recognizer.train import seed_everything
@@ -189,7 +190,7 @@ def histogram(values: list[float], bins: int) -> dict[str, list]:
     return {"edges": [lo + i * width for i in range(bins + 1)], "counts": counts}
 
 
-def length_histograms(dataset: Any, alphabet: Alphabet, model: nn.Module, bins: int) -> dict[str, dict[str, list]]:
+def length_histograms(dataset: Any, alphabet: Alphabet, model: Recognizer, bins: int) -> dict[str, dict[str, list]]:
     """Histograms of label lengths, output frames and frames per label over one split."""
     labels = [len(normalize(t)) for t in dataset.texts]
     frames = model.output_lengths(torch.tensor(list(dataset.widths), dtype=torch.long)).tolist()
@@ -201,7 +202,7 @@ def length_histograms(dataset: Any, alphabet: Alphabet, model: nn.Module, bins: 
     }
 
 
-def head_verdicts(model: nn.Module, alphabet: Alphabet, dataset: Any) -> list[Verdict]:
+def head_verdicts(model: Recognizer, alphabet: Alphabet, dataset: Any) -> list[Verdict]:
     """The head size against the alphabet, and label ids against the head."""
     try:
         check_head(model, alphabet)
@@ -417,7 +418,7 @@ def dynamics_verdicts(
 # ----------------------------------------------------------------------------- the whole diagnosis
 
 
-def diagnose(cfg: DictConfig, model: nn.Module | None = None) -> DoctorReport:
+def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
     """Run every check of the doctor on ``cfg`` (a composed ``doctor`` config).
 
     Args:
@@ -457,7 +458,7 @@ def diagnose(cfg: DictConfig, model: nn.Module | None = None) -> DoctorReport:
     return report
 
 
-def _audit(split: str, dataset: Any, alphabet: Alphabet, model: nn.Module, stab: Any) -> AuditReport:
+def _audit(split: str, dataset: Any, alphabet: Alphabet, model: Recognizer, stab: Any) -> AuditReport:
     """The training audit with policy ``drop``, so that every violation is collected, none raised."""
     node = dict(stab)
     node["audit_policy"] = "drop"
@@ -581,7 +582,7 @@ def write_report(report: DoctorReport, run_dir: str | Path) -> tuple[Path, Path]
     return json_path, md_path
 
 
-def run_doctor(cfg: DictConfig, model: nn.Module | None = None) -> DoctorReport:
+def run_doctor(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
     """Diagnose, print the terminal report and write the files. Returns the report."""
     report = diagnose(cfg, model)
     json_path, md_path = write_report(report, cfg.paths.output_dir)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,8 +84,8 @@ class WandbLogger:
 class MultiLogger:
     """Fans out to several loggers."""
 
-    def __init__(self, loggers: list[MetricLogger]) -> None:
-        self.loggers = loggers
+    def __init__(self, loggers: Sequence[MetricLogger]) -> None:
+        self.loggers = list(loggers)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         for lg in self.loggers:

@@ -41,7 +41,7 @@ from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
-from recognizer.loggers import JsonlLogger, MultiLogger
+from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger
 from recognizer.stability.audit import write_reports
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.stability.runtime import attach_stability, make_ctc
@@ -137,7 +137,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     if dist.is_main:
         write_reports(reports, run_dir)
     stab = cfg.stability
-    shard = {"num_replicas": dist.world_size, "rank": dist.rank}
+    shard: dict[str, Any] = {"num_replicas": dist.world_size, "rank": dist.rank}
     train_loader, sampler = make_loader(
         train_set,
         reports[0].kept,
@@ -204,8 +204,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         )
 
     ctc = make_ctc(stab)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    loggers = [JsonlLogger(run_dir / "metrics.jsonl")] if dist.is_main else []
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    loggers: list[MetricLogger] = [JsonlLogger(run_dir / "metrics.jsonl")] if dist.is_main else []
     loggers += [instantiate(node) for node in (cfg.logger or {}).values()] if dist.is_main else []
     logger = MultiLogger(loggers)
     logger.log_config(config)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -24,12 +25,14 @@ class Batch:
     ids: list[str]
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        moved = {
-            f.name: (v.to(device, non_blocking=non_blocking) if isinstance(v, Tensor) else v)
-            for f in fields(self)
-            for v in [getattr(self, f.name)]
-        }
-        return Batch(**moved)
+        """The batch with its tensors on ``device`` (texts and ids stay)."""
+        return dataclasses.replace(
+            self,
+            inputs=self.inputs.to(device, non_blocking=non_blocking),
+            input_lengths=self.input_lengths.to(device, non_blocking=non_blocking),
+            targets=self.targets.to(device, non_blocking=non_blocking),
+            target_lengths=self.target_lengths.to(device, non_blocking=non_blocking),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -44,6 +44,7 @@ from recognizer.engine.distributed import Dist
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
+from recognizer.models.base import Recognizer
 from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import NonFiniteInspector
@@ -80,7 +81,7 @@ class TrainerOptions:
 class TrainState:
     """Everything that changes during training and is saved in a checkpoint."""
 
-    model: nn.Module
+    model: Recognizer
     optimizer: Optimizer
     scheduler: LRScheduler
     precision: Precision

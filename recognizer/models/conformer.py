@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torchaudio.models import Conformer as TAConformer
 from torchaudio.models.conformer import ConformerLayer
 
+from recognizer.models.base import Recognizer
+
 
 def frame_mask(lengths: Tensor, frames: int) -> Tensor:
     """``(B, frames)`` bool mask, True on the first ``lengths[b]`` frames."""
@@ -100,7 +102,7 @@ def _layer(layer: ConformerLayer, x: Tensor, padding: Tensor, keep: Tensor) -> T
     return layer.final_layer_norm(x)
 
 
-class ConformerCTC(nn.Module):
+class ConformerCTC(Recognizer):
     """Conformer encoder with a CTC head for ``(B, 1, n_mels, T)`` log-mel inputs.
 
     Args:

@@ -8,6 +8,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from recognizer.models.base import Recognizer
+
 
 def width_mask(lengths: Tensor, width: int) -> Tensor:
     """``(B, 1, 1, W)`` float mask that is 1 on the first ``lengths[b]`` columns."""
@@ -84,7 +86,7 @@ class BiRNN(nn.Module):
         return x
 
 
-class CRNN(nn.Module):
+class CRNN(Recognizer):
     """Convolutional recurrent network for line images or spectrograms (time as width).
 
     Args:

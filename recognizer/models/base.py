@@ -1,0 +1,20 @@
+"""The contract every recognition model keeps (see DESIGN.md, section 2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class Recognizer(nn.Module):
+    """A CTC recognition model.
+
+    ``forward(inputs (B, C, H, W), input_lengths (B,))`` returns ``(logits (B, T, num_classes),
+    output_lengths (B,))``; ``output_lengths`` maps input widths to output frames exactly and without
+    a forward pass, so the audit can check CTC feasibility of a whole data set before training.
+    ``num_classes`` = charset + blank (id 0), derived from the alphabet at instantiation.
+    """
+
+    num_classes: int
+
+    def output_lengths(self, input_lengths: Tensor) -> Tensor:
+        raise NotImplementedError
