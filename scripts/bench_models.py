@@ -137,7 +137,7 @@ def main() -> None:
                     try:
                         row = bench(name, mode == "compile", precision, ctc_kind, args)
                     except Exception as e:  # e.g. a torch.compile failure: report it, go on with the rest
-                        reason = str(e).strip().splitlines()[0][:120]
+                        reason = " ".join(str(e).split())[:160]
                         row = {"model": name, "mode": mode, "precision": precision, "ctc": ctc_kind, "error": reason}
                     cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()]
                     print("| " + " | ".join(cells) + " |", flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torchaudio.models import Conformer as TAConformer
@@ -59,6 +60,11 @@ class ConvSubsampling(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, 1, F, T)`` → ``(B, T', d_model)`` and ``(B,)`` lengths ``T'``; padded frames are zero."""
+        # Pad T to a multiple of the factor: the valid frames do not change (the padding is masked),
+        # and torch.compile's dynamic shapes then never see an odd width (Inductor in torch 2.14
+        # fails on those in this front's backward with a stride assertion).
+        factor, frames = 2 ** len(self.convs), x.size(-1)
+        x = F.pad(x, (0, (frames + factor - 1) // factor * factor - frames))  # (no % on symbolic sizes)
         x = x * frame_mask(lengths, x.size(-1))[:, None, None, :]  # whatever the padding value was
         for conv in self.convs:
             x = torch.relu(conv(x))
