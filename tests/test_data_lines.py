@@ -491,3 +491,11 @@ def test_parallel_jobs_generate_the_embedded_lines_once(tmp_path: Path, monkeypa
         job.join()
     assert sorted(calls) == ["test", "train", "val"]  # each split generated once
     assert results[0] == results[1] and all(m.is_file() for m in results[0].values())
+
+
+@pytest.mark.parametrize("line", ['{"image": "a.png"}', "[1, 2]", "not json", '"text"'])
+def test_bad_jsonl_line_is_named_with_its_number(tmp_path: Path, line: str) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"image": "a.png", "text": "1"}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"m\.jsonl:3: expected a JSON object with 'image' and 'text' \("):
+        read_records(manifest)

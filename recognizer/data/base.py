@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch.utils.data import Dataset
 
@@ -14,6 +15,8 @@ from recognizer.alphabet import Alphabet
 
 if TYPE_CHECKING:
     from recognizer.data.batching import Batch
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -27,6 +30,24 @@ def check_unique(records: Sequence[Any], source: str | Path) -> None:
         if r.id in seen:
             raise DataError(f"{source}: sample id {r.id!r} appears twice; ids must be unique")
         seen.add(r.id)
+
+
+def read_jsonl(path: Path, parse: Callable[[dict], T], expected: str) -> list[T]:
+    """Parse every non-empty line of a JSONL manifest with ``parse``.
+
+    A line that is not JSON, or that ``parse`` cannot read, is a :class:`DataError` naming
+    ``path:line`` and ``expected`` (e.g. ``"'image' and 'text'"``). A BOM is accepted.
+    """
+    rows = []
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(parse(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+                raise DataError(f"{path}:{lineno}: expected a JSON object with {expected} ({e})") from None
+    return rows
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ can check every sample before the first step.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from recognizer.data.base import DataError, RecordDataset, check_unique
+from recognizer.data.base import DataError, RecordDataset, check_unique, read_jsonl
 
 __all__ = ["DataError", "LineDataset", "Record", "read_records"]
 
@@ -78,18 +77,11 @@ def _read_tsv(path: Path) -> list[Record]:
 
 
 def _read_jsonl(path: Path) -> list[Record]:
-    records = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                image, text = obj["image"], obj["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}:{lineno}: expected a JSON object with 'image' and 'text' ({e})") from None
-            records.append(Record(id=str(obj.get("id", image)), path=path.parent / image, text=text))
-    return records
+    def record(obj: dict) -> Record:
+        image, text = obj["image"], obj["text"]
+        return Record(id=str(obj.get("id", image)), path=path.parent / image, text=text)
+
+    return read_jsonl(path, record, "'image' and 'text'")
 
 
 def _read_kraken(folder: Path) -> list[Record]:

@@ -8,7 +8,6 @@ the first step; an item's input is ``(1, n_mels, frames)``, time as width, like 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from torch import Tensor
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
-from recognizer.data.base import RecordDataset, check_unique
+from recognizer.data.base import RecordDataset, check_unique, read_jsonl
 from recognizer.data.features import LogMel
 from recognizer.data.lines import DataError
 
@@ -38,19 +37,12 @@ def read_audio_manifest(path: str | Path) -> list[AudioRecord]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist: point data.train/val/test at a .jsonl audio manifest")
-    records = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                audio, duration, text = obj["audio_filepath"], float(obj["duration"]), obj["text"]
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise DataError(
-                    f"{path}:{lineno}: expected a JSON object with 'audio_filepath', 'duration' and 'text' ({e})"
-                ) from None
-            records.append(AudioRecord(str(obj.get("id", audio)), path.parent / audio, str(text), duration))
+
+    def record(obj: dict) -> AudioRecord:
+        audio, duration, text = obj["audio_filepath"], float(obj["duration"]), obj["text"]
+        return AudioRecord(str(obj.get("id", audio)), path.parent / audio, str(text), duration)
+
+    records = read_jsonl(path, record, "'audio_filepath', 'duration' and 'text'")
     if not records:
         raise DataError(f"manifest {path} lists no utterances")
     check_unique(records, path)
