@@ -179,14 +179,16 @@ def test_height_must_equal_n_mels() -> None:
         AudioManifestData(None, None, height=64)
 
 
-def test_user_manifest_trains_and_the_audit_drops_a_nan_file(tmp_path: Path) -> None:
+def test_user_manifest_trains_and_the_audit_drops_nan_and_silent_files(tmp_path: Path) -> None:
     from recognizer.train import train
     from tests.conftest import compose_config
 
     bad = tone(1.0, seed=3)
     bad[10] = np.inf
     items = {f"u{i}": (tone(1.0, seed=i), 16000, text) for i, text in enumerate(["one two", "three", "four one"])}
-    manifest = write_manifest(tmp_path, items | {"bad": (bad, 16000, "two")}, fmt="wav", subtype="FLOAT")
+    silent = np.zeros(16000, np.float32)
+    bad_items = {"bad": (bad, 16000, "two"), "quiet": (silent, 16000, "one")}
+    manifest = write_manifest(tmp_path, items | bad_items, fmt="wav", subtype="FLOAT")
     out = tmp_path / "run"
     overrides = [
         "data=audio_manifest",
@@ -208,9 +210,12 @@ def test_user_manifest_trains_and_the_audit_drops_a_nan_file(tmp_path: Path) -> 
         f"paths.output_dir={out}",
     ]
     assert "val/cer" in train(compose_config("train", overrides))
-    report = json.loads((out / "audit.json").read_text())[0]
-    assert report["kept"] == 3 and list(report["violations"]) == ["non_finite"]
-    assert "audio/bad.wav has 1 non-finite sample(s)" in report["violations"]["non_finite"]["examples"][0]
+    train_report = json.loads((out / "audit.json").read_text())[0]
+    assert train_report["kept"] == 3 and train_report["dropped"] == 2
+    violations = train_report["violations"]
+    assert {k: v["count"] for k, v in violations.items()} == {"non_finite": 1, "unreadable": 1}
+    assert "quiet.wav is silent (all 16000 samples are 0)" in violations["unreadable"]["examples"][0]
+    assert "audio/bad.wav has 1 non-finite sample(s)" in violations["non_finite"]["examples"][0]
 
 
 def test_speech_training_with_spec_augment_resumes_exactly(tmp_path: Path) -> None:

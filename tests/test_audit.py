@@ -1,7 +1,6 @@
 """Tests for recognizer.stability.audit.audit_split: every CTC-contract violation, both policies."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -168,11 +167,30 @@ def test_dataset_non_finite_error_is_a_violation():
     assert "x.tif" in report.details["non_finite"][0]
 
 
-def test_other_load_errors_propagate():
-    def load_input(i):
-        raise DataError("cannot read image broken.png")
+def broken_second(i):
+    if i == 1:
+        raise DataError("audio data/b.flac is silent (all 1600 samples are 0): remove it from the manifest")
+    return torch.zeros(3)
 
-    with pytest.raises(DataError, match=re.escape("broken.png")):
+
+def test_unreadable_inputs_are_dropped_and_reported_under_drop():
+    report = audit(["a", "b", "c"], ["a", "a", "a"], [40, 40, 40], policy="drop", load_input=broken_second)
+    assert report.kept == [0, 2] and report.violations == {"unreadable": ["b"]}
+    (detail,) = report.details["unreadable"]
+    assert detail == "b: audio data/b.flac is silent (all 1600 samples are 0): remove it from the manifest"
+
+
+def test_unreadable_inputs_are_all_listed_under_error():
+    with pytest.raises(AuditError, match=r"unreadable: 1 — e\.g\. b: audio data/b\.flac is silent") as e:
+        audit(["a", "b", "c"], ["a", "a", "a"], [40, 40, 40], load_input=broken_second)
+    assert FIXES["unreadable"] in str(e.value)
+
+
+def test_loader_bugs_are_not_taken_for_bad_data():
+    def load_input(i):
+        raise RuntimeError("a bug in the loader")
+
+    with pytest.raises(RuntimeError, match="a bug in the loader"):
         audit(["x"], ["a"], [40], policy="drop", load_input=load_input)
 
 
@@ -185,6 +203,7 @@ def test_other_load_errors_propagate():
         ("infeasible", ["id-i7"], ["aab"], [12], {}),
         ("below_ratio", ["id-b7"], ["abc"], [20], {}),
         ("non_finite", ["id-n7"], ["a"], [40], {"load_input": lambda i: torch.tensor([float("nan")])}),
+        ("unreadable", ["id-r7"], ["a"], [40], {"load_input": lambda i: broken_second(1)}),
     ],
 )
 def test_audit_error_contains_fix_hint(reason, ids, texts, widths, kwargs):

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from recognizer.alphabet import Alphabet, normalize
 from recognizer.ctc import min_output_length
+from recognizer.data.base import DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ FIXES = {
     "below_ratio": "(safety rule T_out >= ratio × L) use wider inputs / a larger data.height, less "
     "width pooling in the model, shorter labels, or lower stability.min_frames_per_label",
     "non_finite": "fix or remove the files with NaN/Inf values",
+    "unreadable": "re-encode or remove these files (each message says what is wrong), or set "
+    "stability.audit_policy=drop to train without them",
 }
 
 
@@ -165,10 +168,8 @@ def audit_split(
         )
     if load_input is not None:
         _scan_inputs(kept, ids, load_input, stats, flag, policy)
-        bad = set(violations.get("non_finite", []))
+        bad = set(violations.get("non_finite", [])) | set(violations.get("unreadable", []))
         kept = [i for i in kept if ids[i] not in bad]
-        if bad and policy == "error":
-            fatal.add("non_finite")
     report = AuditReport(split, len(ids), kept, violations, details, stats)
     if fatal:
         raise AuditError(
@@ -193,10 +194,8 @@ def _scan_inputs(
     for i in indices:
         try:
             x = load_input(i).double()
-        except ValueError as e:  # the dataset's own non-finite / unreadable check names the file
-            if "non-finite" not in str(e):
-                raise
-            flag("non_finite", i, str(e), policy == "error")
+        except DataError as e:  # the dataset's own checks name the file: NaN/Inf, silent, corrupt data
+            flag("non_finite" if "non-finite" in str(e) else "unreadable", i, str(e), policy == "error")
             continue
         finite = torch.isfinite(x)
         if not bool(finite.all()):
