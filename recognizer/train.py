@@ -172,7 +172,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
-    forward = distributed.wrap(model, dist, device) or model
+    wrapped = distributed.wrap(model, dist, device)
+    forward = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
         forward = torch.compile(forward)
     state.train_forward = None if forward is model else forward
@@ -205,8 +206,9 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
 
     ctc = make_ctc(stab)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    loggers: list[MetricLogger] = [JsonlLogger(run_dir / "metrics.jsonl")] if dist.is_main else []
-    loggers += [instantiate(node) for node in (cfg.logger or {}).values()] if dist.is_main else []
+    loggers: list[MetricLogger] = []
+    if dist.is_main:  # the other ranks log nothing
+        loggers = [JsonlLogger(run_dir / "metrics.jsonl"), *(instantiate(n) for n in (cfg.logger or {}).values())]
     logger = MultiLogger(loggers)
     logger.log_config(config)
     describe = {"config": config, "alphabet": alphabet.symbols}
