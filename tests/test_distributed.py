@@ -22,7 +22,8 @@ from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.distributed import Dist
 from recognizer.engine.loop import train_step
-from tests.conftest import tiny_overrides
+from recognizer.evaluate import evaluate_checkpoint
+from tests.conftest import compose_config, tiny_overrides
 from tests.test_loop import make_batch, make_state
 
 # --- samplers --------------------------------------------------------------------------------
@@ -189,6 +190,16 @@ def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -
     assert sorted(step_losses(run)) == [1, 2, 3, 4, 5, 6]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/steps"] == 6 and "test/cer" in metrics
+
+    # Validation ran on a shard per rank with the counts summed: it must equal one process scoring
+    # the saved weights and BatchNorm statistics (before sync_buffers, rank 1 used its own statistics).
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last_val = [r for r in rows if "val/loss" in r and "epoch" in r][-1]  # the epoch-2 validation
+    data = [o for o in tiny_overrides(data_root, run) if o.startswith("data.") and "batch_size" not in o]
+    scoring = [f"checkpoint={run}/checkpoints/last.ckpt", *data, "split=val", "device=cpu", f"paths.output_dir={run}/e"]
+    single = evaluate_checkpoint(compose_config("eval", scoring))
+    assert last_val["step"] == 6 and single["val/cer"] == last_val["val/cer"]
+    assert single["val/loss"] == pytest.approx(last_val["val/loss"], rel=1e-6)
 
     # Interrupted after 2 steps (mid-epoch) and resumed: the same losses as the uninterrupted run.
     parts = tmp_path / "parts"

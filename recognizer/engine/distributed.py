@@ -176,6 +176,19 @@ def wrap(model: nn.Module, dist: Dist, device: torch.device) -> nn.Module | None
 
 
 @torch.no_grad()
+def sync_buffers(model: nn.Module, dist: Dist) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts them only at the start of each training forward, so after the last step of an
+    epoch every rank holds statistics updated by its own batch. Validation and checkpoints must all
+    see rank 0's, the ones that are saved.
+    """
+    if dist.enabled:
+        for buffer in model.buffers():
+            torch_dist.broadcast(buffer, src=0)
+
+
+@torch.no_grad()
 def check_same_parameters(model: nn.Module, dist: Dist) -> int:
     """Raise if any parameter differs from rank 0's; return the number of values compared.
 

@@ -40,7 +40,7 @@ from recognizer.ctc import CTCLoss, check_feasible, check_targets
 from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
 from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
-from recognizer.engine.distributed import Dist
+from recognizer.engine.distributed import Dist, sync_buffers
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
@@ -457,6 +457,7 @@ def validate_and_checkpoint(
     checkpoint: Any,
 ) -> bool:
     """Validate, log, write best/last checkpoints; return True if early stopping triggers."""
+    sync_buffers(state.model, state.dist)  # every rank validates the weights and statistics rank 0 saves
     metrics, _ = evaluate(state.model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
     record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
     state.history.append({"step": state.step, **record})
