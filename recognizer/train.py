@@ -93,12 +93,36 @@ def order_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
     return [f"{k}: {before[k]} → {now[k]}" for k in now if before[k] != now[k]]
 
 
+def saved_world_size(ckpt: dict[str, Any]) -> int:
+    """The number of processes that wrote ``ckpt`` (older checkpoints say it only through their RNG states)."""
+    if "world_size" in ckpt:
+        return int(ckpt["world_size"])
+    return len(ckpt.get("rng_per_rank") or [None])
+
+
+def check_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
+    """Refuse to resume with another number of processes than the run that wrote ``ckpt``.
+
+    An optimizer step consumes one batch per process, so the number of steps per epoch, the LR
+    schedule's length (``max_epochs`` × batches per process) and the position inside the epoch all
+    depend on the world size: continuing with another one would silently stretch or cut the schedule.
+    """
+    saved = saved_world_size(ckpt)
+    if saved != world_size:
+        raise ValueError(
+            f"cannot resume from {path}: it was written by {saved} process(es), this run has {world_size}. "
+            "Steps per epoch, the LR schedule and the position in the epoch depend on the number of processes: "
+            f"resume with the same number (torchrun --nproc_per_node={saved}, or no torchrun for 1), or start a "
+            "new run in another output directory"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics.
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group and leaves it at the end.
     """
-    dist = distributed.init_distributed(cfg.trainer.device)
+    dist = distributed.init_distributed(cfg.trainer.device, timeout_s=cfg.trainer.dist_timeout_s)
     try:
         metrics = _train(cfg, dist)
         dist.barrier()  # tear down together: gloo aborts a rank whose peer left first
@@ -180,7 +204,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state to the device
+        check_world_size(ckpt, dist.world_size, ckpt_path)
         if Alphabet(ckpt["alphabet"]) != alphabet:
             raise ValueError(
                 f"cannot resume from {ckpt_path}: it was trained with alphabet "

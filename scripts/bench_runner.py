@@ -8,8 +8,9 @@ AdamW step, scheduler step. Same CRNN (same initial weights), same real batches 
 ``--batches`` of epoch 0 of the configured data set, collated once), same optimizer settings.
 A second bare loop (``bare'``, its own copy of the model and optimizer) is the A/A control: its
 ratio to ``bare`` shows the benchmark's own spread and bias. The three modes rotate round by round
-so that drifting machine load hits all alike; the figures are medians of per-round ratios. The clock is this process's CPU time by default (one torch thread),
-which other processes on a shared machine barely disturb; ``--clock wall`` measures wall time.
+so that drifting machine load hits all alike; the figures are medians of per-round ratios. The clock
+is this process's CPU time by default (one torch thread), which other processes on a shared machine
+barely disturb; ``--clock wall`` measures wall time.
 
 (b) the DataLoader alone (decode, cache, collate) in batches/s, first epoch and a cached epoch,
 against the batches/s the runner consumes.

@@ -23,6 +23,8 @@ from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.distributed import Dist
 from recognizer.engine.loop import train_step
 from recognizer.evaluate import evaluate_checkpoint
+from recognizer.stability.guard import NonFiniteStepError
+from recognizer.train import check_world_size, train
 from tests.conftest import compose_config, tiny_overrides
 from tests.test_loop import make_batch, make_state
 
@@ -80,6 +82,30 @@ def test_a_single_process_needs_no_process_group(monkeypatch: pytest.MonkeyPatch
     assert not torch_dist.is_initialized()
 
 
+def test_a_gpu_index_under_torchrun_and_a_bad_timeout_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match=r"trainer.device=cuda:1 under torchrun: each process uses GPU LOCAL_RANK"):
+        distributed.init_distributed("cuda:1")
+    with pytest.raises(ValueError, match=r"trainer.dist_timeout_s must be > 0 seconds, got 0"):
+        distributed.init_distributed("cpu", timeout_s=0)
+    assert not torch_dist.is_initialized()
+
+
+@pytest.mark.parametrize(
+    ("ckpt", "saved"),
+    [({"world_size": 2}, 2), ({"rng_per_rank": [{}, {}, {}]}, 3), ({"rng": {}}, 1)],  # older ones lack world_size
+)
+def test_resume_with_another_number_of_processes_is_refused(ckpt: dict, saved: int) -> None:
+    check_world_size(ckpt, saved, Path("last.ckpt"))  # the same number: fine
+    with pytest.raises(ValueError) as error:
+        check_world_size(ckpt, saved + 1, Path("run/last.ckpt"))
+    assert str(error.value).startswith(
+        f"cannot resume from run/last.ckpt: it was written by {saved} process(es), this run has {saved + 1}. "
+    )
+    assert f"torchrun --nproc_per_node={saved}" in str(error.value)
+
+
 # --- two processes with gloo (torch.multiprocessing) ----------------------------------------
 
 
@@ -123,6 +149,21 @@ def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
     distributed.shutdown(dist)
 
 
+def _raise_on_one_rank(rank: int, port: int, out: str) -> None:
+    dist = _join(rank, port)
+    state = make_state("raise", poison=rank == 1)
+    state.dist = dist
+    state.train_forward = distributed.wrap(state.model, dist, torch.device("cpu"))
+    try:
+        train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
+        message = ""
+    except NonFiniteStepError as e:
+        message = str(e)
+    (Path(out) / f"rank{rank}.txt").write_text(message)
+    dist.barrier()
+    distributed.shutdown(dist)
+
+
 def _desync(rank: int, port: int, out: str) -> None:
     dist = _join(rank, port)
     torch.manual_seed(0)
@@ -147,6 +188,16 @@ def test_a_nonfinite_step_on_one_rank_is_skipped_on_all(tmp_path: Path) -> None:
         assert r["compared"] == sum(p.numel() for p in make_state().model.parameters())
     assert "non-finite loss in samples ['line-1']" in r1["message"]
     assert "non-finite step 1 on another rank" in r0["message"]
+
+
+def test_raise_policy_fails_every_rank_with_the_faulty_ranks_diagnosis(tmp_path: Path) -> None:
+    mp.spawn(_raise_on_one_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert messages[0] == messages[1]  # the healthy rank 0 reports rank 1's samples, not "another rank"
+    assert messages[0] == (
+        "rank 1: non-finite step 1: loss=nan, grad_norm=nan: non-finite loss in samples ['line-1'] "
+        "(stability.nonfinite_policy=raise)"
+    )
 
 
 def test_ranks_out_of_step_are_detected(tmp_path: Path) -> None:
@@ -186,7 +237,7 @@ def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -
     assert not list(run.glob("rank*"))  # the other rank wrote nothing
     ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
     # 96 samples / batch 16 = 6 batches per epoch, 3 per rank: 2 epochs = 6 steps of 2 × 16 samples
-    assert ckpt["step"] == 6 and len(ckpt["rng_per_rank"]) == 2
+    assert ckpt["step"] == 6 and ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
     assert sorted(step_losses(run)) == [1, 2, 3, 4, 5, 6]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train/steps"] == 6 and "test/cer" in metrics
@@ -208,6 +259,10 @@ def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -
     second = torchrun(ddp_overrides(data_root, parts, "trainer.resume=auto"), tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert step_losses(parts) == step_losses(run)
+
+    # One process cannot continue what two started: its epochs have twice the steps (the LR schedule too).
+    with pytest.raises(ValueError, match=r"it was written by 2 process\(es\), this run has 1"):
+        train(compose_config("train", [*tiny_overrides(data_root, parts), "trainer.resume=auto"]))
 
 
 @pytest.mark.slow

@@ -126,12 +126,20 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Dist:
 
     Args:
         device: ``trainer.device``; ``auto``/``cuda`` with CUDA available binds this rank to GPU
-            ``LOCAL_RANK`` and uses NCCL, anything else uses gloo on CPU.
+            ``LOCAL_RANK`` and uses NCCL, ``cuda:N`` is refused (it would pin every rank to one GPU),
+            anything else uses gloo on CPU.
         timeout_s: how long a collective may wait for the slowest rank before the job fails.
     """
+    if timeout_s <= 0:
+        raise ValueError(f"trainer.dist_timeout_s must be > 0 seconds, got {timeout_s}")
     dist = env_dist()
     if not dist.enabled or torch_dist.is_initialized():
         return dist
+    if device.startswith("cuda:"):
+        raise ValueError(
+            f"trainer.device={device} under torchrun: each process uses GPU LOCAL_RANK; set trainer.device=cuda "
+            "(or auto) and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if cuda:
         if dist.local_rank >= torch.cuda.device_count():

@@ -46,7 +46,7 @@ from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
 from recognizer.models.base import Recognizer
 from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
-from recognizer.stability.guard import NonFiniteGuard
+from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.stability.localize import NonFiniteInspector
 from recognizer.stability.rollback import Rollback
 
@@ -75,6 +75,7 @@ class TrainerOptions:
     preempt_exit_code: int = 0
     alignment_samples: int = 0
     compile: bool = False
+    dist_timeout_s: float = 1800.0
 
 
 @dataclass
@@ -114,6 +115,7 @@ class TrainState:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "rng": rng_state(),
+            "world_size": self.dist.world_size,
             "collapse": self.collapse.state_dict() if self.collapse else None,
             "rollback": self.rollback.state_dict() if self.rollback else None,
         }
@@ -126,13 +128,13 @@ class TrainState:
         self.guard.load_state_dict(ckpt["guard"])
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])
-        per_rank = ckpt.get("rng_per_rank")
-        if per_rank is not None and len(per_rank) == self.dist.world_size:
-            set_rng_state(per_rank[self.dist.rank])  # each rank continues its own dropout stream
-        else:
-            set_rng_state(ckpt["rng"])
-            if self.dist.rank:  # another number of ranks than the saved run: derive distinct streams
-                torch.manual_seed(int(torch.randint(2**62, (1,))) + self.dist.rank)
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if len(per_rank) != self.dist.world_size:
+            raise ValueError(
+                f"the checkpoint holds the random states of {len(per_rank)} process(es), this run has "
+                f"{self.dist.world_size}: resume with the same number of processes"
+            )
+        set_rng_state(per_rank[self.dist.rank])  # each rank continues its own dropout stream
         if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
             self.collapse.load_state_dict(ckpt["collapse"])
         if self.rollback is not None and ckpt.get("rollback") is not None:
@@ -235,7 +237,11 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     # per_sample stays on the device: the guard reads it only on a non-finite step (no copy per step)
     # the fault is another rank's if our loss is finite but some rank's is not (or only theirs overflowed)
     peer_fault = math.isfinite(loss_value) and (loss_bad or (norm_bad and math.isfinite(norm_value)))
-    if not state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault):
+    try:
+        healthy = state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault)
+    except NonFiniteStepError as error:  # every rank raises at this step (the decision is agreed)
+        raise agreed_error(error, state.dist, own_fault=not peer_fault) from None
+    if not healthy:
         optimizer.zero_grad(set_to_none=True)
         scaler.update()
         if state.guard.policy == "rollback":
@@ -364,6 +370,8 @@ def fit(
         if dist.is_main:
             extra = {"rng_per_rank": per_rank} if per_rank is not None else {}
             save_checkpoint({**state.state_dict(), **extra, **describe}, ckpt_dir / name)
+        # no rank runs ahead (or exits after a preemption, making torchrun stop the group) while rank 0 writes
+        dist.barrier()
 
     def done() -> bool:
         return opts.max_steps is not None and state.step >= opts.max_steps
@@ -436,6 +444,20 @@ def fit(
             if dist.any(stop.signum is not None):  # the signal came during validation: last.ckpt is current
                 raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
     return state
+
+
+def agreed_error(error: NonFiniteStepError, dist: Dist, own_fault: bool) -> NonFiniteStepError:
+    """Under DDP, the error every rank raises: the messages of the ranks where the fault arose.
+
+    Those name the samples, the layer and where the batch was saved; the healthy ranks would
+    otherwise fail first with "on another rank", and torchrun would report (and stop the job on)
+    theirs while the faulty rank was still writing its diagnosis.
+    """
+    if not dist.enabled:
+        return error
+    messages = dist.gather((own_fault, str(error)))
+    faulty = [f"rank {rank}: {message}" for rank, (own, message) in enumerate(messages) if own]
+    return NonFiniteStepError(" | ".join(faulty) or str(error))
 
 
 def preempt(state: TrainState, signum: int, checkpoint: Any) -> Preempted:
