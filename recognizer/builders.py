@@ -31,6 +31,7 @@ def make_loader(
     unknown: str,
     num_workers: int = 0,
     pin_memory: bool = False,
+    persistent_workers: bool = True,
     bucketing: bool = False,
     bucket_pool_batches: int = 50,
     num_replicas: int = 1,
@@ -42,6 +43,8 @@ def make_loader(
     RNG (which would shift dropout masks after a resume).
 
     Args:
+        num_workers, pin_memory, persistent_workers: DataLoader settings (``persistent_workers``
+            only matters with workers).
         bucketing: batch inputs of similar width (:class:`BucketBatchSampler`, widths read from
             ``dataset.widths`` without decoding); otherwise a plain seeded permutation.
         bucket_pool_batches: batches per sorting pool when bucketing.
@@ -70,14 +73,16 @@ def make_loader(
         collate_fn=Collate(alphabet, "unk" if unknown == "unk" else "error"),
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=num_workers > 0,
+        persistent_workers=persistent_workers and num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )
     return loader, sampler
 
 
-def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: Recognizer, stability: Any) -> AuditReport:
-    """Audit one split with the ``stability`` config node's policies."""
+def run_audit(
+    split: str, dataset: LineDataset, alphabet: Alphabet, model: Recognizer, stability: Any, **kwargs: Any
+) -> AuditReport:
+    """Audit one split with the ``stability`` config node's policies (``kwargs``: more of :func:`audit_split`'s)."""
     return audit_split(
         split,
         dataset.ids,
@@ -90,6 +95,7 @@ def run_audit(split: str, dataset: LineDataset, alphabet: Alphabet, model: Recog
         min_frames_per_label=stability.min_frames_per_label,
         max_label_length=stability.max_label_length,
         load_input=dataset.load if stability.scan_inputs else None,
+        **kwargs,
     )
 
 

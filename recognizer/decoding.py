@@ -339,9 +339,15 @@ def write_lexicon(words: Sequence[str], path: str | Path) -> Path:
 
 def build_decoder(decoding_cfg: object, symbols: Sequence[str]) -> GreedyDecoder | BeamDecoder:
     """Instantiate a ``conf/decoding`` node for an alphabet's ``symbols``."""
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(decoding_cfg, symbols=list(symbols))
+    try:
+        return instantiate(decoding_cfg, symbols=list(symbols))
+    except InstantiationException as e:  # a bad path or setting: the decoder's own message, not Hydra's wrapper
+        if isinstance(e.__cause__, (FileNotFoundError, ValueError)):
+            raise e.__cause__ from None
+        raise
 
 
 @torch.no_grad()

@@ -57,7 +57,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
     stability = OmegaConf.create(trained["stability"])
-    report = run_audit(cfg.split, dataset, alphabet, model, stability)
+    if cfg.audit_policy is not None:  # the checkpoint's policy was for training data
+        stability.audit_policy = cfg.audit_policy
+    drop_hint = "set audit_policy=drop to score without these samples (they are listed in the log)"
+    report = run_audit(cfg.split, dataset, alphabet, model, stability, drop_hint=drop_hint)
     if report.dropped:
         log.warning("%s", report.summary())
     loader, _ = make_loader(
@@ -68,7 +71,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         shuffle=False,
         seed=0,
         unknown=stability.unknown,
-        num_workers=data.num_workers,
+        **data.loader_options(),
     )
     ctc = CTCLoss(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
     values, rows = evaluate(model, loader, ctc, alphabet, precision, keep_predictions=True)

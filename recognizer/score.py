@@ -7,7 +7,8 @@ Examples::
 
 Inputs: a predictions TSV with header ``id<TAB>reference<TAB>hypothesis`` (as recognizer-eval
 writes it); or a hypothesis file plus ``--ref``, each a TSV ``id<TAB>text`` (a first line
-``id<TAB>text`` is a header) or JSONL with ``id`` (or ``path``) and ``text`` keys, matched by id.
+``id<TAB>text`` or ``image<TAB>text`` is a header) or JSONL with ``id`` (or ``path``, ``image``,
+``audio_filepath``) and ``text`` keys, matched by id: transcribe's output and data manifests work as they are.
 """
 
 from __future__ import annotations
@@ -103,8 +104,15 @@ def score(rows: Sequence[tuple[str, str, str]]) -> Report:
     return report
 
 
+#: What names a line in a reference or hypothesis file: an id, transcribe's ``path``, or a data
+#: manifest's ``image`` (line TSV/JSONL) or ``audio_filepath`` (speech JSONL); the first present wins.
+ID_KEYS = ("id", "path", "image", "audio_filepath")
+
+
 def read_texts(path: Path) -> dict[str, str]:
-    """``{id: text}`` from a TSV (``id<TAB>text``) or JSONL (``id`` or ``path``, and ``text``)."""
+    """``{id: text}`` from a TSV (``id<TAB>text``; a header line ``id``/``path``/``image`` ``<TAB>text``
+    is skipped) or JSONL (an id key of :data:`ID_KEYS` and ``text``): transcribe's outputs and the data
+    manifests both work."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     texts: dict[str, str] = {}
@@ -114,14 +122,16 @@ def read_texts(path: Path) -> dict[str, str]:
                 if line.strip():
                     try:
                         obj = json.loads(line)
-                        texts[str(obj["id"] if "id" in obj else obj["path"])] = obj["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        key = next(k for k in ID_KEYS if k in obj)
+                        texts[str(obj[key])] = obj["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError, StopIteration) as e:
                         raise ValueError(
-                            f"{path}:{lineno}: expected a JSON object with 'id' (or 'path') and 'text' ({e})"
+                            f"{path}:{lineno}: expected a JSON object with an id ({', '.join(ID_KEYS)}) and 'text' "
+                            f"({type(e).__name__}: {e})"
                         ) from None
             return texts
         for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if not row or (lineno == 1 and row[:2] == ["id", "text"]):
+            if not row or (lineno == 1 and row[0] in ID_KEYS and row[1:] == ["text"]):
                 continue
             if len(row) != 2:
                 raise ValueError(f"{path}:{lineno}: expected 2 tab-separated fields (id, text), got {len(row)}")
@@ -180,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--ref", help="references (TSV id<TAB>text or JSONL id/text), matched to the hypotheses by id")
     p.add_argument("--worst", type=int, default=10, help="how many worst lines to print (default 10)")
     args = p.parse_args(argv)
+    if args.worst < 0:
+        p.error(f"--worst must be >= 0, got {args.worst}")
     try:
         path = Path(args.predictions)
         if args.ref:

@@ -136,8 +136,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     run_dir = Path(dist.broadcast(str(cfg.paths.output_dir)))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        logging.getLogger().setLevel(logging.WARNING)  # one voice: rank 0 logs progress
+    distributed.quiet_other_ranks(dist)  # one voice: rank 0 logs progress
     seed_everything(cfg.seed + dist.rank)  # own dropout/augmentation stream per rank; DDP syncs the weights
 
     opts = instantiate(cfg.trainer)
@@ -170,8 +169,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         shuffle=True,
         seed=cfg.seed,
         unknown=stab.unknown,
-        num_workers=data.num_workers,
-        pin_memory=data.pin_memory,
+        **data.loader_options(),
         bucketing=opts.bucketing,
         bucket_pool_batches=opts.bucket_pool_batches,
         **shard,
@@ -184,8 +182,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         shuffle=False,
         seed=cfg.seed,
         unknown=stab.unknown,
-        num_workers=data.num_workers,
-        pin_memory=data.pin_memory,
+        **data.loader_options(),
         **shard,
     )
 

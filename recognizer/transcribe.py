@@ -30,6 +30,7 @@ from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import model_from_checkpoint
 from recognizer.data.audio import audio_info
+from recognizer.data.base import DataError
 from recognizer.data.batching import Collate
 from recognizer.data.features import LogMel
 from recognizer.data.lines import IMAGE_SUFFIXES, LineDataset, Record, _image_size
@@ -112,7 +113,17 @@ def input_dataset(config: dict[str, Any], paths: Sequence[Path]) -> tuple[LineDa
         return AudioDataset(records, features, data["sample_rate"], resample=data.get("resample", True)), extents
     height, invert = preprocessing(config)
     dataset = LineDataset([Record(str(p), p, "") for p in paths], height, invert=invert)
-    return dataset, [float(_image_size(p)[0]) for p in paths]
+    return dataset, [float(_width(p)) for p in paths]
+
+
+def _width(path: Path) -> int:
+    """The original width of an image, read from its header; a DataError names an unreadable file."""
+    try:
+        return _image_size(path)[0]
+    except DataError:
+        raise
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise DataError(f"cannot read image {path}: {e}; re-encode it or leave it out of the inputs") from None
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 
 from recognizer import CONFIG_DIR
@@ -43,6 +43,25 @@ def test_data_instantiates_without_generating(option: str, tmp_path: Path) -> No
     data = instantiate(cfg.data)
     assert data.batch_size >= 1
     assert list(tmp_path.iterdir()) == []  # generation is lazy
+    assert set(data.loader_options()) == {"num_workers", "pin_memory", "persistent_workers"}
+
+
+def test_loader_settings_reach_the_data_loader(tmp_path: Path) -> None:
+    from recognizer.alphabet import Alphabet
+    from recognizer.builders import make_loader
+    from recognizer.data.lines import LineDataset
+
+    overrides = ["data.num_workers=2", "data.pin_memory=true", "data.persistent_workers=false"]
+    cfg = compose_config("train", [*overrides, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}"])
+    data = instantiate(cfg.data)
+    loader, _ = make_loader(LineDataset([], 16), [], Alphabet("01"), 4, False, 0, "error", **data.loader_options())
+    assert (loader.num_workers, loader.pin_memory, loader.persistent_workers) == (2, True, False)
+    loader, _ = make_loader(LineDataset([], 16), [], Alphabet("01"), 4, False, 0, "error", num_workers=2)
+    assert loader.persistent_workers  # the default: workers live across epochs
+    with pytest.raises(
+        InstantiationException, match=r"need data.batch_size >= 1 and data.num_workers >= 0, got 32, -1"
+    ):
+        instantiate(compose_config("train", ["data.num_workers=-1", f"paths.output_dir={tmp_path}"]).data)
 
 
 @pytest.mark.parametrize("option", options("optimizer"))

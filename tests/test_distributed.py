@@ -92,6 +92,23 @@ def test_a_gpu_index_under_torchrun_and_a_bad_timeout_are_refused(monkeypatch: p
     assert not torch_dist.is_initialized()
 
 
+def test_other_ranks_log_warnings_only_marked_with_their_rank() -> None:
+    import io
+    import logging
+
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    streams = [io.StringIO(), io.StringIO()]  # e.g. Hydra's console and train.log handlers
+    root.handlers = [logging.StreamHandler(s) for s in streams]
+    try:
+        distributed.quiet_other_ranks(Dist(rank=1, world_size=2))
+        logging.getLogger("recognizer.x").info("progress")
+        logging.getLogger("recognizer.x").warning("non-finite step %d", 3)
+        assert [s.getvalue() for s in streams] == ["[rank 1] non-finite step 3\n"] * 2
+    finally:
+        root.handlers, root.level = handlers, level
+
+
 @pytest.mark.parametrize(
     ("ckpt", "saved"),
     [({"world_size": 2}, 2), ({"rng_per_rank": [{}, {}, {}]}, 3), ({"rng": {}}, 1)],  # older ones lack world_size
@@ -232,6 +249,7 @@ def test_torchrun_two_processes_train_one_run(data_root: Path, tmp_path: Path) -
     done = torchrun(ddp_overrides(data_root, run), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "parameters identical on all 2 ranks" in done.stdout  # Hydra logs to stdout
+    assert "2 ranks joined (gloo)" in done.stdout and "[rank 1]" not in done.stdout  # rank 1 had nothing to say
     assert len([line for line in done.stdout.splitlines() if line.startswith("val/cer=")]) == 1  # rank 0 only
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert not list(run.glob("rank*"))  # the other rank wrote nothing

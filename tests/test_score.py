@@ -57,6 +57,16 @@ def test_hypotheses_and_references_by_id(tmp_path: Path, capsys: pytest.CaptureF
     assert capsys.readouterr().out.startswith("CER 20.00% (1/5: 0 substitutions, 1 deletions, 0 insertions)\n")
 
 
+def test_data_manifests_serve_as_references(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hyp = write(tmp_path / "h.tsv", "a.png\t12\nb.png\txy\n")  # recognizer-transcribe's stdout
+    lines = write(tmp_path / "test.tsv", "image\ttext\na.png\t12\nb.png\txyz\n")  # a line-image manifest
+    speech = write(tmp_path / "m.jsonl", '{"audio_filepath": "a.png", "duration": 1.0, "text": "12"}\n')
+    speech.write_text(speech.read_text() + '{"image": "b.png", "text": "xyz"}\n')
+    for ref in (lines, speech):
+        main([str(hyp), "--ref", str(ref)])
+        assert capsys.readouterr().out.startswith("CER 20.00% (1/5: 0 substitutions, 1 deletions, 0 insertions)\n")
+
+
 def test_errors_name_the_file_and_fix(tmp_path: Path) -> None:
     bad = write(tmp_path / "p.tsv", "a\tb\n")
     with pytest.raises(SystemExit, match=r"p.tsv: expected the header id<TAB>reference<TAB>hypothesis"):
@@ -69,3 +79,10 @@ def test_errors_name_the_file_and_fix(tmp_path: Path) -> None:
         main([str(hyp), "--ref", str(ref)])
     with pytest.raises(SystemExit, match=r"recognizer-score: error: .*missing.tsv does not exist"):
         main([str(tmp_path / "missing.tsv")])
+    no_id = write(tmp_path / "n.jsonl", '{"file": "a.png", "text": "1"}\n')
+    with pytest.raises(
+        SystemExit, match=r"n.jsonl:1: expected a JSON object with an id \(id, path, image, audio_filepath\) and 'text'"
+    ):
+        main([str(no_id), "--ref", str(ref)])
+    with pytest.raises(SystemExit, match="2"):  # argparse usage error
+        main([str(hyp), "--ref", str(ref), "--worst", "-1"])

@@ -112,3 +112,21 @@ def test_crnn_trains_on_spectrograms(corpus: Path, tmp_path: Path) -> None:
     overrides = [o for o in overrides if not o.startswith("model.")] + ["model.channels=[8,8,8]", "model.rnn_hidden=16"]
     metrics = train(compose_config("train", overrides))
     assert "val/cer" in metrics
+
+
+def test_the_cache_knows_whether_a_setting_is_generated(tmp_path: Path) -> None:
+    from recognizer.data.speech_modules import SpokenDigitsData
+    from recognizer.data.spoken_digits import spoken_digits_manifests
+
+    data = SpokenDigitsData(str(tmp_path), num_train=4, num_val=2, num_test=0)
+    assert not data.is_generated()
+    smaller = spoken_digits_manifests(tmp_path, {"train": 2, "val": 2, "test": 0})
+    for split in ("train", "val"):  # another setting's cache does not count
+        smaller[split].parent.mkdir(parents=True, exist_ok=True)
+        smaller[split].touch()
+    assert not data.is_generated()
+    for split in ("train", "val"):  # test has 0 utterances: not needed
+        path = spoken_digits_manifests(tmp_path, data.sizes)[split]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    assert data.is_generated()

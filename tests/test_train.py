@@ -128,6 +128,21 @@ def test_drop_policy_trains_on_the_rest_and_counts(tmp_path: Path) -> None:
     assert set(report["violations"]) == {"below_ratio", "empty"}
 
 
+def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None:
+    clean = write_lines(tmp_path / "lines", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
+    out = tmp_path / "run"
+    train(compose_config("train", lines_overrides(clean, out)))  # trained with audit_policy=error
+    bad = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abcabcabc"})  # t2: too long for its width
+    scoring = [f"checkpoint={out}/checkpoints/best.ckpt", "data=lines", f"data.test={bad}", "device=cpu"]
+    with pytest.raises(AuditError, match=r"Fix the data, or set audit_policy=drop to score without these samples"):
+        evaluate_checkpoint(compose_config("eval", [*scoring, f"paths.output_dir={tmp_path}/e1"]))
+    metrics = evaluate_checkpoint(
+        compose_config("eval", [*scoring, "audit_policy=drop", f"paths.output_dir={tmp_path}/e2"])
+    )
+    rows = (tmp_path / "e2" / "predictions_test.tsv").read_text().splitlines()
+    assert "test/cer" in metrics and [r.split("\t")[0] for r in rows[1:]] == ["t1.png"]
+
+
 def test_missing_image_is_named_before_training(tmp_path: Path) -> None:
     manifest = write_lines(tmp_path / "lines", {"a": "ab", "b": "ba"})
     (tmp_path / "lines" / "b.png").unlink()

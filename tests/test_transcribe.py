@@ -79,6 +79,38 @@ def test_errors_are_one_line(ckpt: Path, images: list[Path]) -> None:
         main([str(ckpt), str(images[0]), "--timings"])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")
+def test_what_is_not_a_training_checkpoint_is_named(ckpt: Path, images: list[Path], tmp_path: Path) -> None:
+    scripted = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    scripted.save(str(tmp_path / "model.ts"))
+    torch.save(load_checkpoint(ckpt)["model"], tmp_path / "weights.pt")  # a bare state_dict
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[:1000])  # an interrupted copy
+    fix = r"give a \.ckpt written by recognizer-train \(checkpoints/best\.ckpt or last\.ckpt of a run\)"
+    for name, what in [
+        ("model.ts", ".*model.ts is a TorchScript export, not a training checkpoint"),
+        ("weights.pt", ".*weights.pt is not a training checkpoint \\(no 'model', 'alphabet', 'config'\\)"),
+        ("junk.ckpt", "cannot load checkpoint .*junk.ckpt \\(not a PyTorch file\\)"),
+        ("cut.ckpt", "cannot load checkpoint .*cut.ckpt \\(truncated or corrupted: PytorchStreamReader failed"),
+    ]:
+        with pytest.raises(SystemExit, match=f"recognizer-transcribe: error: {what}.*: {fix}"):
+            main([str(tmp_path / name), str(images[0])])
+    with pytest.raises(SystemExit, match=r"checkpoint .*ckdir is a folder, not a file \(it holds a.ckpt, b.ckpt\)"):
+        (tmp_path / "ckdir").mkdir()
+        for n in ("b.ckpt", "a.ckpt"):
+            (tmp_path / "ckdir" / n).touch()
+        main([str(tmp_path / "ckdir"), str(images[0])])
+
+
+def test_unreadable_image_and_missing_lexicon_are_named(ckpt: Path, images: list[Path], tmp_path: Path) -> None:
+    fake = tmp_path / "fake.png"
+    fake.write_text("hi")
+    with pytest.raises(SystemExit, match=r"error: cannot read image .*fake.png: .*; re-encode it or leave it out"):
+        main([str(ckpt), str(images[0]), str(fake)])
+    with pytest.raises(SystemExit, match=r"error: decoding.lexicon=.*nope.lex does not exist"):
+        main([str(ckpt), str(images[0]), "--decoding", "beam", "--lexicon", str(tmp_path / "nope.lex")])
+
+
 @pytest.mark.slow
 def test_console_script(ckpt: Path, images: list[Path]) -> None:
     script = Path(sys.executable).parent / "recognizer-transcribe"

@@ -108,6 +108,8 @@ class SplitData:
         sources: split name → where its data is (a manifest, a folder, ...), or None.
         alphabet: optional alphabet file (one symbol per line); None = build it from the train text.
         batch_size, num_workers, pin_memory: loader settings.
+        persistent_workers: keep the worker processes (and what they cached) alive between epochs;
+            applies only when ``num_workers > 0``. False frees their memory at every epoch end.
     """
 
     def __init__(
@@ -117,15 +119,27 @@ class SplitData:
         batch_size: int,
         num_workers: int,
         pin_memory: bool,
+        persistent_workers: bool = True,
     ) -> None:
+        if batch_size < 1 or num_workers < 0:
+            raise ValueError(f"need data.batch_size >= 1 and data.num_workers >= 0, got {batch_size}, {num_workers}")
         self.sources = sources
         self.alphabet_file = alphabet
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
 
     def has(self, split: str) -> bool:
         return self.sources.get(split) is not None
+
+    def loader_options(self) -> dict[str, Any]:
+        """The DataLoader settings of this config, as keyword arguments of :func:`make_loader`."""
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.persistent_workers,
+        }
 
     @property
     def train_augment(self) -> Callable[[Batch], Batch] | None:

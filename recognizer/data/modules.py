@@ -18,7 +18,7 @@ class LinesData(SplitData):
         invert: dark ink on light paper (True) or light ink on dark (False).
         cache: keep decoded images in memory after their first load.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size, num_workers, pin_memory, persistent_workers: loader settings (:class:`SplitData`).
     """
 
     def __init__(
@@ -33,8 +33,10 @@ class LinesData(SplitData):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
-        super().__init__({"train": train, "val": val, "test": test}, alphabet, batch_size, num_workers, pin_memory)
+        sources = {"train": train, "val": val, "test": test}
+        super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
         self.height = height
         self.invert = invert
         self.cache = cache
@@ -55,7 +57,7 @@ class DigitLinesData(LinesData):
         max_digits: each line holds 1..max_digits digits.
         height: line height in pixels.
         seed: generation seed (pools and lines).
-        cache, batch_size, num_workers, pin_memory: as in :class:`LinesData`.
+        cache, batch_size, num_workers, pin_memory, persistent_workers: as in :class:`LinesData`.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class DigitLinesData(LinesData):
         batch_size: int = 32,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__(
             None,
@@ -82,6 +85,7 @@ class DigitLinesData(LinesData):
             batch_size=batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
         )
         self.root = Path(root)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -15,7 +15,7 @@ from recognizer.data.features import LogMel, SpecAugment
 from recognizer.data.librispeech import read_librispeech
 from recognizer.data.lines import DataError
 from recognizer.data.speech import AudioDataset, AudioRecord, filter_duration, read_audio_manifest
-from recognizer.data.spoken_digits import ensure_spoken_digits
+from recognizer.data.spoken_digits import ensure_spoken_digits, spoken_digits_manifests
 
 
 class AudioManifestData(SplitData):
@@ -31,7 +31,7 @@ class AudioManifestData(SplitData):
         spec_augment: masking applied to the train split only, or None.
         cache: keep computed features in memory (fp16) after their first load.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
-        batch_size, num_workers, pin_memory: loader settings.
+        batch_size, num_workers, pin_memory, persistent_workers: loader settings (:class:`SplitData`).
     """
 
     def __init__(
@@ -56,10 +56,12 @@ class AudioManifestData(SplitData):
         batch_size: int = 16,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = True,
     ) -> None:
         if height is not None and height != n_mels:
             raise ValueError(f"data.height={height} must equal data.n_mels={n_mels} for audio (set only n_mels)")
-        super().__init__({"train": train, "val": val, "test": test}, alphabet, batch_size, num_workers, pin_memory)
+        sources = {"train": train, "val": val, "test": test}
+        super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
         self.sample_rate = sample_rate
         self.height = n_mels
         self.features = LogMel(sample_rate, n_mels, win_ms, hop_ms, n_fft, log_floor, normalize)
@@ -126,6 +128,11 @@ class SpokenDigitsData(AudioManifestData):
 
     def has(self, split: str) -> bool:
         return self.sizes.get(split, 0) > 0
+
+    def is_generated(self) -> bool:
+        """Whether the cache already holds every split of these settings (nothing to synthesise)."""
+        manifests = spoken_digits_manifests(self.root, self.sizes, self.max_digits, self.sample_rate, self.seed)
+        return all(manifests[s].is_file() for s, n in self.sizes.items() if n > 0)
 
     def records(self, split: str) -> list[AudioRecord]:
         if not self.sources["train"]:  # generate lazily: instantiating the config stays cheap

@@ -158,6 +158,14 @@ def generate_split(root: Path, split: str, num: int, max_digits: int, sample_rat
     return write_manifest(root / f"{split}.jsonl", rows)
 
 
+def spoken_digits_manifests(
+    root: str | Path, sizes: dict[str, int], max_digits: int = 5, sample_rate: int = 16000, seed: int = 0
+) -> dict[str, Path]:
+    """Where :func:`ensure_spoken_digits` keeps each split's manifest for these settings (existing or not)."""
+    tag = f"sr{sample_rate}_d{max_digits}_s{seed}_" + "_".join(f"{s}{sizes[s]}" for s in SPLITS)
+    return {split: Path(root) / tag / f"{split}.jsonl" for split in SPLITS}
+
+
 def ensure_spoken_digits(
     root: str | Path,
     sizes: dict[str, int],
@@ -170,9 +178,8 @@ def ensure_spoken_digits(
     Returns the JSONL manifest of every split. The folder name encodes every setting, so changing
     one never reuses a stale cache.
     """
-    tag = f"sr{sample_rate}_d{max_digits}_s{seed}_" + "_".join(f"{s}{sizes[s]}" for s in SPLITS)
-    base = Path(root) / tag
-    manifests = {split: base / f"{split}.jsonl" for split in SPLITS}
+    manifests = spoken_digits_manifests(root, sizes, max_digits, sample_rate, seed)
+    base = manifests["train"].parent
     missing = [s for s in SPLITS if sizes[s] > 0 and not manifests[s].is_file()]
     if not missing:
         return manifests

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,54 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+#: What every checkpoint written by ``recognizer-train`` holds besides the training state.
+REQUIRED_KEYS = ("model", "alphabet", "config")
+
+NOT_A_CHECKPOINT = (
+    "give a .ckpt written by recognizer-train (checkpoints/best.ckpt or last.ckpt of a run); "
+    "TorchScript/ONNX exports and bare state_dicts cannot be used here"
+)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint holding only tensors and plain containers (no code can run)."""
+    """Load a checkpoint holding only tensors and plain containers (no code can run).
+
+    Raises:
+        FileNotFoundError: ``path`` is missing or a folder.
+        ValueError: the file is not a ``recognizer-train`` checkpoint (an export, a bare
+            ``state_dict``, a truncated or foreign file); the message says what to give instead.
+    """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f"it holds {', '.join(found)}" if found else "it holds no .ckpt file"
+        raise FileNotFoundError(f"checkpoint {path} is a folder, not a file ({hint}): give the .ckpt file itself")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        raise ValueError(f"{path} is a TorchScript export, not a training checkpoint: {NOT_A_CHECKPOINT}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle errors carry no file name
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors carry no file name (and torch's advice to drop weights_only is unsafe)
+        raise ValueError(f"cannot load checkpoint {path} ({_load_failure(e)}): {NOT_A_CHECKPOINT}") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        lacks = ", ".join(map(repr, missing))
+        raise ValueError(f"{path} is not a training checkpoint (no {lacks}): {NOT_A_CHECKPOINT}")
+    return ckpt
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words (torch's messages run to paragraphs)."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        if detail and detail[0] and not detail[0].startswith("Unsupported operand"):  # not pickle at all
+            return f"holds what a safe load refuses: {detail[0]}"
+        return "not a PyTorch file"
+    if isinstance(error, RuntimeError) and text:
+        return f"truncated or corrupted: {text.split('. ')[0]}"
+    return "not a PyTorch file"
 
 
 def rng_state() -> dict[str, Any]:

@@ -154,8 +154,32 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Dist:
         world_size=dist.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    log.info("rank %d of %d joined (%s)", dist.rank, dist.world_size, torch_dist.get_backend())
+    if dist.is_main:
+        log.info("%d ranks joined (%s)", dist.world_size, torch_dist.get_backend())
     return dist
+
+
+class RankPrefix(logging.Filter):
+    """Prefix ``[rank N]`` to the messages of a rank other than 0 (all ranks share the run's log file)."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.prefix = f"[rank {rank}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.prefix):  # one record passes every handler: prefix once
+            record.msg = self.prefix + str(record.msg)
+        return True
+
+
+def quiet_other_ranks(dist: Dist) -> None:
+    """Ranks other than 0 log warnings and errors only, each marked with its rank."""
+    if dist.is_main:
+        return
+    root = logging.getLogger()
+    root.setLevel(logging.WARNING)
+    for handler in root.handlers:
+        handler.addFilter(RankPrefix(dist.rank))
 
 
 def shutdown(dist: Dist) -> None:

@@ -464,7 +464,7 @@ def preempt(state: TrainState, signum: int, checkpoint: Any) -> Preempted:
     """Write ``last.ckpt`` (with the mid-epoch position), log why, and return the error to raise."""
     checkpoint("last.ckpt")
     error = Preempted(signum, state.step, state.epoch, state.batch_in_epoch)
-    log.warning("%s", error)
+    log.log(logging.WARNING if state.dist.is_main else logging.INFO, "%s", error)  # rank 0 wrote it: one voice
     return error
 
 

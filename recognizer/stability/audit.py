@@ -90,6 +90,7 @@ def audit_split(
     min_frames_per_label: float = 2.0,
     max_label_length: int | None = None,
     load_input: Callable[[int], Tensor] | None = None,
+    drop_hint: str = "set stability.audit_policy=drop to train without these samples",
 ) -> AuditReport:
     """Audit one split.
 
@@ -104,6 +105,7 @@ def audit_split(
         max_label_length: longest allowed transcript, or ``None``.
         load_input: if given, ``load_input(i)`` returns sample ``i``'s input; every input is then
             loaded once to check for non-finite values and to collect value statistics.
+        drop_hint: how the caller's user turns on ``drop`` (the end of the error message).
     """
     if policy not in ("error", "drop"):
         raise ValueError(f"audit policy must be 'error' or 'drop', got {policy!r}")
@@ -174,7 +176,7 @@ def audit_split(
     if fatal:
         raise AuditError(
             f"the {split} data breaks the CTC contract (policy=error):\n{report.summary()}\n"
-            "Fix the data, or set stability.audit_policy=drop to train without these samples."
+            f"Fix the data, or {drop_hint}."
         )
     return report
 
