@@ -57,9 +57,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     precision = resolve_precision(cfg.precision, device)
     model.to(device)
     stability = OmegaConf.create(trained["stability"])
-    if cfg.audit_policy is not None:  # the checkpoint's policy was for training data
-        stability.audit_policy = cfg.audit_policy
-    drop_hint = "set audit_policy=drop to score without these samples (they are listed in the log)"
+    for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data
+        if cfg[key] is not None:
+            stability[key] = cfg[key]
+    drop_hint = (
+        "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
+        "these samples (they are listed in the log)"
+    )
     report = run_audit(cfg.split, dataset, alphabet, model, stability, drop_hint=drop_hint)
     if report.dropped:
         log.warning("%s", report.summary())

@@ -142,6 +142,11 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     opts = instantiate(cfg.trainer)
     if opts.num_threads:  # on a busy CPU fewer threads can be several times faster
         torch.set_num_threads(opts.num_threads)
+    ckpt_path = resume_path(opts.resume, run_dir)
+    ckpt = None
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
+        check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
     with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
         data = instantiate(cfg.data)
         train_set, val_set = data.dataset("train"), data.dataset("val")
@@ -199,10 +204,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         forward = torch.compile(forward)
     state.train_forward = None if forward is model else forward
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
-    ckpt_path = resume_path(opts.resume, run_dir)
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state to the device
-        check_world_size(ckpt, dist.world_size, ckpt_path)
+    if ckpt_path is not None and ckpt is not None:
         if Alphabet(ckpt["alphabet"]) != alphabet:
             raise ValueError(
                 f"cannot resume from {ckpt_path}: it was trained with alphabet "

@@ -132,14 +132,16 @@ def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None
     clean = write_lines(tmp_path / "lines", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
     out = tmp_path / "run"
     train(compose_config("train", lines_overrides(clean, out)))  # trained with audit_policy=error
-    bad = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abcabcabc"})  # t2: too long for its width
+    # t2: too long for its width; t3: a symbol the model never saw
+    bad = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abcabcabc", "t3": "abd"})
     scoring = [f"checkpoint={out}/checkpoints/best.ckpt", "data=lines", f"data.test={bad}", "device=cpu"]
-    with pytest.raises(AuditError, match=r"Fix the data, or set audit_policy=drop to score without these samples"):
+    with pytest.raises(AuditError, match=r"Fix the data, or set audit_policy=drop \(and unknown=drop for symbols"):
         evaluate_checkpoint(compose_config("eval", [*scoring, f"paths.output_dir={tmp_path}/e1"]))
-    metrics = evaluate_checkpoint(
-        compose_config("eval", [*scoring, "audit_policy=drop", f"paths.output_dir={tmp_path}/e2"])
-    )
-    rows = (tmp_path / "e2" / "predictions_test.tsv").read_text().splitlines()
+    with pytest.raises(AuditError, match=r"unknown_symbol: 1 — e\.g\. t3\.png"):  # drop alone keeps the policy
+        evaluate_checkpoint(compose_config("eval", [*scoring, "audit_policy=drop", f"paths.output_dir={tmp_path}/e2"]))
+    both = ["audit_policy=drop", "unknown=drop", f"paths.output_dir={tmp_path}/e3"]
+    metrics = evaluate_checkpoint(compose_config("eval", [*scoring, *both]))
+    rows = (tmp_path / "e3" / "predictions_test.tsv").read_text().splitlines()
     assert "test/cer" in metrics and [r.split("\t")[0] for r in rows[1:]] == ["t1.png"]
 
 
