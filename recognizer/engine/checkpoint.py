@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FileNotFoundError(f"checkpoint {path} is a folder, not a file ({hint}): give the .ckpt file itself")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+    if _is_torchscript(path):
         raise ValueError(f"{path} is a TorchScript export, not a training checkpoint: {NOT_A_CHECKPOINT}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -60,6 +60,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         lacks = ", ".join(map(repr, missing))
         raise ValueError(f"{path} is not a training checkpoint (no {lacks}): {NOT_A_CHECKPOINT}")
     return ckpt
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files like ``torch.save``'s, with ``constants.pkl`` and code inside."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _load_failure(error: Exception) -> str:
