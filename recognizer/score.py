@@ -187,7 +187,11 @@ def format_report(report: Report, worst: int) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="recognizer-score", description=__doc__.split("\n\n")[0])
     p.add_argument("predictions", help="predictions TSV (id, reference, hypothesis), or hypotheses with --ref")
-    p.add_argument("--ref", help="references (TSV id<TAB>text or JSONL id/text), matched to the hypotheses by id")
+    p.add_argument(
+        "--ref",
+        help="references matched to the hypotheses by id: TSV id<TAB>text, or JSONL with text and the first of "
+        "id, path, image, audio_filepath (data manifests work as they are)",
+    )
     p.add_argument("--worst", type=int, default=10, help="how many worst lines to print (default 10)")
     args = p.parse_args(argv)
     if args.worst < 0:

@@ -112,8 +112,8 @@ def check_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
         raise ValueError(
             f"cannot resume from {path}: it was written by {saved} process(es), this run has {world_size}. "
             "Steps per epoch, the LR schedule and the position in the epoch depend on the number of processes: "
-            f"resume with the same number (torchrun --nproc_per_node={saved}, or no torchrun for 1), or start a "
-            "new run in another output directory"
+            f"resume with {saved} process(es) in total (nodes × torchrun --nproc_per_node; no torchrun for 1), "
+            "or start a new run in another output directory"
         )
 
 
@@ -204,7 +204,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         forward = torch.compile(forward)
     state.train_forward = None if forward is model else forward
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
-    if ckpt_path is not None and ckpt is not None:
+    if ckpt_path is not None and ckpt is not None:  # (both or neither: mypy cannot tell)
         if Alphabet(ckpt["alphabet"]) != alphabet:
             raise ValueError(
                 f"cannot resume from {ckpt_path}: it was trained with alphabet "
@@ -259,7 +259,14 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         if dist.is_main:
             if dist.enabled:  # evaluate the whole splits on rank 0 (the train-time val loader is a shard)
                 val_loader, _ = make_loader(
-                    val_set, reports[1].kept, alphabet, data.batch_size, False, cfg.seed, stab.unknown
+                    val_set,
+                    reports[1].kept,
+                    alphabet,
+                    data.batch_size,
+                    False,
+                    cfg.seed,
+                    stab.unknown,
+                    **data.loader_options(),
                 )
             metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
             logger.log_metrics(metrics, state.step)
@@ -286,6 +293,7 @@ def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> di
             shuffle=False,
             seed=cfg.seed,
             unknown=cfg.stability.unknown,
+            **data.loader_options(),
         )
     metrics: dict[str, float] = {}
     for split, loader in splits.items():

@@ -7,7 +7,9 @@ guard) on the default config of its recipe:
 - ``crnn``: ``data=digit_lines`` (height 16), batches of 32 lines with widths drawn from the embedded
   set's range (11–131 px), so shapes vary from step to step as in training;
 - ``conformer``: ``experiment=asr_digits_conformer`` (80 log-mel bins), batches of 32 utterances of
-  0.5–2.5 s (50–250 frames of 10 ms).
+  0.5–2.5 s (50–250 frames of 10 ms);
+- ``conformer-large`` (only when named in ``--models``; meant for a GPU): the 26M model of
+  ``experiment=librispeech_conformer_ctc`` on utterances of 2–15 s (200–1500 frames).
 
 Inputs are random (throughput does not depend on their content); the same ``--steps`` batches are
 cycled after ``--warmup`` steps (compilation happens there). Prints one table row per configuration.
@@ -40,6 +42,8 @@ from recognizer.stability.runtime import attach_stability, make_ctc
 RECIPES = {
     "crnn": (["data=digit_lines", "model=crnn"], (11, 131)),
     "conformer": (["experiment=asr_digits_conformer"], (50, 250)),
+    # the GPU recipe's model (26M) on LibriSpeech-like lengths: 2-15 s
+    "conformer-large": (["experiment=librispeech_conformer_ctc"], (200, 1500)),
 }
 
 
@@ -65,6 +69,11 @@ def random_batches(
     return batches
 
 
+def profiler_activities(device: torch.device) -> list:
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    return [*acts, torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else acts
+
+
 def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: argparse.Namespace) -> dict:
     overrides, widths = RECIPES[name]
     cfg = config([*overrides, f"stability.cudnn_ctc={ctc_kind == 'cudnn'}"])
@@ -88,6 +97,13 @@ def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: a
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        if args.profile:  # one extra round under the profiler: where the step's time goes
+            with torch.profiler.profile(activities=profiler_activities(device)) as prof:
+                for batch in batches:
+                    train_step(state, batch, ctc, 1.0)
+            key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            print(f"profile of {name} {precision_name}:")
+            print(prof.key_averages().table(sort_by=key, row_limit=args.profile))
         rounds = []
         for _ in range(args.rounds):
             start = time.perf_counter()
@@ -112,7 +128,7 @@ def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: a
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--models", nargs="+", default=["crnn", "conformer"], choices=list(RECIPES))
     parser.add_argument("--modes", nargs="+", default=["eager", "compile"], choices=["eager", "compile"])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--precisions", nargs="+", default=["32"], help="trainer.precision values to compare")
@@ -121,6 +137,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="distinct batches per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
+    parser.add_argument("--profile", type=int, default=0, help="print the N costliest ops of one extra round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's)")
     args = parser.parse_args()
     if args.threads:

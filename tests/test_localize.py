@@ -156,3 +156,18 @@ def test_inspector_saves_at_most_max_files(tmp_path: Path) -> None:
     text = inspector(2, net, optimizer, scaler, make_batch(), CTCLoss())
     assert text == f"not saved: stability.max_nonfinite_files=1 files already in {tmp_path / 'nonfinite'}"
     assert [p.name for p in (tmp_path / "nonfinite").iterdir()] == ["step_1.pt"]
+
+
+def test_a_failing_save_never_hides_the_original_error(tmp_path: Path) -> None:
+    (tmp_path / "nonfinite").write_text("a file where the folder should be")  # mkdir fails as on a full disk
+    inspector = NonFiniteInspector(tmp_path, replay=False)
+    net = Net(LogNegative())
+    text = inspector(
+        3,
+        net,
+        torch.optim.SGD(net.parameters(), lr=0.1),
+        torch.amp.GradScaler("cpu", enabled=False),
+        make_batch(),
+        CTCLoss(),
+    )
+    assert text.startswith("not saved: FileExistsError: ") and inspector.events == [{"step": 3, "file": None}]

@@ -67,7 +67,7 @@ def test_data_manifests_serve_as_references(tmp_path: Path, capsys: pytest.Captu
         assert capsys.readouterr().out.startswith("CER 20.00% (1/5: 0 substitutions, 1 deletions, 0 insertions)\n")
 
 
-def test_errors_name_the_file_and_fix(tmp_path: Path) -> None:
+def test_errors_name_the_file_and_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = write(tmp_path / "p.tsv", "a\tb\n")
     with pytest.raises(SystemExit, match=r"p.tsv: expected the header id<TAB>reference<TAB>hypothesis"):
         main([str(bad)])
@@ -86,3 +86,4 @@ def test_errors_name_the_file_and_fix(tmp_path: Path) -> None:
         main([str(no_id), "--ref", str(ref)])
     with pytest.raises(SystemExit, match="2"):  # argparse usage error
         main([str(hyp), "--ref", str(ref), "--worst", "-1"])
+    assert "--worst must be >= 0, got -1" in capsys.readouterr().err

@@ -349,24 +349,13 @@ class NonFiniteInspector:
         elif self.save:
             self.saved += 1
             path = self.folder / f"step_{step}.pt"
-            save_checkpoint(
-                {
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "batch": {
-                        "inputs": batch.inputs.detach().cpu(),
-                        "input_lengths": batch.input_lengths.cpu(),
-                        "targets": batch.targets.cpu(),
-                        "target_lengths": batch.target_lengths.cpu(),
-                        "texts": list(batch.texts),
-                        "ids": list(batch.ids),
-                    },
-                },
-                path,
-            )
-            parts.append(f"batch and state saved to {path}")
+            try:
+                self._save(step, model, optimizer, scaler, batch, path)
+                parts.append(f"batch and state saved to {path}")
+            except OSError as e:  # a full disk must not hide the non-finite step (nor, under DDP, hang the peers)
+                log.exception("could not save the non-finite batch to %s", path)
+                parts.append(f"not saved: {type(e).__name__}: {e}")
+                path = None
         found = None
         if self.replay:
             try:
@@ -380,6 +369,25 @@ class NonFiniteInspector:
         if text:
             log.error("non-finite step %d: %s", step, text)  # in train.log whatever the policy does next
         return text
+
+    def _save(self, step: int, model, optimizer, scaler, batch: Batch, path: Path) -> None:
+        save_checkpoint(
+            {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "batch": {
+                    "inputs": batch.inputs.detach().cpu(),
+                    "input_lengths": batch.input_lengths.cpu(),
+                    "targets": batch.targets.cpu(),
+                    "target_lengths": batch.target_lengths.cpu(),
+                    "texts": list(batch.texts),
+                    "ids": list(batch.ids),
+                },
+            },
+            path,
+        )
 
 
 def load_nonfinite(path: str | Path) -> tuple[dict[str, Any], Batch]:
