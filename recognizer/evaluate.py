@@ -60,6 +60,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data
         if cfg[key] is not None:
             stability[key] = cfg[key]
+    if cfg.unknown == "unk" and not alphabet.has_unk:
+        raise ValueError(
+            f"unknown=unk: {cfg.checkpoint} was trained without <unk> in its alphabet (stability.unknown="
+            f"{trained['stability']['unknown']}), so it cannot score unknown symbols as <unk>; use unknown=drop"
+        )
     drop_hint = (
         "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
         "these samples (they are listed in the log)"

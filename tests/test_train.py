@@ -139,6 +139,8 @@ def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None
         evaluate_checkpoint(compose_config("eval", [*scoring, f"paths.output_dir={tmp_path}/e1"]))
     with pytest.raises(AuditError, match=r"unknown_symbol: 1 — e\.g\. t3\.png"):  # drop alone keeps the policy
         evaluate_checkpoint(compose_config("eval", [*scoring, "audit_policy=drop", f"paths.output_dir={tmp_path}/e2"]))
+    with pytest.raises(ValueError, match=r"unknown=unk: .*best.ckpt was trained without <unk> .*; use unknown=drop"):
+        evaluate_checkpoint(compose_config("eval", [*scoring, "unknown=unk", f"paths.output_dir={tmp_path}/e4"]))
     both = ["audit_policy=drop", "unknown=drop", f"paths.output_dir={tmp_path}/e3"]
     metrics = evaluate_checkpoint(compose_config("eval", [*scoring, *both]))
     rows = (tmp_path / "e3" / "predictions_test.tsv").read_text().splitlines()
