@@ -59,8 +59,11 @@ def load_config(data: str) -> DictConfig:
         return compose(config_name="train", overrides=[f"data={data}", "paths.output_dir=."])
 
 
-def bare_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batch: Batch, clip: float) -> None:
+def bare_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, batch: Batch, clip: float, device: torch.device
+) -> None:
     """One plain PyTorch training step: the work of ``train_step`` without its checks and guard."""
+    batch = batch.to(device, non_blocking=True)  # as the runner does (a no-op on the CPU)
     model.train()
     logits, lengths = model(batch.inputs, batch.input_lengths)  # (B, T, C), (B,)
     log_probs = rearrange(logits.float().log_softmax(-1), "b t c -> t b c")
@@ -74,18 +77,26 @@ def bare_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, bat
     scheduler.step()
 
 
-def time_steps(fn: Callable[[Batch], None], batches: list[Batch], steps: int, clock: Callable[[], float]) -> float:
+def time_steps(
+    fn: Callable[[Batch], None], batches: list[Batch], steps: int, clock: Callable[[], float], cuda: bool = False
+) -> float:
+    if cuda:
+        torch.cuda.synchronize()
     start = clock()
     for i in range(steps):
         fn(batches[i % len(batches)])
+    if cuda:  # the queued GPU work belongs to these steps
+        torch.cuda.synchronize()
     return (clock() - start) / steps
 
 
 def bench_step(cfg: DictConfig, batches: list[Batch], alphabet: Alphabet, args: argparse.Namespace) -> float:
     """Print runner vs bare step times; return the runner's seconds per step."""
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    clock = time.process_time if args.clock == "cpu" and not cuda else time.perf_counter  # GPU: wall time
     torch.manual_seed(0)
-    model = instantiate(cfg.model, num_classes=alphabet.num_classes)
+    model = instantiate(cfg.model, num_classes=alphabet.num_classes).to(device)
     bare_model = copy.deepcopy(model)
     control_model = copy.deepcopy(model)
     total = cfg.trainer.max_epochs * 1000
@@ -98,7 +109,7 @@ def bench_step(cfg: DictConfig, batches: list[Batch], alphabet: Alphabet, args: 
     bare_opt, bare_sched = optim(bare_model)
     control_opt, control_sched = optim(control_model)
     stab, clip = cfg.stability, cfg.trainer.grad_clip
-    precision = resolve_precision("32", torch.device("cpu"))
+    precision = resolve_precision("32", device)
     with tempfile.TemporaryDirectory() as run_dir:
         state = TrainState(
             model, optimizer, scheduler, precision, NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
@@ -107,20 +118,21 @@ def bench_step(cfg: DictConfig, batches: list[Batch], alphabet: Alphabet, args: 
         ctc = make_ctc(stab)
         modes = {
             "runner": lambda b: train_step(state, b, ctc, clip),
-            "bare": lambda b: bare_step(bare_model, bare_opt, bare_sched, b, clip),
+            "bare": lambda b: bare_step(bare_model, bare_opt, bare_sched, b, clip, device),
             # a second bare loop: bare' / bare measures the bench's own noise and bias (an A/A test)
-            "bare'": lambda b: bare_step(control_model, control_opt, control_sched, b, clip),
+            "bare'": lambda b: bare_step(control_model, control_opt, control_sched, b, clip, device),
         }
         for fn in modes.values():  # warm-up: allocator, oneDNN kernels
-            time_steps(fn, batches, 3, clock)
+            time_steps(fn, batches, 3, clock, cuda)
         times: dict[str, list[float]] = {m: [] for m in modes}
         order = list(modes)
         for r in range(args.rounds):
             for mode in order[r % 3 :] + order[: r % 3]:  # rotate who goes first
-                times[mode].append(time_steps(modes[mode], batches, args.steps, clock))
+                times[mode].append(time_steps(modes[mode], batches, args.steps, clock, cuda))
     print(
         f"(a) train step, CRNN ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params), data={args.data}, "
-        f"batch {cfg.data.batch_size}, CPU, {torch.get_num_threads()} thread(s), {args.clock} clock, "
+        f"batch {cfg.data.batch_size}, {torch.cuda.get_device_name(device) if cuda else 'CPU'}, "
+        f"{torch.get_num_threads()} thread(s), {'wall' if cuda else args.clock} clock, "
         f"{args.rounds} rounds × {args.steps} steps"
     )
     print(f"    {'mode':8s} {'ms/step':>9s} {'IQR (ms)':>14s}")
@@ -202,6 +214,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per mode and round")
     parser.add_argument("--batches", type=int, default=20, help="distinct real batches cycled through")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N for (a); CUDA timings use wall time")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="process CPU time or wall time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
