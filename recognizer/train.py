@@ -204,7 +204,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         forward = torch.compile(forward)
     state.train_forward = None if forward is model else forward
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
-    if ckpt_path is not None and ckpt is not None:  # (both or neither: mypy cannot tell)
+    if ckpt is not None:
         if Alphabet(ckpt["alphabet"]) != alphabet:
             raise ValueError(
                 f"cannot resume from {ckpt_path}: it was trained with alphabet "

@@ -139,11 +139,29 @@ def _join(rank: int, port: int) -> Dist:
     return distributed.init_distributed("cpu", timeout_s=60)
 
 
-def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
-    dist = _join(rank, port)
-    state = make_state("skip", poison=rank == 1)  # same seed: same weights; rank 1 turns sample 1 into NaN
+def _ddp_state(dist: Dist, policy: str):
+    """The same weights on every rank (same seed); rank 1's model turns sample 1 into NaN."""
+    state = make_state(policy, poison=dist.rank == 1)
     state.dist = dist
     state.train_forward = distributed.wrap(state.model, dist, torch.device("cpu"))
+    return state
+
+
+def _write_error_and_leave(dist: Dist, out: str, fn, error_type: type[Exception]) -> None:
+    """Run ``fn``; write the ``error_type`` message it raised (or "") to ``out/rankN.txt``; leave the group."""
+    try:
+        fn()
+        message = ""
+    except error_type as e:
+        message = str(e)
+    (Path(out) / f"rank{dist.rank}.txt").write_text(message)
+    dist.barrier()
+    distributed.shutdown(dist)
+
+
+def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
+    dist = _join(rank, port)
+    state = _ddp_state(dist, "skip")
     before = [p.detach().clone() for p in state.model.parameters()]
     result = train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
     if rank == 1:
@@ -168,17 +186,9 @@ def _nonfinite_on_one_rank(rank: int, port: int, out: str) -> None:
 
 def _raise_on_one_rank(rank: int, port: int, out: str) -> None:
     dist = _join(rank, port)
-    state = make_state("raise", poison=rank == 1)
-    state.dist = dist
-    state.train_forward = distributed.wrap(state.model, dist, torch.device("cpu"))
-    try:
-        train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0)
-        message = ""
-    except NonFiniteStepError as e:
-        message = str(e)
-    (Path(out) / f"rank{rank}.txt").write_text(message)
-    dist.barrier()
-    distributed.shutdown(dist)
+    state = _ddp_state(dist, "raise")
+    batch = make_batch([[1, 2], [3, 4]])
+    _write_error_and_leave(dist, out, lambda: train_step(state, batch, CTCLoss(), grad_clip=1.0), NonFiniteStepError)
 
 
 def _desync(rank: int, port: int, out: str) -> None:
@@ -187,14 +197,7 @@ def _desync(rank: int, port: int, out: str) -> None:
     model = torch.nn.Linear(3, 2)  # same bias on both ranks; the 6 weights differ
     with torch.no_grad():
         model.weight.fill_(float(rank))
-    try:
-        distributed.check_same_parameters(model, dist)
-        error = ""
-    except RuntimeError as e:
-        error = str(e)
-    (Path(out) / f"rank{rank}.txt").write_text(error)
-    dist.barrier()
-    distributed.shutdown(dist)
+    _write_error_and_leave(dist, out, lambda: distributed.check_same_parameters(model, dist), RuntimeError)
 
 
 def test_a_nonfinite_step_on_one_rank_is_skipped_on_all(tmp_path: Path) -> None:
