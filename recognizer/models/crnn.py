@@ -101,6 +101,8 @@ class CRNN(Recognizer):
         rnn_hidden: hidden size per direction.
         rnn_layers: stacked bidirectional layers.
         dropout: dropout before the recurrent layers and the head.
+        channels_last: run the convolutional blocks in NHWC memory layout (1.3× faster training
+            steps on CPU, measured in the README's "Speed per step on CPU"; same results).
     """
 
     def __init__(
@@ -114,8 +116,10 @@ class CRNN(Recognizer):
         rnn_hidden: int = 128,
         rnn_layers: int = 2,
         dropout: float = 0.2,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
+        self.channels_last = channels_last
         if len(channels) != len(pools):
             raise ValueError(f"one pool per conv block: {len(channels)} channels, {len(pools)} pools")
         if num_classes < 2:
@@ -143,6 +147,8 @@ class CRNN(Recognizer):
         self.rnn = BiRNN(features, rnn_hidden, rnn_layers, rnn_type, dropout)
         self.head = nn.Linear(2 * rnn_hidden, num_classes)
         self.reset_parameters()
+        if channels_last:  # weights too: with NHWC inputs and NCHW weights oneDNN reorders every step
+            self.blocks.to(memory_format=torch.channels_last)
 
     def reset_parameters(self) -> None:
         """Kaiming for convolutions (ReLU), Xavier/orthogonal for the recurrent and head weights."""
@@ -171,6 +177,8 @@ class CRNN(Recognizer):
     def forward(self, inputs: Tensor, input_lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Map ``(B, C_in, H, W)`` inputs with ``(B,)`` widths to ``(B, T, C)`` logits and ``(B,)`` lengths."""
         x, lengths = inputs, input_lengths.long()
+        if self.channels_last:  # oneDNN's convolutions, pools and norms are faster on NHWC on CPU
+            x = x.contiguous(memory_format=torch.channels_last)
         if x.size(-1) < self.min_width:  # too narrow to pool: pad (masked; lengths stay exact)
             x = nn.functional.pad(x, (0, self.min_width - x.size(-1)))
         for block in self.blocks:
