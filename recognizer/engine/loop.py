@@ -46,6 +46,7 @@ from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
 from recognizer.models.base import Recognizer
 from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
+from recognizer.stability.divergence import DivergenceMonitor
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.stability.localize import NonFiniteInspector
 from recognizer.stability.rollback import Rollback
@@ -97,6 +98,7 @@ class TrainState:
     inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
     rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
     collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
+    divergence: DivergenceMonitor | None = None  # a finite loss that diverged: warn, or roll back
     dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
     train_forward: nn.Module | None = None  # the training forward's wrapper (DDP, torch.compile) if any
 
@@ -118,6 +120,7 @@ class TrainState:
             "world_size": self.dist.world_size,
             "collapse": self.collapse.state_dict() if self.collapse else None,
             "rollback": self.rollback.state_dict() if self.rollback else None,
+            "divergence": self.divergence.state_dict() if self.divergence else None,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -139,6 +142,8 @@ class TrainState:
             self.collapse.load_state_dict(ckpt["collapse"])
         if self.rollback is not None and ckpt.get("rollback") is not None:
             self.rollback.load_state_dict(ckpt["rollback"])
+        if self.divergence is not None and ckpt.get("divergence") is not None:
+            self.divergence.load_state_dict(ckpt["divergence"])
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -255,9 +260,34 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     applied = not precision.scaled or scaler.get_scale() >= scale_before
     if applied:
         state.scheduler.step()  # only when the optimizer really stepped
-    if state.rollback is not None:
-        state.rollback.maybe_snapshot(state, applied)
+    diverged = None
+    if state.divergence is not None and applied:
+        diverged = state.divergence.update_train(state.step, loss_value)
+    if diverged is not None:
+        handle_divergence(state, diverged)
+    elif state.rollback is not None:  # never snapshot a state that is already on its way up
+        state.rollback.maybe_snapshot(state, applied and (state.divergence is None or state.divergence.healthy))
     return StepResult(loss_value, norm_value, applied)
+
+
+def handle_divergence(state: TrainState, message: str) -> None:
+    """A finite loss diverged (:mod:`recognizer.stability.divergence`): warn; under the rollback policy
+    restore the last good state with a lower learning rate, as for a non-finite step.
+
+    Raises:
+        RollbackError: the rollback after ``stability.max_rollbacks``, with the history.
+    """
+    if state.rollback is None:
+        log.warning(
+            "%s. Lower optimizer.lr (recognizer-lr-find suggests one for your data), or train with "
+            "stability=rollback to roll back and lower it automatically",
+            message,
+        )
+        return
+    log.warning("%s — rolling back", message)
+    state.rollback.restore(state, message)
+    if state.divergence is not None:
+        state.divergence.reset_excursion()
 
 
 @torch.no_grad()
@@ -492,6 +522,7 @@ def validate_and_checkpoint(
         state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
     else:
         state.bad_epochs += 1
+    diverged = state.divergence.update_val(state.step, metrics["loss"], improved) if state.divergence else None
     log.info(
         "epoch %d step %d: val/loss %.4f val/cer %.4f val/wer %.4f (%.0f s)%s",
         state.epoch,
@@ -502,6 +533,8 @@ def validate_and_checkpoint(
         elapsed,
         " *best*" if improved else "",
     )
+    if diverged is not None:
+        handle_divergence(state, diverged)
     checkpoint("last.ckpt")
     if improved:
         checkpoint("best.ckpt")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from recognizer.ctc import CTCLoss, CTCOutput
 from recognizer.stability.collapse import BlankCollapseMonitor
+from recognizer.stability.divergence import DivergenceMonitor
 from recognizer.stability.localize import NonFiniteInspector
 from recognizer.stability.rollback import Rollback
 
@@ -34,7 +35,7 @@ def make_ctc(stability: Any) -> CTCLoss:
 
 
 def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
-    """Give a :class:`~recognizer.engine.loop.TrainState` its inspector, rollback and collapse monitor."""
+    """Give a :class:`~recognizer.engine.loop.TrainState` its inspector, rollback, collapse and divergence monitors."""
     state.inspector = NonFiniteInspector(
         run_dir, save=stability.save_nonfinite, replay=stability.localize, max_files=stability.max_nonfinite_files
     )
@@ -45,4 +46,12 @@ def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
     if stability.collapse_patience > 0:
         state.collapse = BlankCollapseMonitor(
             stability.collapse_warmup_steps, stability.collapse_patience, stability.collapse_threshold
+        )
+    if stability.divergence_check:
+        state.divergence = DivergenceMonitor(
+            stability.divergence_factor,
+            stability.divergence_patience_steps,
+            stability.divergence_window,
+            val_factor=stability.divergence_val_factor,
+            val_patience=stability.divergence_val_patience,
         )

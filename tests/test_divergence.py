@@ -1,0 +1,131 @@
+"""Divergence without NaN: the monitor's two signals, and what the loop does with them."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import torch
+
+from recognizer.engine.loop import TrainState, handle_divergence
+from recognizer.engine.precision import resolve_precision
+from recognizer.engine.schedulers import constant
+from recognizer.models import CRNN
+from recognizer.stability.divergence import DivergenceMonitor
+from recognizer.stability.guard import NonFiniteGuard
+from recognizer.stability.rollback import Rollback, RollbackError
+
+
+def feed(monitor: DivergenceMonitor, losses: list[float], start: int = 1) -> list[tuple[int, str]]:
+    events = []
+    for step, loss in enumerate(losses, start):
+        message = monitor.update_train(step, loss)
+        if message is not None:
+            events.append((step, message))
+    return events
+
+
+def test_a_falling_noisy_loss_is_never_flagged() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # CTC-like: high start, steep fall, then a noisy floor with single hard batches 5× the floor
+    losses = [30.0 * 0.97**i + 0.05 for i in range(300)]
+    noise = (torch.rand(300, generator=gen) * 0.05).tolist()
+    losses = [v + n + (0.25 if i % 37 == 0 else 0.0) for i, (v, n) in enumerate(zip(losses, noise))]
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=20, window=20)
+    assert feed(monitor, losses) == []
+    assert monitor.healthy
+
+
+def test_a_lasting_rise_is_flagged_with_its_figures() -> None:
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=5, window=10)
+    events = feed(monitor, [1.0] * 20 + [2.0] * 5 + [4.0, 5.0, 6.0, 7.0, 8.0])
+    assert events == [
+        (
+            30,
+            "training diverged at step 30: the train loss has stayed above 3 × 1 (its lowest running median, at "
+            "step 10) for 5 steps: 4 at the start of the rise, 8 now",
+        )
+    ]
+    # 2.0 (2× the reference) was not an excursion and entered the window; the reference stays the lowest median
+    assert monitor.reference == 1.0 and monitor.healthy
+
+
+def test_healthy_is_false_during_an_excursion_and_a_short_spike_resets() -> None:
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=5, window=10)
+    feed(monitor, [1.0] * 10)
+    assert feed(monitor, [10.0] * 4, start=11) == []
+    assert not monitor.healthy  # no rollback snapshot of a state on its way up
+    assert feed(monitor, [1.0], start=15) == [] and monitor.healthy  # a spike of 4 steps < patience
+
+
+def test_val_signal_needs_a_rise_without_improvement() -> None:
+    monitor = DivergenceMonitor(val_factor=1.2, val_patience=2)
+    assert monitor.update_val(100, 467.0, improved=True) is None
+    assert monitor.update_val(200, 600.0, improved=True) is None  # the CER improved: overconfidence, not divergence
+    assert monitor.update_val(300, 610.0, improved=False) is None  # one diverging validation
+    assert not monitor.healthy
+    assert monitor.update_val(400, 630.0, improved=False) == (
+        "training diverged at step 400: 2 validations in a row without improvement and with val loss above "
+        "1.2 × the best 467 (now 630)"
+    )
+    assert monitor.update_val(500, 500.0, improved=False) is None  # within 1.2 × best: no count
+
+
+def test_state_round_trips() -> None:
+    monitor = DivergenceMonitor(patience_steps=3, window=4)
+    feed(monitor, [5.0, 4.0, 3.0, 2.0, 9.0])
+    monitor.update_val(5, 2.0, improved=True)
+    copy = DivergenceMonitor(patience_steps=3, window=4)
+    copy.load_state_dict(monitor.state_dict())
+    assert copy.state_dict() == monitor.state_dict()
+    assert feed(copy, [9.0, 9.0], start=6) == feed(monitor, [9.0, 9.0], start=6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"factor": 1.0}, "stability.divergence_factor must be > 1, got 1.0"),
+        ({"window": 0}, "must be >= 1, got 50, 0, 10"),
+        ({"val_factor": 0.5}, "need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0"),
+    ],
+)
+def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DivergenceMonitor(**kwargs)
+
+
+def tiny_state(policy: str) -> TrainState:
+    torch.manual_seed(0)
+    model = CRNN(num_classes=5, height=8, channels=(4,), pools=((2, 2),), rnn_hidden=8, dropout=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    precision = resolve_precision("32", torch.device("cpu"))
+    state = TrainState(model, optimizer, constant(optimizer, 10), precision, NonFiniteGuard(policy))
+    state.divergence = DivergenceMonitor()
+    if policy == "rollback":
+        state.rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=1)
+    return state
+
+
+def test_without_rollback_the_loop_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    state = tiny_state("raise")
+    before = [p.detach().clone() for p in state.model.parameters()]
+    with caplog.at_level(logging.WARNING):
+        handle_divergence(state, "training diverged at step 7: ...")
+    assert "training diverged at step 7: .... Lower optimizer.lr (recognizer-lr-find suggests one" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
+
+
+def test_with_rollback_the_loop_restores_and_lowers_the_lr_then_gives_up() -> None:
+    state = tiny_state("rollback")
+    assert state.rollback is not None
+    state.rollback.take(state)
+    good = [p.detach().clone() for p in state.model.parameters()]
+    with torch.no_grad():
+        for p in state.model.parameters():
+            p.add_(1.0)  # the state a diverging run reached
+    handle_divergence(state, "training diverged at step 7: ...")
+    assert all(torch.equal(a, b) for a, b in zip(good, state.model.parameters()))
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
+    with pytest.raises(RollbackError, match=re.escape("stability.max_rollbacks=1 rollbacks already done")):
+        handle_divergence(state, "training diverged at step 9: ...")
