@@ -6,6 +6,8 @@ guard) on the default config of its recipe:
 
 - ``crnn``: ``data=digit_lines`` (height 16), batches of 32 lines with widths drawn from the embedded
   set's range (11–131 px), so shapes vary from step to step as in training;
+- ``crnn-lines``: the generic ``data=lines`` CRNN (height 64), widths 128–390 px (kraken's digit-line
+  set of ``../shared/peer/make_lines.py`` scaled to 64 px); use ``--batch-size 16`` (``data=lines``'s);
 - ``conformer``: ``experiment=asr_digits_conformer`` (80 log-mel bins), batches of 32 utterances of
   0.5–2.5 s (50–250 frames of 10 ms);
 - ``conformer-large`` (only when named in ``--models``; meant for a GPU): the 26M model of
@@ -18,6 +20,7 @@ Usage::
 
     python scripts/bench_models.py                                  # CPU: eager and compile
     python scripts/bench_models.py --device cuda --precisions 32 16-mixed bf16-mixed --ctc native cudnn
+    python scripts/bench_models.py --models crnn-lines --modes eager --batch-size 16 --override model.channels_last=false
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from recognizer.stability.runtime import attach_stability, make_ctc
 
 RECIPES = {
     "crnn": (["data=digit_lines", "model=crnn"], (11, 131)),
+    "crnn-lines": (["data=lines", "model=crnn"], (128, 390)),
     "conformer": (["experiment=asr_digits_conformer"], (50, 250)),
     # the GPU recipe's model (26M) on LibriSpeech-like lengths: 2-15 s
     "conformer-large": (["experiment=librispeech_conformer_ctc"], (200, 1500)),
@@ -76,7 +80,7 @@ def profiler_activities(device: torch.device) -> list:
 
 def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: argparse.Namespace) -> dict:
     overrides, widths = RECIPES[name]
-    cfg = config([*overrides, f"stability.cudnn_ctc={ctc_kind == 'cudnn'}"])
+    cfg = config([*overrides, f"stability.cudnn_ctc={ctc_kind == 'cudnn'}", *args.override])
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=11).to(device)
@@ -139,6 +143,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest ops of one extra round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's)")
+    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides, e.g. model.channels_last=false")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -5,8 +5,10 @@ a user waiting for a model sees it. Every output line of the command is time-sta
 validation results are read from those lines with a pattern per tool:
 
 - ``recognizer``: the loop's ``epoch N step S: val/loss L val/cer C ...`` log line;
-- ``kraken``: ketos's per-epoch ``val_accuracy`` (CER = 1 − character accuracy), as printed by
-  ``ketos train`` (kraken 5–7).
+- ``kraken``: ketos's per-epoch validation accuracy (CER = 1 − character accuracy). ``ketos train``
+  (kraken 7) prints it only to a terminal, but names each epoch's checkpoint after it
+  (``checkpoint_03-0.9839.ckpt``): give its ``-o`` folder with ``--watch`` and the files are
+  time-stamped as they appear (polled every 0.2 s).
 
 Prints one row per validation (epoch, seconds since the command started, CER) and a summary: the
 time to each threshold, the best CER and when it was reached, and the best CER within ``--budget``
@@ -17,8 +19,8 @@ Usage::
 
     python scripts/time_to_accuracy.py --tool recognizer --thresholds 0.05 0.01 -- \\
         recognizer-train data=lines data.train=DIR/train data.val=DIR/val
-    python scripts/time_to_accuracy.py --tool kraken --json kraken.json -- \\
-        ketos -d cpu train -f path -t DIR/train.txt -e DIR/val.txt ...
+    python scripts/time_to_accuracy.py --tool kraken --watch small --json kraken.json -- \\
+        ketos -d cpu train -f path -t DIR/train.txt -e DIR/val.txt -o small ...
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ PATTERNS = {
     # ketos: "... val_accuracy ... 0.9876" in Lightning's progress/epoch lines; the epoch counter is ours.
     "kraken": re.compile(r"val_accuracy\W+(?P<acc>[\d.]+)"),
 }
+CHECKPOINT = re.compile(r"checkpoint_(?P<epoch>\d+)-(?P<acc>[\d.]+)\.ckpt$")  # ketos -o FOLDER
 
 
 @dataclass
@@ -58,7 +61,30 @@ def parse(line: str, tool: str, count: int) -> Validation | None:
     return Validation(count, 0.0, 1.0 - float(groups["acc"]))
 
 
-def run(command: list[str], tool: str, log_path: Path | None) -> tuple[list[Validation], float, int]:
+def watch(folder: Path, start: float, validations: list[Validation], stop: threading.Event) -> None:
+    """Time-stamp ketos's per-epoch checkpoints (``checkpoint_NN-ACC.ckpt``) as they appear in ``folder``."""
+    seen: set[str] = set()
+    while True:
+        finished = stop.is_set()
+        for path in sorted(folder.glob("checkpoint_*.ckpt")) if folder.is_dir() else []:
+            match = CHECKPOINT.search(path.name)
+            if match is None or path.name in seen:
+                continue
+            seen.add(path.name)
+            epoch, acc = int(match["epoch"]), float(match["acc"])
+            if epoch == 0 and acc == 0.0:
+                continue  # ketos's checkpoint before the first epoch
+            found = Validation(epoch, time.perf_counter() - start, 1.0 - acc)
+            validations.append(found)
+            print(f"  epoch {found.epoch:3d}  {found.seconds:8.1f} s  CER {found.cer:.4f}", flush=True)
+        if finished:
+            return
+        time.sleep(0.2)
+
+
+def run(
+    command: list[str], tool: str, log_path: Path | None, watch_dir: Path | None = None
+) -> tuple[list[Validation], float, int]:
     """Run ``command``; return its validations (time-stamped), its wall time and its exit status."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -84,8 +110,16 @@ def run(command: list[str], tool: str, log_path: Path | None) -> tuple[list[Vali
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    stop = threading.Event()
+    watcher = None
+    if watch_dir is not None:
+        watcher = threading.Thread(target=watch, args=(watch_dir, start, validations, stop), daemon=True)
+        watcher.start()
     status = proc.wait()
     reader.join()
+    stop.set()
+    if watcher is not None:
+        watcher.join()
     if log:
         log.close()
     return validations, time.perf_counter() - start, status
@@ -114,12 +148,13 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="report the best CER within this many seconds")
     parser.add_argument("--json", type=Path, default=None, help="write the validations and summary here")
     parser.add_argument("--log", type=Path, default=None, help="write the command's output, time-stamped, here")
+    parser.add_argument("--watch", type=Path, default=None, help="kraken: the -o folder of its epoch checkpoints")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the training command, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the training command after --")
-    validations, wall, status = run(command, args.tool, args.log)
+    validations, wall, status = run(command, args.tool, args.log, args.watch)
     summary = summarise(validations, args.thresholds, args.budget)
     for threshold, seconds in summary["time_to"].items():
         print(f"time to CER <= {threshold}: " + (f"{seconds:.1f} s" if seconds is not None else "not reached"))
