@@ -43,8 +43,8 @@ from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger
 from recognizer.stability.audit import write_reports
-from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
-from recognizer.stability.runtime import attach_stability, make_ctc
+from recognizer.stability.guard import NonFiniteStepError
+from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import DIVERGED_METRIC, in_multirun, record_failure
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
-    guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
+    guard = make_guard(stab)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
     wrapped = distributed.wrap(model, dist, device)
     forward = model if wrapped is None else wrapped

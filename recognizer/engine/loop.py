@@ -5,6 +5,11 @@ labels and lengths checked on CPU → forward under autocast → fp32 CTC loss �
 ``unscale_`` → ``clip_grad_norm_`` → one host sync for (loss, grad norm) → the guard decides →
 optimizer step → scheduler step only if the optimizer really stepped.
 
+Under fp16's GradScaler a finite loss with a non-finite gradient is an overflow the scaler skips,
+until the guard's rule (``stability.min_loss_scale``, ``stability.max_consecutive_overflows``) makes
+it a non-finite fault like any other: raised with the samples and the localisation, or skipped and
+counted, or rolled back, per ``stability.nonfinite_policy``.
+
 Stability extras cost nothing on a healthy step: the non-finite inspector (save the batch, replay
 it with hooks, name the first bad module) runs only when the guard fires; the rollback snapshot is
 a CPU copy every ``stability.rollback_every_n_steps`` steps; blank collapse is judged from the
@@ -220,11 +225,15 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     state.step += 1
     # Under DDP every rank must take the same decision: agree on which quantity was non-finite anywhere.
     loss_bad, norm_bad = (v > 0 for v in state.dist.sum([not math.isfinite(loss_value), not math.isfinite(norm_value)]))
+    overflow_fault = ""  # why an fp16 overflow is a fault (the guard's rule); "" for an ordinary one
     if precision.scaled and not loss_bad and norm_bad:
-        # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault.
-        scaler.step(optimizer)
-        scaler.update()
-        return StepResult(loss_value, norm_value, applied=False)
+        # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault, unless
+        # the scale has fallen too low or it keeps happening (a NaN gradient that no scale can fix).
+        overflow_fault = state.guard.overflow(state.step, scaler.get_scale())
+        if not overflow_fault:
+            scaler.step(optimizer)
+            scaler.update()
+            return StepResult(loss_value, norm_value, applied=False)
     if loss_bad or norm_bad:
         restore_buffers(buffers, saved_buffers)  # before the guard may raise or save the state
     inspector = state.inspector
@@ -238,7 +247,9 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     # the fault is another rank's if our loss is finite but some rank's is not (or only theirs overflowed)
     peer_fault = math.isfinite(loss_value) and (loss_bad or (norm_bad and math.isfinite(norm_value)))
     try:
-        healthy = state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault)
+        healthy = state.guard.check(
+            state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault, overflow_fault
+        )
     except NonFiniteStepError as error:  # every rank raises at this step (the decision is agreed)
         raise agreed_error(error, state.dist, own_fault=not peer_fault) from None
     if not healthy:
@@ -248,6 +259,7 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
             if state.rollback is None:
                 raise ValueError("stability.nonfinite_policy=rollback needs TrainState.rollback (a Rollback)")
             state.rollback.restore(state, state.guard.last_message)
+            state.guard.consecutive_overflows = 0  # the restored scaler starts its search afresh
         return StepResult(loss_value, norm_value, applied=False)
     scale_before = scaler.get_scale() if precision.scaled else 1.0
     scaler.step(optimizer)
