@@ -301,7 +301,7 @@ def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> di
         write_predictions(rows, run_dir / f"predictions_{split}.tsv")
         metrics |= {f"{split}/{k}": v for k, v in values.items()}
     metrics["train/steps"] = state.step
-    metrics["train/time"] = state.history[-1]["time"] if state.history else 0.0
+    metrics["train/time"] = state.train_time
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("final: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -99,6 +99,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0  # validations without improvement (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
+    train_time: float = 0.0  # seconds of training so far (validation included), across resumes
     inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
     rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
     collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
@@ -119,6 +120,7 @@ class TrainState:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
+            "train_time": self.train_time,
             "rng": rng_state(),
             "world_size": self.dist.world_size,
             "collapse": self.collapse.state_dict() if self.collapse else None,
@@ -133,6 +135,8 @@ class TrainState:
         self.guard.load_state_dict(ckpt["guard"])
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])
+        # older checkpoints lack train_time: the time of their last validation is the best guess
+        self.train_time = float(ckpt.get("train_time", self.history[-1]["time"] if self.history else 0.0))
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(per_rank) != self.dist.world_size:
             raise ValueError(
@@ -369,14 +373,16 @@ def fit(
     """
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
-    elapsed_before = state.history[-1]["time"] if state.history else 0.0
+    elapsed_before = state.train_time
 
     def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - start
+        state.train_time = elapsed_before + time.perf_counter() - start  # true also for a run stopped mid-epoch
+        return state.train_time
 
     dist = state.dist
 
     def checkpoint(name: str) -> None:
+        elapsed()  # the checkpoint holds the training time up to now
         # every rank takes part (its RNG state is gathered); only rank 0 writes
         per_rank = dist.gather(rng_state()) if dist.enabled else None
         if dist.is_main:
@@ -455,6 +461,7 @@ def fit(
                 checkpoint("last.ckpt")
             if dist.any(stop.signum is not None):  # the signal came during validation: last.ckpt is current
                 raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
+    elapsed()  # train/time of metrics.json: true also for a run that stopped inside its first epoch
     return state
 
 
