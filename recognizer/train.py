@@ -41,7 +41,7 @@ from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
-from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger
+from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
 from recognizer.stability.audit import write_reports
 from recognizer.stability.guard import NonFiniteStepError
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
@@ -232,6 +232,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     loggers: list[MetricLogger] = []
     if dist.is_main:  # the other ranks log nothing
+        if ckpt is not None:  # after a crash the file runs ahead of the checkpoint: no step twice
+            rewind_jsonl(run_dir / "metrics.jsonl", state.step)
         loggers = [JsonlLogger(run_dir / "metrics.jsonl"), *(instantiate(n) for n in (cfg.logger or {}).values())]
     logger = MultiLogger(loggers)
     logger.log_config(config)
