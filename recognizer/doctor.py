@@ -41,7 +41,9 @@ from recognizer.data.batching import Batch
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
+from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import FP16_MAX, localize
+from recognizer.stability.runtime import make_guard
 from recognizer.train import seed_everything
 
 log = logging.getLogger(__name__)
@@ -311,14 +313,20 @@ def dry_run(
     precision: Precision,
     ctc: CTCLoss,
     grad_clip: float,
+    guard: NonFiniteGuard | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], Verdict | None]:
     """Run forward/backward/update on ``batches`` at a constant learning rate, measuring every layer.
 
+    Under fp16's GradScaler, the training loop's rule decides (``guard``, default limits): a finite
+    loss with a non-finite gradient is an overflow the scaler skips (recorded with ``overflow``;
+    normal at the first steps) until :meth:`NonFiniteGuard.overflow` calls it a fault.
+
     Returns:
         Per-step records (loss, grad norm, largest update/weight ratio), per-layer statistics of
-        the last step (activation RMS/max, gradient norm, update ratio; ``act_max`` is the largest
-        over all steps), and a ``nonfinite_step`` verdict when a step went non-finite (localised).
+        the last applied step (activation RMS/max, gradient norm, update ratio; ``act_max`` is the
+        largest over all steps), and a ``nonfinite_step`` verdict when a step went non-finite (localised).
     """
+    guard = guard or NonFiniteGuard()
     steps: list[dict[str, Any]] = []
     layers: dict[str, dict[str, float]] = {}
     params = own_params(model)
@@ -339,10 +347,21 @@ def dry_run(
         norms = grad_norms(model)
         total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf))
         loss = float(out.loss.detach())
+        fault = ""  # the loop's reason why an fp16 overflow is a fault
+        if precision.scaled and math.isfinite(loss) and not math.isfinite(total):
+            fault = guard.overflow(i, precision.scaler.get_scale())
+            if not fault:  # an ordinary overflow: GradScaler skips the step and lowers the scale, as in training
+                precision.scaler.step(optimizer)
+                precision.scaler.update()
+                steps.append({"step": i, "loss": loss, "grad_norm": total, "max_update_ratio": 0.0, "overflow": True})
+                for name, st in probe.stats.items():
+                    act_max[name] = max(act_max.get(name, 0.0), st["act_max"])
+                continue
         if not (math.isfinite(loss) and math.isfinite(total)):
             found = localize(model, batch, ctc, precision.autocast)
             steps.append({"step": i, "loss": loss, "grad_norm": total})
-            evidence = f"dry-run step {i}: loss={loss}, grad_norm={total}; {found.summary()}"
+            why = f"{fault}; " if fault else ""
+            evidence = f"dry-run step {i}: loss={loss}, grad_norm={total}; {why}{found.summary()}"
             return steps, layers, Verdict("nonfinite_step", BLOCKING, evidence, cause=found.cause, fix="")
         before = {k: [p.detach().clone() for p in ps] for k, ps in params.items()}
         precision.scaler.step(optimizer)
@@ -403,9 +422,22 @@ def dynamics_verdicts(
         if vanishing
         else Verdict("vanishing_layer", OK, f"every layer gets ≥ {opts.vanish_factor:g} × the median gradient norm")
     )
+    overflows = [s["step"] for s in steps if s.get("overflow")]
+    if overflows and len(overflows) == len(steps):
+        verdicts.append(
+            Verdict(
+                "fp16_overflow",
+                WARNING,
+                f"every dry-run step ({overflows}) overflowed under GradScaler: the scale fell to "
+                f"{precision.scaler.get_scale():g} and no update was measured; raise doctor.dry_run_steps",
+            )
+        )
+        return verdicts
     name, peak = max(((k, v["act_max"]) for k, v in layers.items() if "act_max" in v), key=lambda kv: kv[1])
     fp16 = precision.autocast_dtype == torch.float16
     text = f"largest |activation| {peak:.4g} in '{name}' (float16 max {FP16_MAX:g}, precision {precision.name})"
+    if overflows:  # normal at the first steps: the scale starts high and GradScaler halves it
+        text += f"; GradScaler skipped overflowing step(s) {overflows}, as training does"
     if peak > FP16_MAX:
         verdicts.append(Verdict("fp16_overflow", BLOCKING if fp16 else WARNING, text + ": overflows under fp16"))
     elif peak > FP16_MAX / opts.fp16_margin:
@@ -496,7 +528,8 @@ def _run_dry(
         if len(batches) == opts.dry_run_steps:
             break
     ctc = CTCLoss(zero_infinity=cfg.stability.zero_infinity, reduction=cfg.stability.ctc_reduction)
-    steps, layers, failure = dry_run(model, batches, optimizer, precision, ctc, trainer.grad_clip)
+    guard = make_guard(cfg.stability)  # the training loop's fp16 overflow rule
+    steps, layers, failure = dry_run(model, batches, optimizer, precision, ctc, trainer.grad_clip, guard)
     report.dry_run, report.layers = steps, layers
     lr = optimizer.param_groups[0]["lr"]
     if failure is not None:

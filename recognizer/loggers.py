@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +16,46 @@ class MetricLogger(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_config(self, config: dict[str, Any]) -> None: ...
     def finish(self) -> None: ...
+
+
+def rewind_jsonl(path: str | Path, step: int) -> int:
+    """Cut a metrics file back to its records up to ``step``, for a run resumed from that step.
+
+    After a crash (not a preemption) the file holds the records of steps the checkpoint does not:
+    the resumed run logs those steps again. They are moved, not lost: appended to
+    ``<name>.cut.jsonl`` beside the file (a line cut mid-write by the crash too), and a warning
+    says how many. The kept file is replaced atomically. Returns the number of records moved.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    cut: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            keep = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):  # a line the crash cut mid-write
+            keep = False
+        (kept if keep else cut).append(line)
+    if not cut:
+        return 0
+    side = path.with_name(f"{path.stem}.cut.jsonl")
+    with side.open("a", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in cut)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    log.warning(
+        "resuming at step %d: moved %d record(s) of %s written after that checkpoint (before a crash) to %s; "
+        "the resumed run logs those steps again",
+        step,
+        len(cut),
+        path.name,
+        side.name,
+    )
+    return len(cut)
 
 
 class JsonlLogger:

@@ -13,6 +13,10 @@ without final metrics are listed as ``unfinished`` with their last validation.
 A job is any folder below the sweep directory with ``.hydra/overrides.yaml``. Its state:
 ``done`` (``metrics.json``), ``failed`` (``failure.json``, written when training diverged) or
 ``unfinished`` (neither yet).
+
+One ranking serves the table, the CSV, the heatmap's frame and the best command (:func:`rank`):
+finished jobs first, by the metric (lower is better), ties broken by ``val/loss`` and then by the
+job number Hydra gave the job (its order in the sweep).
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ METRIC_COLUMNS = ("val/cer", "val/wer", "val/loss", "test/cer", "test/wer", "tra
 #: Overrides that select a sweep or a launcher: left out of the command that reruns one job.
 SWEEP_ONLY_PREFIXES = ("hparams_search=", "hydra/", "hydra.", "+hydra", "~hydra")
 STATUS_ORDER = {"done": 0, "unfinished": 1, "failed": 2}
+#: The first tie-break of :func:`rank` (then the job number).
+TIE_BREAK = "val/loss"
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Job:
         lr: ``optimizer.lr`` of its config, if any.
         weight_decay: ``optimizer.weight_decay`` of its config, if any.
         cause: why it failed (failed jobs), or where it is (unfinished).
+        num: Hydra's job number (``hydra.job.num``), or None when ``.hydra/hydra.yaml`` lacks it.
     """
 
     path: Path
@@ -59,6 +66,7 @@ class Job:
     lr: float | None = None
     weight_decay: float | None = None
     cause: str = ""
+    num: int | None = None
 
     def value(self, metric: str) -> float:
         """The metric for ranking: ``inf`` when missing or failed, so the job sorts last."""
@@ -100,7 +108,9 @@ def read_job(job_dir: Path) -> Job:
     if config_file.is_file():  # select: None when a config has no optimizer node
         config = OmegaConf.load(config_file)
         lr, weight_decay = OmegaConf.select(config, "optimizer.lr"), OmegaConf.select(config, "optimizer.weight_decay")
-    job = Job(job_dir, overrides, "unfinished", lr=lr, weight_decay=weight_decay)
+    hydra_file = job_dir / ".hydra" / "hydra.yaml"
+    num = OmegaConf.select(OmegaConf.load(hydra_file), "hydra.job.num") if hydra_file.is_file() else None
+    job = Job(job_dir, overrides, "unfinished", lr=lr, weight_decay=weight_decay, num=num)
     if (job_dir / FAILURE_FILE).is_file():
         failure = json.loads((job_dir / FAILURE_FILE).read_text(encoding="utf-8"))
         job.status, job.cause = "failed", describe_failure(failure)
@@ -141,8 +151,26 @@ def sweep_metric(sweep_dir: str | Path) -> str:
 
 
 def rank(jobs: Sequence[Job], metric: str) -> list[Job]:
-    """Finished jobs by ``metric`` (lower is better), then unfinished ones, then failed ones."""
-    return sorted(jobs, key=lambda j: (STATUS_ORDER[j.status], j.value(metric), str(j.path)))
+    """Finished jobs by ``metric`` (lower is better), then unfinished ones, then failed ones.
+
+    Ties (e.g. every job still at CER 1.0 early in training) go to the lower ``val/loss``, then to
+    the lower job number (then the folder name, for jobs without one). The table, the heatmap's
+    frame and the best command all use this order.
+    """
+
+    def key(j: Job) -> tuple:
+        number = j.num if j.num is not None else math.inf
+        return (STATUS_ORDER[j.status], j.value(metric), j.value(TIE_BREAK), number, str(j.path))
+
+    return sorted(jobs, key=key)
+
+
+def best_job(jobs: Sequence[Job], metric: str) -> Job | None:
+    """The first of :func:`rank` if it finished with a finite ``metric``, else None."""
+    ranked = rank(jobs, metric)
+    if ranked and ranked[0].status == "done" and math.isfinite(ranked[0].value(metric)):
+        return ranked[0]
+    return None
 
 
 def varying_keys(jobs: Sequence[Job]) -> list[str]:
@@ -209,7 +237,7 @@ def markdown(jobs: Sequence[Job], metric: str, sweep_dir: Path) -> str:
         f"# Sweep report: `{sweep_dir}`",
         "",
         f"{len(jobs)} jobs: {counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished. "
-        f"Sorted by `{metric}` (lower is better).",
+        f"Sorted by `{metric}` (lower is better), ties by `{TIE_BREAK}`, then by job number.",
         "",
         f"Common overrides: `{' '.join(common_overrides(jobs)) or '(none)'}`",
         "",
@@ -217,8 +245,8 @@ def markdown(jobs: Sequence[Job], metric: str, sweep_dir: Path) -> str:
         "|" + "|".join("---" for _ in header) + "|",
     ]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    best = rank(jobs, metric)[0]
-    if best.status == "done":
+    best = best_job(jobs, metric)
+    if best is not None:
         lines += ["", f"Best ({metric}={fmt(metric, best.value(metric))}):", "", "```bash", best_command(best), "```"]
     return "\n".join(lines) + "\n"
 
@@ -242,10 +270,14 @@ def is_grid(jobs: Sequence[Job], max_values: int = 12) -> bool:
 def plot_heatmap(jobs: Sequence[Job], metric: str, path: Path) -> bool:
     """Plot ``metric`` over lr × weight_decay: a grid as a heatmap, random samples as a scatter.
 
-    Failed jobs are marked ✗ with the step they diverged at; the best job is framed. Returns False
+    Failed jobs are marked ✗ with the step they diverged at; the best job of :func:`rank` is framed
+    (the same job as the table's first row and the best command). Returns False
     (and writes nothing) when the jobs do not vary lr and weight decay.
     """
+    best = best_job(jobs, metric)
     jobs = [j for j in jobs if j.lr is not None and j.weight_decay is not None]
+    if best not in jobs:
+        best = None  # (the best job has no lr/weight decay to place it by)
     if len({j.lr for j in jobs}) < 2 and len({j.weight_decay for j in jobs}) < 2:
         return False
     try:
@@ -257,9 +289,9 @@ def plot_heatmap(jobs: Sequence[Job], metric: str, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     if is_grid(jobs):
-        _grid(ax, fig, jobs, metric)
+        _grid(ax, fig, jobs, metric, best)
     else:
-        _scatter(ax, fig, jobs, metric)
+        _scatter(ax, fig, jobs, metric, best)
     done = sum(j.status == "done" for j in jobs)
     failed = sum(j.status == "failed" for j in jobs)
     ax.set_title(f"{metric} over lr × weight decay ({done} done, {failed} failed, lower is better)", fontsize=10)
@@ -269,7 +301,7 @@ def plot_heatmap(jobs: Sequence[Job], metric: str, path: Path) -> bool:
     return True
 
 
-def _grid(ax, fig, jobs: Sequence[Job], metric: str) -> None:
+def _grid(ax, fig, jobs: Sequence[Job], metric: str, best: Job | None) -> None:
     import numpy as np
 
     points = [(j.lr, j.weight_decay, j) for j in jobs if j.lr is not None and j.weight_decay is not None]
@@ -286,7 +318,6 @@ def _grid(ax, fig, jobs: Sequence[Job], metric: str) -> None:
     image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis_r", aspect="auto")
     ax.set_facecolor("#d9d9d9")
     fig.colorbar(image, ax=ax, label=metric)
-    best = np.unravel_index(np.nanargmin(values), values.shape) if np.isfinite(values).any() else None
     for (r, c), group in cells.items():
         if math.isfinite(values[r, c]):
             text, color = f"{values[r, c]:.4f}", "white" if values[r, c] > np.nanmean(values) else "black"
@@ -296,8 +327,9 @@ def _grid(ax, fig, jobs: Sequence[Job], metric: str) -> None:
         else:
             text, color = "unfinished", "#555555"
         ax.text(c, r, text, ha="center", va="center", fontsize=9, color=color, fontweight="bold")
-    if best is not None:
-        ax.add_patch(_frame(float(best[1]), float(best[0])))
+    if best is not None and best.lr is not None and best.weight_decay is not None:
+        # the best job's cell (with several seeds per cell, not always the cell of the best mean)
+        ax.add_patch(_frame(float(wds.index(best.weight_decay)), float(lrs.index(best.lr))))
     ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("optimizer.weight_decay")
@@ -310,7 +342,7 @@ def _frame(x: float, y: float):
     return Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3)
 
 
-def _scatter(ax, fig, jobs: Sequence[Job], metric: str) -> None:
+def _scatter(ax, fig, jobs: Sequence[Job], metric: str, best: Job | None) -> None:
     done = [j for j in jobs if j.status == "done" and math.isfinite(j.value(metric))]
     failed = [j for j in jobs if j.status == "failed"]
     if done:
@@ -323,7 +355,7 @@ def _scatter(ax, fig, jobs: Sequence[Job], metric: str) -> None:
             edgecolors="black",
         )
         fig.colorbar(points, ax=ax, label=metric)
-        best = min(done, key=lambda j: j.value(metric))
+    if best is not None:
         ax.scatter([best.lr], [best.weight_decay], s=260, facecolors="none", edgecolors="red", linewidths=2.5)
     if failed:
         ax.scatter(
@@ -347,9 +379,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, out_dir: str 
     write_csv(jobs, metric, sweep_dir, paths["csv"])
     if not plot_heatmap(jobs, metric, paths["heatmap"]):
         del paths["heatmap"]
-    ranked = rank(jobs, metric)
-    best = ranked[0] if ranked[0].status == "done" else None
-    return {"paths": paths, "jobs": ranked, "metric": metric, "best": best}
+    return {"paths": paths, "jobs": rank(jobs, metric), "metric": metric, "best": best_job(jobs, metric)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

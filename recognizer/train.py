@@ -41,10 +41,10 @@ from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
-from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger
+from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
 from recognizer.stability.audit import write_reports
-from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
-from recognizer.stability.runtime import attach_stability, make_ctc
+from recognizer.stability.guard import NonFiniteStepError
+from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import DIVERGED_METRIC, in_multirun, record_failure
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
-    guard = NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
+    guard = make_guard(stab)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
     wrapped = distributed.wrap(model, dist, device)
     forward = model if wrapped is None else wrapped
@@ -232,6 +232,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     loggers: list[MetricLogger] = []
     if dist.is_main:  # the other ranks log nothing
+        if ckpt is not None:  # after a crash the file runs ahead of the checkpoint: no step twice
+            rewind_jsonl(run_dir / "metrics.jsonl", state.step)
         loggers = [JsonlLogger(run_dir / "metrics.jsonl"), *(instantiate(n) for n in (cfg.logger or {}).values())]
     logger = MultiLogger(loggers)
     logger.log_config(config)
@@ -301,7 +303,7 @@ def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> di
         write_predictions(rows, run_dir / f"predictions_{split}.tsv")
         metrics |= {f"{split}/{k}": v for k, v in values.items()}
     metrics["train/steps"] = state.step
-    metrics["train/time"] = state.history[-1]["time"] if state.history else 0.0
+    metrics["train/time"] = state.train_time
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("final: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics

@@ -50,8 +50,7 @@ from recognizer.ctc import check_feasible, check_targets
 from recognizer.data.batching import Batch, BucketBatchSampler, EpochBatchSampler, padding_cells
 from recognizer.engine.loop import TrainState, train_step
 from recognizer.engine.precision import resolve_precision
-from recognizer.stability.guard import NonFiniteGuard
-from recognizer.stability.runtime import attach_stability, make_ctc
+from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 
 
 def load_config(data: str) -> DictConfig:
@@ -111,9 +110,7 @@ def bench_step(cfg: DictConfig, batches: list[Batch], alphabet: Alphabet, args: 
     stab, clip = cfg.stability, cfg.trainer.grad_clip
     precision = resolve_precision("32", device)
     with tempfile.TemporaryDirectory() as run_dir:
-        state = TrainState(
-            model, optimizer, scheduler, precision, NonFiniteGuard(stab.nonfinite_policy, stab.max_consecutive_skips)
-        )
+        state = TrainState(model, optimizer, scheduler, precision, make_guard(stab))
         attach_stability(state, stab, run_dir)
         ctc = make_ctc(stab)
         modes = {

@@ -7,18 +7,26 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import DictConfig
+from torch import nn
 
+from recognizer.ctc import CTCLoss
 from recognizer.doctor import (
     DoctorOptions,
     diagnose,
+    dry_run,
+    dynamics_verdicts,
     histogram,
     input_verdicts,
     render_markdown,
     run_doctor,
 )
+from recognizer.engine.precision import Precision
 from recognizer.models import CRNN
+from recognizer.stability.guard import NonFiniteGuard
 from tests.conftest import compose_config
+from tests.test_loop import NaNGradient, make_batch
 from tests.test_train import run_cli
 
 
@@ -153,3 +161,53 @@ def test_console_script_exit_codes(data_root: Path, tmp_path: Path) -> None:
     assert broken.returncode == 1
     assert "[BLOCKING] head_size" in broken.stdout and "[BLOCKING] labels_too_long" in broken.stdout
     assert "result: FAIL (3 blocking" in broken.stdout
+
+
+class _Amplify(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad * 1e6
+
+
+class LargeGradient(nn.Module):
+    """Identity forward, gradient × 1e6 below it: large but finite gradients, as some real layers have."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Amplify.apply(x)
+
+
+def fp16_dry_run(first: nn.Module, guard: NonFiniteGuard, init_scale: float = 2.0**110):
+    """The doctor's dry run under an enabled (CPU) GradScaler on a tiny CRNN with ``first`` before its head.
+
+    The scaler backs off by 2^-100 on an overflow: from 2^110 (where the × 1e6 gradients overflow
+    float32) to 2^10 (where they do not), so a large gradient overflows at step 1 only.
+    """
+    torch.manual_seed(0)
+    model = CRNN(num_classes=5, height=8, channels=(4,), pools=((2, 2),), rnn_hidden=8)
+    model.head = nn.Sequential(first, model.head)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, backoff_factor=2.0**-100)
+    precision = Precision("16-mixed", torch.device("cpu"), None, scaler)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batches = [make_batch([[1, 2], [3, 4]]) for _ in range(3)]
+    steps, layers, failure = dry_run(model, batches, optimizer, precision, CTCLoss(), 1.0, guard)
+    return steps, dynamics_verdicts(steps, layers, 1e-3, precision, DoctorOptions()) if failure is None else failure
+
+
+def test_a_first_step_fp16_overflow_is_normal_as_in_training() -> None:
+    steps, verdicts = fp16_dry_run(LargeGradient(), NonFiniteGuard())
+    assert [s.get("overflow", False) for s in steps] == [True, False, False]
+    assert not any(v.severity == "blocking" for v in verdicts)
+    fp16 = next(v for v in verdicts if v.code == "fp16_overflow")
+    assert fp16.evidence.endswith("; GradScaler skipped overflowing step(s) [1], as training does")
+
+
+def test_an_overflow_the_loop_calls_a_fault_is_blocking() -> None:
+    _, failure = fp16_dry_run(NaNGradient(), NonFiniteGuard(max_consecutive_overflows=1), init_scale=16.0)
+    assert failure.code == "nonfinite_step" and failure.severity == "blocking"
+    assert failure.evidence.startswith("dry-run step 2: loss=")
+    assert "2 fp16 gradient overflows in a row exceed stability.max_consecutive_overflows=1" in failure.evidence
+    assert "module 'head.0' (NaNGradient)" in failure.evidence

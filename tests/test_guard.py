@@ -1,5 +1,6 @@
 """Tests for recognizer.stability.guard.NonFiniteGuard."""
 
+import logging
 import math
 import re
 
@@ -90,7 +91,7 @@ def test_state_dict_round_trip():
     for step in (1, 2):
         guard.check(step, NAN, 1.0, FINITE, IDS)
     state = guard.state_dict()
-    assert state == {"consecutive": 2, "skipped": 2}
+    assert state == {"consecutive": 2, "skipped": 2, "overflows": 0, "consecutive_overflows": 0}
 
     restored = NonFiniteGuard("skip", max_consecutive_skips=3)
     restored.load_state_dict(state)
@@ -108,3 +109,23 @@ def test_many_bad_samples_are_truncated():
     msg = str(e.value)
     assert "id9" in msg and "id10" not in msg
     assert "..." in msg
+
+
+def test_overflow_rule_and_counts_survive_a_checkpoint(caplog: pytest.LogCaptureFixture):
+    guard = NonFiniteGuard("skip", min_loss_scale=1.0, max_consecutive_overflows=4)
+    with caplog.at_level(logging.INFO, logger="recognizer.stability.guard"):
+        assert guard.overflow(1, 2.0**16) == ""  # ordinary: GradScaler may skip it
+        assert guard.overflow(2, 2.0**15) == ""
+    assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING]  # half the limit: a warning
+    restored = NonFiniteGuard("skip", min_loss_scale=1.0, max_consecutive_overflows=4)
+    restored.load_state_dict(guard.state_dict())
+    assert (restored.overflows, restored.consecutive_overflows) == (2, 2)
+    assert restored.overflow(3, 1.0) == "fp16 gradient overflow at loss scale 1 <= stability.min_loss_scale=1"
+    restored.load_state_dict({"consecutive": 0, "skipped": 0})  # a checkpoint from before the rule
+    assert restored.overflows == 0 and restored.consecutive_overflows == 0
+
+
+def test_overflow_limits_are_validated():
+    expected = "stability.min_loss_scale and stability.max_consecutive_overflows must be >= 0, got 0.0001 and -1"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        NonFiniteGuard(max_consecutive_overflows=-1)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,10 +13,12 @@ from torch import nn
 from recognizer.ctc import CTCLoss, FeasibilityError, LabelError
 from recognizer.data.batching import Batch
 from recognizer.engine.loop import TrainState, train_step
-from recognizer.engine.precision import resolve_precision
+from recognizer.engine.precision import Precision, resolve_precision
 from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
+from recognizer.stability.localize import NonFiniteInspector
+from recognizer.stability.rollback import Rollback
 
 
 class PoisonedInput(nn.Module):
@@ -136,3 +142,103 @@ def test_the_training_forward_goes_through_the_wrapper() -> None:
     state.train_forward = Counting(state.model)
     assert train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0).applied
     assert calls == [1]
+
+
+# ----------------------------------------------------------------------------- fp16 GradScaler: overflow or fault
+
+
+class _NaNBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return torch.full_like(grad, float("nan"))
+
+
+class NaNGradient(nn.Module):
+    """Identity forward whose backward is NaN: a gradient no loss scale can fix (the loss stays finite)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _NaNBackward.apply(x)
+
+
+def scaled_state(policy: str, tmp_path: Path, **limits: float) -> TrainState:
+    """A state under an enabled GradScaler (CPU: no autocast needed for its rule) with a NaN gradient."""
+    state = make_state(policy)
+    state.model.head = nn.Sequential(NaNGradient(), state.model.head)
+    state.precision = Precision("16-mixed", torch.device("cpu"), None, torch.amp.GradScaler("cpu", init_scale=16.0))
+    state.guard = NonFiniteGuard(policy, 1, **limits)  # type: ignore[arg-type]
+    state.inspector = NonFiniteInspector(tmp_path)
+    return state
+
+
+def test_an_overflow_streak_becomes_a_nonfinite_fault_that_raises(tmp_path: Path) -> None:
+    state = scaled_state("raise", tmp_path, min_loss_scale=0.0, max_consecutive_overflows=2)
+    before = weights(state)
+    batch = make_batch([[1, 2], [3, 4]])
+    for step in (1, 2):  # ordinary overflows: GradScaler skips and halves the scale
+        result = train_step(state, batch, CTCLoss(), grad_clip=1.0)
+        assert not result.applied and state.step == step and state.precision.scaler.get_scale() == 16.0 / 2**step
+    with pytest.raises(NonFiniteStepError) as error:
+        train_step(state, batch, CTCLoss(), grad_clip=1.0)
+    message = str(error.value)
+    assert re.match(
+        r"non-finite step 3: loss=[0-9.]+, grad_norm=nan: finite loss but non-finite gradient; "
+        r"batch \['line-0', 'line-1'\]; 3 fp16 gradient overflows in a row exceed "
+        r"stability\.max_consecutive_overflows=2 \(loss scale now 4\); ",
+        message,
+    ), message
+    assert "module 'head.0' (NaNGradient)" in message and "nonfinite/step_3.pt" in message
+    assert message.endswith("(stability.nonfinite_policy=raise)")
+    assert state.guard.overflows == 3 and all(torch.equal(a, b) for a, b in zip(before, weights(state)))
+
+
+def test_an_overflow_at_the_minimum_loss_scale_is_a_fault(tmp_path: Path) -> None:
+    state = scaled_state("raise", tmp_path, min_loss_scale=4.0, max_consecutive_overflows=100)
+    batch = make_batch([[1, 2], [3, 4]])
+    for _ in range(2):  # scale 16 → 8 → 4
+        assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied
+    with pytest.raises(
+        NonFiniteStepError, match=r"step 3: .*; fp16 gradient overflow at loss scale 4 <= stability\.min_loss_scale=4;"
+    ):
+        train_step(state, batch, CTCLoss(), grad_clip=1.0)
+
+
+def test_overflow_faults_count_as_skips_under_skip(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = scaled_state("skip", tmp_path, min_loss_scale=0.0, max_consecutive_overflows=1)
+    batch = make_batch([[1, 2], [3, 4]])
+    with caplog.at_level(logging.INFO, logger="recognizer.stability.guard"):
+        assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied  # an ordinary overflow
+        assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied  # a fault, skipped (1 allowed)
+    assert state.guard.skipped == 1 and state.guard.overflows == 2 and state.scheduler.last_epoch == 0
+    overflow, skipped = (r for r in caplog.records if r.name == "recognizer.stability.guard")
+    assert overflow.levelno == logging.WARNING  # 1 in a row is already half of the limit of 1
+    assert overflow.getMessage().startswith("step 1: fp16 gradient overflow at loss scale 16: GradScaler skips")
+    assert skipped.levelno == logging.WARNING and "stability.max_consecutive_overflows=1" in skipped.getMessage()
+    assert skipped.getMessage().endswith("step skipped (1 in a row)")
+    too_many = r"2 non-finite steps in a row exceed stability\.max_consecutive_skips=1"
+    with pytest.raises(NonFiniteStepError, match=too_many):
+        train_step(state, batch, CTCLoss(), grad_clip=1.0)
+
+
+def test_an_overflow_fault_rolls_back_under_rollback(tmp_path: Path) -> None:
+    state = scaled_state("rollback", tmp_path, min_loss_scale=0.0, max_consecutive_overflows=0)
+    state.rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=3)
+    lr = state.optimizer.param_groups[0]["lr"]
+    assert not train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0).applied
+    assert len(state.rollback.history) == 1 and state.optimizer.param_groups[0]["lr"] == lr * 0.5
+    assert "stability.max_consecutive_overflows=0" in state.rollback.history[0].message
+    assert state.precision.scaler.get_scale() == 16.0  # the scaler state of the snapshot
+
+
+def test_an_applied_step_ends_the_overflow_streak(tmp_path: Path) -> None:
+    state = scaled_state("raise", tmp_path, min_loss_scale=0.0, max_consecutive_overflows=1)
+    batch = make_batch([[1, 2], [3, 4]])
+    assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied
+    state.model.head[0] = nn.Identity()  # the gradient is finite again
+    assert train_step(state, batch, CTCLoss(), grad_clip=1.0).applied
+    assert state.guard.consecutive_overflows == 0 and state.guard.overflows == 1
+    state.model.head[0] = NaNGradient()
+    assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied  # 1 in a row again: ordinary

@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from recognizer import CONFIG_DIR
+from recognizer import report as report_module
 from recognizer.report import best_command, main, read_sweep, write_report
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.sweeps import DIVERGED_METRIC, record_failure, sweep_group
@@ -162,7 +163,7 @@ def test_report_ranks_finished_then_unfinished_then_failed(report: dict) -> None
 
 def test_report_files(report: dict) -> None:
     md = report["paths"]["markdown"].read_text()
-    assert "6 jobs: 3 done, 2 failed, 1 unfinished. Sorted by `val/cer` (lower is better)." in md
+    assert "6 jobs: 3 done, 2 failed, 1 unfinished. Sorted by `val/cer` (lower is better), ties by `val/loss`" in md
     assert "Common overrides: `experiment=htr_digits_crnn hparams_search=lr_wd_grid trainer.max_epochs=2`" in md
     assert "| rank | status | optimizer.lr | optimizer.weight_decay | val/cer | val/wer | val/loss |" in md
     assert "| 1 | done | 0.001 | 0.1 | 0.0200 | 0.0400 | 1.0000 | 626 | 61 |  |" in md
@@ -360,3 +361,30 @@ def test_a_single_run_that_diverges_still_fails_loudly(
     with pytest.raises(NonFiniteStepError, match=r"^non-finite step \d+: loss="):
         train_main()
     assert not (run_dir / "failure.json").exists()  # only sweeps turn divergence into a ranked result
+
+
+def test_tied_jobs_rank_by_val_loss_then_job_number_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    # Every job still at val CER 1.0 (blank collapse early on): the tie-break decides, the same everywhere.
+    val_losses = {(1e-3, 0.01): 3.1, (1e-3, 0.1): 2.9, (1000.0, 0.01): 1054.0, (1000.0, 0.1): 2.9}
+    for num, ((lr, wd), loss) in enumerate(val_losses.items()):
+        job = make_job(tmp_path, lr, wd, cer=1.0)
+        metrics = json.loads((job / "metrics.json").read_text()) | {"val/loss": loss}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        OmegaConf.save(OmegaConf.create({"hydra": {"job": {"num": num}}}), job / ".hydra" / "hydra.yaml")
+    frames = []
+    original = report_module._frame
+    monkeypatch.setattr(report_module, "_frame", lambda x, y: frames.append((x, y)) or original(x, y))
+    report = write_report(tmp_path)
+    # val/loss 2.9 twice: the lower job number (1: lr 1e-3, wd 0.1) wins; lr 1000's loss of 1054 ranks last
+    ranked = [(j.lr, j.weight_decay) for j in report["jobs"]]
+    assert ranked == [(1e-3, 0.1), (1000.0, 0.1), (1e-3, 0.01), (1000.0, 0.01)]
+    assert (report["best"].lr, report["best"].weight_decay) == (1e-3, 0.1)
+    assert frames == [(1.0, 1.0)]  # the heatmap frames column wd 0.1, row lr 1e-3 (rows: lr 1000, 1e-3)
+    md = report["paths"]["markdown"].read_text()
+    assert "Sorted by `val/cer` (lower is better), ties by `val/loss`, then by job number." in md
+    assert "| 1 | done | 0.001 | 0.1 | 1.0000 |" in md
+    assert md.endswith("optimizer.lr=0.001 optimizer.weight_decay=0.1 trainer.max_epochs=2\n```\n")
+    assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().out.splitlines()[-2].startswith("best: optimizer.lr=0.001,optimizer.weight_decay=0.1,")

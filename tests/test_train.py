@@ -48,8 +48,14 @@ def test_resume_reproduces_the_uninterrupted_run(data_root: Path, tmp_path: Path
     parts = tmp_path / "parts"
     train(compose_config("train", tiny_overrides(data_root, parts, "trainer.max_steps=4")))
     assert load_checkpoint(parts / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4  # mid-epoch
+    # stopped inside its first epoch (no validation yet): its training time is still measured
+    first_time = json.loads((parts / "metrics.json").read_text())["train/time"]
+    rows = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
+    last_logged = [r["time"] for r in rows if "time" in r][-1]
+    assert 0 < last_logged <= first_time
     train(compose_config("train", tiny_overrides(data_root, parts, "trainer.resume=auto")))
     assert step_losses(parts) == step_losses(full)  # same per-step losses, bit for bit
+    assert json.loads((parts / "metrics.json").read_text())["train/time"] > first_time  # counted on after resume
     assert sorted(step_losses(parts)) == list(range(1, 13))
 
 

@@ -13,16 +13,38 @@ import torch
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
+    """Write ``state`` to ``path`` atomically and durably: a temporary file in the same folder, synced
+    to disk, renamed over ``path``, then the folder synced (so the rename itself survives a power loss).
 
-    A crash while writing leaves the previous checkpoint intact.
+    A crash while writing leaves the previous checkpoint intact; a failed write (full disk, an
+    unpicklable value) removes its temporary file and re-raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Sync a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 #: What every checkpoint written by ``recognizer-train`` holds besides the training state.

@@ -5,6 +5,11 @@ labels and lengths checked on CPU → forward under autocast → fp32 CTC loss �
 ``unscale_`` → ``clip_grad_norm_`` → one host sync for (loss, grad norm) → the guard decides →
 optimizer step → scheduler step only if the optimizer really stepped.
 
+Under fp16's GradScaler a finite loss with a non-finite gradient is an overflow the scaler skips,
+until the guard's rule (``stability.min_loss_scale``, ``stability.max_consecutive_overflows``) makes
+it a non-finite fault like any other: raised with the samples and the localisation, or skipped and
+counted, or rolled back, per ``stability.nonfinite_policy``.
+
 Stability extras cost nothing on a healthy step: the non-finite inspector (save the batch, replay
 it with hooks, name the first bad module) runs only when the guard fires; the rollback snapshot is
 a CPU copy every ``stability.rollback_every_n_steps`` steps; blank collapse is judged from the
@@ -95,6 +100,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0  # validations without improvement (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
+    train_time: float = 0.0  # seconds of training so far (validation included), across resumes
     inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
     rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
     collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
@@ -116,6 +122,7 @@ class TrainState:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
+            "train_time": self.train_time,
             "rng": rng_state(),
             "world_size": self.dist.world_size,
             "collapse": self.collapse.state_dict() if self.collapse else None,
@@ -131,6 +138,8 @@ class TrainState:
         self.guard.load_state_dict(ckpt["guard"])
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])
+        # older checkpoints lack train_time: the time of their last validation is the best guess
+        self.train_time = float(ckpt.get("train_time", self.history[-1]["time"] if self.history else 0.0))
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(per_rank) != self.dist.world_size:
             raise ValueError(
@@ -225,11 +234,15 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     state.step += 1
     # Under DDP every rank must take the same decision: agree on which quantity was non-finite anywhere.
     loss_bad, norm_bad = (v > 0 for v in state.dist.sum([not math.isfinite(loss_value), not math.isfinite(norm_value)]))
+    overflow_fault = ""  # why an fp16 overflow is a fault (the guard's rule); "" for an ordinary one
     if precision.scaled and not loss_bad and norm_bad:
-        # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault.
-        scaler.step(optimizer)
-        scaler.update()
-        return StepResult(loss_value, norm_value, applied=False)
+        # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault, unless
+        # the scale has fallen too low or it keeps happening (a NaN gradient that no scale can fix).
+        overflow_fault = state.guard.overflow(state.step, scaler.get_scale())
+        if not overflow_fault:
+            scaler.step(optimizer)
+            scaler.update()
+            return StepResult(loss_value, norm_value, applied=False)
     if loss_bad or norm_bad:
         restore_buffers(buffers, saved_buffers)  # before the guard may raise or save the state
     inspector = state.inspector
@@ -243,7 +256,9 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     # the fault is another rank's if our loss is finite but some rank's is not (or only theirs overflowed)
     peer_fault = math.isfinite(loss_value) and (loss_bad or (norm_bad and math.isfinite(norm_value)))
     try:
-        healthy = state.guard.check(state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault)
+        healthy = state.guard.check(
+            state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault, overflow_fault
+        )
     except NonFiniteStepError as error:  # every rank raises at this step (the decision is agreed)
         raise agreed_error(error, state.dist, own_fault=not peer_fault) from None
     if not healthy:
@@ -253,6 +268,7 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
             if state.rollback is None:
                 raise ValueError("stability.nonfinite_policy=rollback needs TrainState.rollback (a Rollback)")
             state.rollback.restore(state, state.guard.last_message)
+            state.guard.consecutive_overflows = 0  # the restored scaler starts its search afresh
         return StepResult(loss_value, norm_value, applied=False)
     scale_before = scaler.get_scale() if precision.scaled else 1.0
     scaler.step(optimizer)
@@ -387,14 +403,16 @@ def fit(
     """
     ckpt_dir = run_dir / "checkpoints"
     start = time.perf_counter()
-    elapsed_before = state.history[-1]["time"] if state.history else 0.0
+    elapsed_before = state.train_time
 
     def elapsed() -> float:
-        return elapsed_before + time.perf_counter() - start
+        state.train_time = elapsed_before + time.perf_counter() - start  # true also for a run stopped mid-epoch
+        return state.train_time
 
     dist = state.dist
 
     def checkpoint(name: str) -> None:
+        elapsed()  # the checkpoint holds the training time up to now
         # every rank takes part (its RNG state is gathered); only rank 0 writes
         per_rank = dist.gather(rng_state()) if dist.enabled else None
         if dist.is_main:
@@ -473,6 +491,7 @@ def fit(
                 checkpoint("last.ckpt")
             if dist.any(stop.signum is not None):  # the signal came during validation: last.ckpt is current
                 raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
+    elapsed()  # train/time of metrics.json: true also for a run that stopped inside its first epoch
     return state
 
 

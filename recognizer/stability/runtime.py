@@ -11,6 +11,7 @@ from torch import Tensor
 from recognizer.ctc import CTCLoss, CTCOutput
 from recognizer.stability.collapse import BlankCollapseMonitor
 from recognizer.stability.divergence import DivergenceMonitor
+from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import NonFiniteInspector
 from recognizer.stability.rollback import Rollback
 
@@ -32,6 +33,16 @@ def make_ctc(stability: Any) -> CTCLoss:
     """The loss per ``stability.zero_infinity``, ``ctc_reduction`` and ``cudnn_ctc``."""
     cls = CTCLoss if stability.cudnn_ctc else NativeCTCLoss
     return cls(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
+
+
+def make_guard(stability: Any) -> NonFiniteGuard:
+    """The non-finite guard per ``stability.nonfinite_policy`` and its limits (skips, fp16 overflows)."""
+    return NonFiniteGuard(
+        stability.nonfinite_policy,
+        stability.max_consecutive_skips,
+        stability.min_loss_scale,
+        stability.max_consecutive_overflows,
+    )
 
 
 def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
