@@ -44,11 +44,23 @@ def test_a_lasting_rise_is_flagged_with_its_figures() -> None:
         (
             30,
             "training diverged at step 30: the train loss has stayed above 3 × 1 (its lowest running median, at "
-            "step 10) for 5 steps: 4 at the start of the rise, 8 now",
+            "step 1) for 5 steps: 4 at the start of the rise, 8 now",
         )
     ]
-    # 2.0 (2× the reference) was not an excursion and entered the window; the reference stays the lowest median
-    assert monitor.reference == 1.0 and monitor.healthy
+    # 2.0 (2× the reference) was not an excursion and entered the window; the reference stays the lowest
+    # median; the excursion goes on after its warning (no rollback snapshot while it lasts)
+    assert monitor.reference == 1.0 and not monitor.healthy
+
+
+def test_a_rise_from_the_first_steps_is_flagged_once_per_excursion() -> None:
+    # lr=30 on the embedded digits: 6.5 at step 1, hundreds within ten steps, and it stays there
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=5, window=10)
+    events = feed(monitor, [6.5, 20.0, 150.0, 400.0] + [500.0] * 20)
+    assert [step for step, _ in events] == [6]  # one warning, not one every 5 steps
+    assert "above 3 × 6.5 (its lowest running median, at step 1)" in events[0][1]
+    assert not monitor.healthy
+    monitor.reset_excursion()  # after a rollback the next excursion is reported again
+    assert [step for step, _ in feed(monitor, [500.0] * 5, start=25)] == [29]
 
 
 def test_healthy_is_false_during_an_excursion_and_a_short_spike_resets() -> None:

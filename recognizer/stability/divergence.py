@@ -6,8 +6,10 @@ monitor the run ends "fine". Two signals, either one enough:
 
 - **train**: the step loss stays above ``factor`` × its reference for ``patience_steps`` steps in a
   row. The reference is the lowest running median (over the last ``window`` healthy steps) seen so
-  far: a median ignores the single hard batch, and the lowest one is where the run had got to.
-  Losses of an excursion do not enter the window, so a lasting rise cannot become the new normal.
+  far: a median ignores the single hard batch, and the lowest one is where the run had got to (from
+  the first step on: a too-high rate can send the loss from 6 to 1,000 within ten steps). Losses of
+  an excursion do not enter the window, so a lasting rise cannot become the new normal; each
+  excursion is reported once.
 - **val**: ``val_patience`` validations in a row whose loss exceeds the best validation loss by
   the factor ``val_factor`` *and* that did not improve the monitored metric (a loss that rises while
   the CER still falls is overconfidence, not divergence).
@@ -43,7 +45,7 @@ class DivergenceMonitor:
         factor: float = 3.0,
         patience_steps: int = 50,
         window: int = 50,
-        min_steps: int = 10,
+        min_steps: int = 1,
         val_factor: float = 1.2,
         val_patience: int = 2,
     ) -> None:
@@ -67,6 +69,7 @@ class DivergenceMonitor:
         self.reference_step = 0
         self.excursion = 0  # diverging steps in a row
         self.excursion_start_loss = 0.0
+        self.flagged = False  # this excursion was reported (one warning per excursion)
         self.best_val_loss = float("inf")
         self.bad_validations = 0
         self.events = 0  # divergences flagged so far
@@ -82,18 +85,18 @@ class DivergenceMonitor:
             self.excursion += 1
             if self.excursion == 1:
                 self.excursion_start_loss = loss
-            if self.excursion >= self.patience_steps:
+            if self.excursion >= self.patience_steps and not self.flagged:
                 message = (
                     f"training diverged at step {step}: the train loss has stayed above {self.factor:g} × "
                     f"{self.reference:.4g} (its lowest running median, at step {self.reference_step}) for "
                     f"{self.excursion} steps: {self.excursion_start_loss:.4g} at the start of the rise, "
                     f"{loss:.4g} now"
                 )
-                self.excursion = 0
+                self.flagged = True
                 self.events += 1
                 return message
             return None
-        self.excursion = 0
+        self.excursion, self.flagged = 0, False
         self.losses.append(loss)
         self.seen += 1
         if self.seen >= self.min_steps:
@@ -121,7 +124,7 @@ class DivergenceMonitor:
 
     def reset_excursion(self) -> None:
         """After a rollback: judge the restored state afresh against the same reference."""
-        self.excursion = 0
+        self.excursion, self.flagged = 0, False
         self.bad_validations = 0
 
     def state_dict(self) -> dict[str, Any]:
@@ -132,6 +135,7 @@ class DivergenceMonitor:
             "reference_step": self.reference_step,
             "excursion": self.excursion,
             "excursion_start_loss": self.excursion_start_loss,
+            "flagged": self.flagged,
             "best_val_loss": self.best_val_loss,
             "bad_validations": self.bad_validations,
             "events": self.events,
@@ -144,3 +148,4 @@ class DivergenceMonitor:
             setattr(self, key, int(state[key]))
         for key in ("reference", "excursion_start_loss", "best_val_loss"):
             setattr(self, key, float(state[key]))
+        self.flagged = bool(state.get("flagged", False))
