@@ -98,7 +98,7 @@ def test_state_round_trips() -> None:
     ("kwargs", "message"),
     [
         ({"factor": 1.0}, "stability.divergence_factor must be > 1, got 1.0"),
-        ({"window": 0}, "must be >= 1, got 50, 0, 10"),
+        ({"window": 0}, "stability.divergence_patience_steps and divergence_window must be >= 1, got 50, 0"),
         ({"val_factor": 0.5}, "need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0"),
     ],
 )

@@ -51,11 +51,13 @@ class DivergenceMonitor:
     ) -> None:
         if factor <= 1.0:
             raise ValueError(f"stability.divergence_factor must be > 1, got {factor}")
-        if patience_steps < 1 or window < 1 or min_steps < 1:
+        if patience_steps < 1 or window < 1:
             raise ValueError(
-                "stability.divergence_patience_steps, divergence_window and divergence_min_steps must be >= 1, "
-                f"got {patience_steps}, {window}, {min_steps}"
+                "stability.divergence_patience_steps and divergence_window must be >= 1, "
+                f"got {patience_steps}, {window}"
             )
+        if min_steps < 1:
+            raise ValueError(f"min_steps must be >= 1, got {min_steps}")
         if val_factor < 1.0 or val_patience < 0:
             raise ValueError(
                 f"need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0, got {val_factor}, "
