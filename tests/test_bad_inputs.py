@@ -268,3 +268,12 @@ def test_every_audit_reason_has_a_doctor_code_and_a_cause() -> None:
     assert set(AUDIT_CODES) == set(FIXES)
     assert set(INPUT_REASONS) <= set(FIXES)
     assert all(code in CAUSES for code in AUDIT_CODES.values())
+
+
+def test_the_doctor_reports_unusable_inputs(tmp_path: Path) -> None:
+    from recognizer.doctor import audit_verdicts
+
+    verdicts = {v.code: v for v in audit_verdicts([audit(bad_images(tmp_path), "drop")], "error")}
+    assert verdicts["unreadable_inputs"].severity == "blocking"
+    assert verdicts["unreadable_inputs"].evidence.startswith("train: unreadable × 2 (e.g. b_corrupt: cannot read image")
+    assert verdicts["non_finite_inputs"].severity == "blocking"
