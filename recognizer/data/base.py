@@ -26,11 +26,10 @@ class DataError(ValueError):
     Args:
         message: what is wrong, with the file or sample and the fix.
         reason: for a problem of one sample's input, the audit's reason code (``unreadable``,
-            ``empty_input``, ``truncated``, ``silent``, ``wrong_rate``, ``missing_file``, ``out_of_range``,
-            ``non_finite``; see
-            :data:`recognizer.stability.audit.FIXES`): the pre-flight audit then drops and counts
-            the sample under ``stability.audit_policy=drop`` instead of stopping. None for errors
-            of a whole manifest or configuration.
+            ``empty_input``, ``truncated``, ``silent``, ``wrong_rate``, ``missing_file``,
+            ``out_of_range``, ``non_finite``; see :data:`recognizer.stability.audit.FIXES`): the
+            pre-flight audit then drops and counts the sample under ``stability.audit_policy=drop``
+            instead of stopping. None for errors of a whole manifest or configuration.
     """
 
     def __init__(self, message: str, reason: str | None = None) -> None:
