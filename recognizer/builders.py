@@ -54,7 +54,7 @@ def make_loader(
     if bucketing:
         sampler: EpochBatchSampler = BucketBatchSampler(
             indices,
-            dataset.widths,
+            dataset.header_widths,  # the audited indices exclude the unreadable samples (width 0 here)
             batch_size,
             shuffle=shuffle,
             seed=seed,
@@ -82,12 +82,16 @@ def make_loader(
 def run_audit(
     split: str, dataset: LineDataset, alphabet: Alphabet, model: Recognizer, stability: Any, **kwargs: Any
 ) -> AuditReport:
-    """Audit one split with the ``stability`` config node's policies (``kwargs``: more of :func:`audit_split`'s)."""
-    return audit_split(
+    """Audit one split with the ``stability`` config node's policies (``kwargs``: more of :func:`audit_split`'s).
+
+    Samples whose headers the dataset could not use are violations of their reason; what the
+    dataset's reader filtered out before (``dataset.filtered``) is carried into the report.
+    """
+    report = audit_split(
         split,
         dataset.ids,
         dataset.texts,
-        dataset.widths,
+        dataset.header_widths,
         alphabet,
         model.output_lengths,
         policy=stability.audit_policy,
@@ -95,8 +99,11 @@ def run_audit(
         min_frames_per_label=stability.min_frames_per_label,
         max_label_length=stability.max_label_length,
         load_input=dataset.load if stability.scan_inputs else None,
+        unreadable=dataset.unreadable,
         **kwargs,
     )
+    report.filtered = dict(dataset.filtered)
+    return report
 
 
 def check_head(model: Recognizer, alphabet: Alphabet) -> None:

@@ -77,6 +77,11 @@ CAUSES: dict[str, tuple[str, str]] = {
         "non-finite inputs (NaN/Inf values) make every loss of their batch NaN",
         "fix or remove the files the audit names",
     ),
+    "unreadable_inputs": (
+        "unusable input files (corrupt, truncated, empty, silent, missing, out of range or at the wrong "
+        "sample rate) would stop training when they are loaded",
+        "fix or remove the files the audit names (each message says how), or set stability.audit_policy=drop",
+    ),
     "inputs_not_normalised": (
         "non-normalised inputs: a large input range saturates activations and inflates gradients",
         "scale inputs to about [0, 1] or zero mean / unit variance in the data pipeline",
@@ -110,6 +115,13 @@ AUDIT_CODES = {
     "infeasible": "labels_too_long",
     "below_ratio": "labels_too_long",
     "non_finite": "non_finite_inputs",
+    "unreadable": "unreadable_inputs",
+    "empty_input": "unreadable_inputs",
+    "truncated": "unreadable_inputs",
+    "silent": "unreadable_inputs",
+    "wrong_rate": "unreadable_inputs",
+    "missing_file": "unreadable_inputs",
+    "out_of_range": "unreadable_inputs",
 }
 
 
@@ -194,8 +206,10 @@ def histogram(values: list[float], bins: int) -> dict[str, list]:
 
 def length_histograms(dataset: Any, alphabet: Alphabet, model: Recognizer, bins: int) -> dict[str, dict[str, list]]:
     """Histograms of label lengths, output frames and frames per label over one split."""
-    labels = [len(normalize(t)) for t in dataset.texts]
-    frames = model.output_lengths(torch.tensor(list(dataset.widths), dtype=torch.long)).tolist()
+    readable = [i for i in range(len(dataset)) if i not in dataset.unreadable]  # the audit reports the others
+    labels = [len(normalize(dataset.texts[i])) for i in readable]
+    widths = [dataset.header_widths[i] for i in readable]
+    frames = model.output_lengths(torch.tensor(widths, dtype=torch.long)).tolist()
     ratios = [f / n for f, n in zip(frames, labels) if n > 0]
     return {
         "label_length": histogram([float(n) for n in labels], bins),
@@ -241,7 +255,7 @@ def audit_verdicts(reports: list[AuditReport], policy: str) -> list[Verdict]:
     severity = BLOCKING if policy == "error" else WARNING
     verdicts = [Verdict(code, severity, " | ".join(lines)) for code, lines in found.items()]
     total = sum(r.total for r in reports)
-    for code in ("labels_too_long", "empty_labels", "unknown_symbols", "non_finite_inputs"):
+    for code in ("labels_too_long", "empty_labels", "unknown_symbols", "non_finite_inputs", "unreadable_inputs"):
         if code not in found:
             verdicts.append(Verdict(code, OK, f"none in {total} samples"))
     return verdicts

@@ -70,7 +70,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         "these samples (they are listed in the log)"
     )
     report = run_audit(cfg.split, dataset, alphabet, model, stability, drop_hint=drop_hint)
-    if report.dropped:
+    if report.dropped or report.filtered:
         log.warning("%s", report.summary())
     loader, _ = make_loader(
         dataset,
@@ -92,6 +92,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         rates.update([r[1] for r in rows], [r[2] for r in rows])
         values |= {"cer": rates.cer, "wer": rates.wer}
     metrics = {f"{cfg.split}/{k}": v for k, v in values.items()} | {f"{cfg.split}/samples": len(rows)}
+    metrics |= {f"{cfg.split}/{k}": n for k, n in report.counts().items()}  # what the score does not cover
     predictions = write_predictions(rows, run_dir / f"predictions_{cfg.split}.tsv")
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)

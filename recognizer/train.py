@@ -33,16 +33,18 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
+from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
-from recognizer.stability.audit import write_reports
+from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.guard import NonFiniteStepError
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import DIVERGED_METRIC, in_multirun, record_failure
@@ -149,7 +151,9 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
     with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
         data = instantiate(cfg.data)
-        train_set, val_set = data.dataset("train"), data.dataset("val")
+        splits = [split for split in ("train", "val", "test") if split != "test" or data.has(split)]
+        datasets = {split: data.dataset(split) for split in splits}
+    train_set, val_set = datasets["train"], datasets["val"]
     alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
     model = instantiate(cfg.model, num_classes=alphabet.num_classes)
     check_head(model, alphabet)
@@ -161,14 +165,15 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
 
-    reports = [run_audit(s, d, alphabet, model, cfg.stability) for s, d in (("train", train_set), ("val", val_set))]
+    # every split before the first step, the test split too: a bad test line fails now, not after training
+    reports = {split: run_audit(split, ds, alphabet, model, cfg.stability) for split, ds in datasets.items()}
     if dist.is_main:
-        write_reports(reports, run_dir)
+        write_reports(list(reports.values()), run_dir)
     stab = cfg.stability
     shard: dict[str, Any] = {"num_replicas": dist.world_size, "rank": dist.rank}
     train_loader, sampler = make_loader(
         train_set,
-        reports[0].kept,
+        reports["train"].kept,
         alphabet,
         data.batch_size,
         shuffle=True,
@@ -181,7 +186,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     )
     val_loader, _ = make_loader(
         val_set,
-        reports[1].kept,
+        reports["val"].kept,
         alphabet,
         data.batch_size,
         shuffle=False,
@@ -262,7 +267,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
             if dist.enabled:  # evaluate the whole splits on rank 0 (the train-time val loader is a shard)
                 val_loader, _ = make_loader(
                     val_set,
-                    reports[1].kept,
+                    reports["val"].kept,
                     alphabet,
                     data.batch_size,
                     False,
@@ -270,7 +275,20 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
                     stab.unknown,
                     **data.loader_options(),
                 )
-            metrics = final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader)
+            test_loader = None
+            if "test" in datasets:
+                test_loader, _ = make_loader(
+                    datasets["test"],
+                    reports["test"].kept,
+                    alphabet,
+                    data.batch_size,
+                    shuffle=False,
+                    seed=cfg.seed,
+                    unknown=stab.unknown,
+                    **data.loader_options(),
+                )
+            loaders = {"val": val_loader, "test": test_loader}
+            metrics = final_evaluation(state, run_dir, ctc, alphabet, loaders, reports)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
     finally:
@@ -278,30 +296,34 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     return metrics
 
 
-def final_evaluation(state, data, alphabet, ctc, cfg, run_dir, val_loader) -> dict[str, float]:
-    """Evaluate the best checkpoint on val (and test, when configured); write predictions."""
+def final_evaluation(
+    state: TrainState,
+    run_dir: Path,
+    ctc: CTCLoss,
+    alphabet: Alphabet,
+    loaders: dict[str, DataLoader | None],
+    reports: dict[str, AuditReport],
+) -> dict[str, float]:
+    """Evaluate the best checkpoint on each split with a loader; write predictions and ``metrics.json``.
+
+    Args:
+        loaders: split → loader over its audited samples (None: the split is not configured).
+        reports: split → its audit report; what each split lost goes into the metrics as counts
+            (``<split>/dropped``, ``<split>/dropped/<reason>``, ``<split>/filtered/<reason>``), so a
+            score over fewer samples than the manifest lists says so.
+    """
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():
         state.model.load_state_dict(load_checkpoint(best, map_location=state.precision.device)["model"])
-    splits = {"val": val_loader}
-    if data.has("test"):
-        test_set = data.dataset("test")
-        report = run_audit("test", test_set, alphabet, state.model, cfg.stability)
-        splits["test"], _ = make_loader(
-            test_set,
-            report.kept,
-            alphabet,
-            data.batch_size,
-            shuffle=False,
-            seed=cfg.seed,
-            unknown=cfg.stability.unknown,
-            **data.loader_options(),
-        )
     metrics: dict[str, float] = {}
-    for split, loader in splits.items():
+    for split, loader in loaders.items():
+        if loader is None:
+            continue
         values, rows = evaluate(state.model, loader, ctc, alphabet, state.precision, keep_predictions=True)
         write_predictions(rows, run_dir / f"predictions_{split}.tsv")
         metrics |= {f"{split}/{k}": v for k, v in values.items()}
+    for split, report in reports.items():
+        metrics |= {f"{split}/{k}": n for k, n in report.counts().items()}
     metrics["train/steps"] = state.step
     metrics["train/time"] = state.train_time
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

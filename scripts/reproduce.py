@@ -10,12 +10,23 @@ Examples::
 Reads the recipe's row of the results table (command, metric, value, tolerance), runs the command
 with ``hydra.run.dir`` set to a fresh folder, and compares ``metrics.json`` with the documented
 value. Exit status: 0 within tolerance, 1 outside it, 2 when there is nothing to check against.
+
+A tolerance cell is one of (see :func:`parse_tolerance`):
+
+- ``Wilson 99%, n = 4,466 chars``: the 99% Wilson score interval of the documented error count
+  (``round(value × n)``) over the ``n`` scored characters or words, so the band scales with the
+  figure; when the run's ``predictions_<split>.tsv`` lies beside its metrics, its count must be ``n``;
+- ``± 20%``: a band relative to the documented value;
+- ``± 0.01``: an absolute band.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("recipe", "command", "data", "metric", "value", "tolerance", "wall time", "machine")
@@ -30,6 +42,19 @@ COLUMNS = ("recipe", "command", "data", "metric", "value", "tolerance", "wall ti
 
 class ReproduceError(Exception):
     """Nothing to check against (no row, no documented value) or the run failed."""
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The accepted band ``[low, high]`` around a documented value, and how it was derived.
+
+    ``scored`` is the number of characters or words the band assumes (binomial bands only).
+    """
+
+    low: float
+    high: float
+    text: str
+    scored: int | None = None
 
 
 @dataclass
@@ -40,9 +65,45 @@ class Recipe:
     command: str
     metric: str
     value: float
-    tolerance: float
+    tolerance: Tolerance
     wall_time: str
     machine: str
+
+
+_ABSOLUTE = re.compile(r"±\s*([0-9]*\.?[0-9]+)")
+_RELATIVE = re.compile(r"±\s*([0-9]*\.?[0-9]+)\s*%")
+_WILSON = re.compile(r"Wilson\s+([0-9]*\.?[0-9]+)\s*%\s*,\s*n\s*=\s*([0-9][0-9,]*)(?:\s+[a-z]+)?", re.IGNORECASE)
+
+
+def wilson_interval(errors: int, n: int, confidence: float) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion ``errors / n`` at ``confidence`` (e.g. 0.99).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0 errors.
+    """
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = errors / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def parse_tolerance(text: str, value: float) -> Tolerance | None:
+    """The band a tolerance cell describes around ``value``, or None if the cell holds no tolerance yet."""
+    text = text.strip()
+    if m := _WILSON.fullmatch(text):
+        confidence, n = float(m[1]) / 100, int(m[2].replace(",", ""))
+        if not 0 < confidence < 1 or n < 1:
+            return None
+        errors = round(value * n)
+        low, high = wilson_interval(errors, n, confidence)
+        return Tolerance(low, high, f"(Wilson {m[1]}% of {errors}/{n}: [{low:.4f}, {high:.4f}])", n)
+    if m := _RELATIVE.fullmatch(text):
+        band = value * float(m[1]) / 100
+        return Tolerance(value - band, value + band, f"± {m[1]}% [{value - band:.4f}, {value + band:.4f}]")
+    if m := _ABSOLUTE.fullmatch(text):
+        band = float(m[1])
+        return Tolerance(value - band, value + band, f"± {band:g}")
+    return None
 
 
 def cells(line: str) -> list[str]:
@@ -81,7 +142,8 @@ def read_recipe(results: Path, name: str) -> Recipe:
     if name not in rows:
         raise ReproduceError(f"no recipe {name!r} in {results}; documented: {', '.join(sorted(rows))}")
     row = rows[name]
-    value, tolerance = number(row["value"]), number(row["tolerance"])
+    value = number(row["value"])
+    tolerance = None if value is None else parse_tolerance(row["tolerance"], value)
     if value is None or tolerance is None:
         raise ReproduceError(
             f"{name}: {results} documents no value to check against yet "
@@ -105,6 +167,30 @@ def run_recipe(recipe: Recipe, run_dir: Path, extra: list[str]) -> Path:
     return run_dir / "metrics.json"
 
 
+def scored_units(predictions: Path, metric: str) -> int:
+    """Reference characters (``*/cer``) or words (``*/wer``) in a ``predictions_<split>.tsv``, as metrics count them."""
+    with predictions.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\"))[1:]
+    if metric.endswith("/wer"):
+        return sum(len(row[1].split()) for row in rows)
+    return sum(len(row[1]) for row in rows)
+
+
+def check_scored(recipe: Recipe, metrics_file: Path) -> None:
+    """A binomial band holds for the documented ``n`` only: the run beside ``metrics_file`` must have scored as many."""
+    predictions = metrics_file.parent / f"predictions_{recipe.metric.split('/')[0]}.tsv"
+    if recipe.tolerance.scored is None or not predictions.is_file():
+        return
+    n = scored_units(predictions, recipe.metric)
+    if n != recipe.tolerance.scored:
+        unit = "words" if recipe.metric.endswith("/wer") else "characters"
+        raise ReproduceError(
+            f"{predictions} scores {n} {unit}, but the tolerance of {recipe.name} in RESULTS.md is for "
+            f"n = {recipe.tolerance.scored}: the run used other data (split sizes, seed or filters); "
+            "rerun with the documented data"
+        )
+
+
 def check(recipe: Recipe, metrics_file: Path) -> tuple[bool, str]:
     """Compare the run's metric with the documented value; return (within tolerance, a one-line verdict)."""
     try:
@@ -113,12 +199,13 @@ def check(recipe: Recipe, metrics_file: Path) -> tuple[bool, str]:
         raise ReproduceError(f"cannot read the metrics file {metrics_file}: {e}") from None
     if recipe.metric not in metrics:
         raise ReproduceError(f"{metrics_file} has no {recipe.metric}; it has {', '.join(sorted(metrics))}")
+    check_scored(recipe, metrics_file)
     measured = float(metrics[recipe.metric])
     off = measured - recipe.value
-    ok = abs(off) <= recipe.tolerance
+    ok = recipe.tolerance.low <= measured <= recipe.tolerance.high
     verdict = (
         f"{'PASS' if ok else 'FAIL'} {recipe.name}: {recipe.metric}={measured:.4f}, documented "
-        f"{recipe.value:.4f} ± {recipe.tolerance:g} ({off:+.4f}{'' if ok else ', outside the tolerance'})"
+        f"{recipe.value:.4f} {recipe.tolerance.text} ({off:+.4f}{'' if ok else ', outside the tolerance'})"
     )
     return ok, verdict
 

@@ -213,8 +213,8 @@ def test_user_manifest_trains_and_the_audit_drops_nan_and_silent_files(tmp_path:
     train_report = json.loads((out / "audit.json").read_text())[0]
     assert train_report["kept"] == 3 and train_report["dropped"] == 2
     violations = train_report["violations"]
-    assert {k: v["count"] for k, v in violations.items()} == {"non_finite": 1, "unreadable": 1}
-    assert "quiet.wav is silent (all 16000 samples are 0)" in violations["unreadable"]["examples"][0]
+    assert {k: v["count"] for k, v in violations.items()} == {"non_finite": 1, "silent": 1}
+    assert "quiet.wav is silent (all 16000 samples are 0)" in violations["silent"]["examples"][0]
     assert "audio/bad.wav has 1 non-finite sample(s)" in violations["non_finite"]["examples"][0]
 
 

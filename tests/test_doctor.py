@@ -60,6 +60,7 @@ def test_embedded_data_passes_and_writes_the_reports(data_root: Path, tmp_path: 
         "empty_labels",
         "unknown_symbols",
         "non_finite_inputs",
+        "unreadable_inputs",
         "inputs_not_normalised",
         "lr_too_high",
         "exploding_layer",

@@ -164,3 +164,67 @@ def test_reproduce_runs_the_documented_command(results: Path, tmp_path: Path, da
     assert lines[-1].startswith("PASS tiny: test/cer=")
     [run] = (tmp_path / "out" / "tiny").iterdir()
     assert json.loads((run / "metrics.json").read_text())["train/steps"] == 2
+
+
+def documented_rows() -> list[str]:
+    rows = reproduce.read_table(ROOT / "RESULTS.md")
+    return [name for name, row in rows.items() if reproduce.number(row["value"]) is not None]
+
+
+@pytest.mark.parametrize("recipe", documented_rows())
+def test_documented_value_passes_and_three_times_it_fails(recipe: str, tmp_path: Path) -> None:
+    """A recipe check must catch a 3× regression of its own figure (the former ± 0.01 on CER 0.0047 did not)."""
+    documented = reproduce.read_recipe(ROOT / "RESULTS.md", recipe)
+    metrics = tmp_path / "metrics.json"
+    for measured, expected in ((documented.value, True), (3 * documented.value, False)):
+        metrics.write_text(json.dumps({documented.metric: measured}))
+        ok, verdict = reproduce.check(documented, metrics)
+        assert ok is expected, verdict
+
+
+def test_wilson_interval_matches_the_textbook_values() -> None:
+    # Wilson score intervals at 95% (Newcombe 1998, table I): 0/10 → [0, 0.2775], 1/10 → [0.0179, 0.4042]
+    assert reproduce.wilson_interval(0, 10, 0.95) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert reproduce.wilson_interval(1, 10, 0.95) == pytest.approx((0.0179, 0.4042), abs=1e-4)
+
+
+def test_binomial_band_scales_with_the_figure(results: Path, tmp_path: Path) -> None:
+    results.write_text(RESULTS.replace("0.0500 | ± 0.01", "0.0047 | Wilson 99%, n = 4,466 chars"))
+    metrics = tmp_path / "metrics.json"
+    verdicts = {}
+    for measured in (0.0047, 0.0081, 0.0094, 0.0141):
+        metrics.write_text(json.dumps({"test/cer": measured}))
+        done = run_script("tiny", "--results", str(results), "--metrics", str(metrics))
+        verdicts[measured] = (done.returncode, done.stdout)
+    band = "(Wilson 99% of 21/4466: [0.0027, 0.0082])"
+    assert verdicts[0.0047] == (0, f"PASS tiny: test/cer=0.0047, documented 0.0047 {band} (+0.0000)\n")
+    assert verdicts[0.0081][0] == 0
+    fail = f"FAIL tiny: test/cer=0.0094, documented 0.0047 {band} (+0.0047, outside the tolerance)\n"
+    assert verdicts[0.0094] == (1, fail)
+    assert verdicts[0.0141][0] == 1
+
+
+def test_relative_band(results: Path, tmp_path: Path) -> None:
+    results.write_text(RESULTS.replace("0.0500 | ± 0.01", "0.0500 | ± 20%"))
+    metrics = tmp_path / "metrics.json"
+    for measured, code in ((0.059, 0), (0.061, 1), (0.041, 0), (0.039, 1)):
+        metrics.write_text(json.dumps({"test/cer": measured}))
+        done = run_script("tiny", "--results", str(results), "--metrics", str(metrics))
+        assert done.returncode == code, done.stdout
+    assert "documented 0.0500 ± 20% [0.0400, 0.0600] (-0.0110, outside the tolerance)" in done.stdout
+
+
+def test_binomial_band_refuses_a_run_that_scored_other_data(results: Path, tmp_path: Path) -> None:
+    results.write_text(RESULTS.replace("0.0500 | ± 0.01", "0.2500 | Wilson 99%, n = 8 chars"))
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"test/cer": 0.25}))
+    predictions = tmp_path / "predictions_test.tsv"
+    predictions.write_text("id\treference\thypothesis\na\t1234\t124\nb\t5678\t568\n")
+    assert run_script("tiny", "--results", str(results), "--metrics", str(metrics)).returncode == 0
+    predictions.write_text("id\treference\thypothesis\na\t1234\t124\nb\t56789\t568\n")
+    done = run_script("tiny", "--results", str(results), "--metrics", str(metrics))
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"error: {predictions} scores 9 characters, but the tolerance of tiny in RESULTS.md is for n = 8: the run "
+        "used other data (split sizes, seed or filters); rerun with the documented data\n"
+    )

@@ -2,13 +2,15 @@
 
 Every failure raises :class:`~recognizer.data.lines.DataError` naming the file and the fix: a
 missing, corrupt or unsupported file, NaN/Inf samples, empty or all-zero audio, and a sample rate
-that differs from the model's when resampling is off. Clipping is only counted and logged (it
-degrades audio but does not break the CTC contract).
+that differs from the model's when resampling is off. Each carries the audit's reason code, so the
+pre-flight audit drops and counts such files under ``stability.audit_policy=drop``. Clipping is only
+counted and logged (it degrades audio but does not break the CTC contract).
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +29,51 @@ CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 def audio_info(path: Path) -> tuple[int, int]:
     """``(num_samples, sample_rate)`` from the file header, without decoding the audio."""
     if not path.is_file():
-        raise DataError(f"audio file {path} does not exist: fix the path or remove it from the manifest")
+        raise DataError(
+            f"audio file {path} does not exist: fix the path or remove it from the manifest", "missing_file"
+        )
+    if path.stat().st_size == 0:
+        raise DataError(f"audio {path} is an empty file (0 bytes): remove it from the manifest", "empty_input")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as e:
         raise DataError(
             f"cannot read audio {path}: {e}. Supported formats are those of libsndfile "
-            "(WAV, FLAC, OGG/Vorbis, MP3, ...); convert the file (e.g. to 16-bit FLAC) or remove it"
+            "(WAV, FLAC, OGG/Vorbis, MP3, ...); convert the file (e.g. to 16-bit FLAC) or remove it",
+            "unreadable",
         ) from None
+    missing = wav_missing_bytes(path)
+    if missing:
+        raise DataError(
+            f"audio {path} is truncated: its WAV header declares {missing} more bytes of audio than the file "
+            "holds (an interrupted copy or download?): copy it again or remove it from the manifest",
+            "truncated",
+        )
     return int(info.frames), int(info.samplerate)
+
+
+def wav_missing_bytes(path: Path) -> int:
+    """For a RIFF/WAVE file, how many bytes of its ``data`` chunk are missing from the file (0 otherwise).
+
+    libsndfile reads a cut WAV without complaint, as shorter audio, so the transcript would no
+    longer match it; the header still declares the original size. Streaming writers that leave the
+    size unknown (0 or 0xFFFFFFFF) are not taken for truncated.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return 0
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                if length in (0, 0xFFFFFFFF):
+                    return 0
+                return max(0, offset + 8 + length - size)
+            offset += 8 + length + (length & 1)  # chunks are padded to an even length
+    return 0
 
 
 def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
@@ -55,19 +93,26 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         if not path.is_file():
-            raise DataError(f"audio file {path} does not exist: fix the path or remove it from the manifest") from None
-        raise DataError(f"cannot read audio {path}: {e}. Convert it (e.g. to 16-bit FLAC) or remove it") from None
+            raise DataError(
+                f"audio file {path} does not exist: fix the path or remove it from the manifest", "missing_file"
+            ) from None
+        raise DataError(
+            f"cannot read audio {path}: {e}. Convert it (e.g. to 16-bit FLAC) or remove it", "unreadable"
+        ) from None
     wave = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.isfinite(wave).all():
         n = int((~np.isfinite(wave)).sum())
         raise DataError(
             f"audio {path} has {n} non-finite sample(s) (NaN/Inf): fix or remove the file; "
-            "non-finite inputs make the CTC loss NaN"
+            "non-finite inputs make the CTC loss NaN",
+            "non_finite",
         )
     if wave.size == 0:
-        raise DataError(f"audio {path} is empty (0 samples): remove it from the manifest")
+        raise DataError(f"audio {path} is empty (0 samples): remove it from the manifest", "empty_input")
     if not np.any(wave):
-        raise DataError(f"audio {path} is silent (all {wave.size} samples are 0): remove it from the manifest")
+        raise DataError(
+            f"audio {path} is silent (all {wave.size} samples are 0): remove it from the manifest", "silent"
+        )
     clipped = int((np.abs(wave) >= CLIP_LEVEL).sum())
     if clipped:
         log.warning("audio %s: %d of %d samples are clipped (|x| >= %g)", path, clipped, wave.size, CLIP_LEVEL)
@@ -76,7 +121,8 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
         if not resample:
             raise DataError(
                 f"audio {path} is sampled at {rate} Hz but the model expects {sample_rate} Hz: set "
-                f"data.resample=true, or resample the file, or set data.sample_rate={rate}"
+                f"data.resample=true, or resample the file, or set data.sample_rate={rate}",
+                "wrong_rate",
             )
         x = AF.resample(x, rate, sample_rate)  # length: resampled_length(N, rate, sample_rate)
     return x

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from torch.utils.data import Dataset
@@ -20,7 +21,20 @@ T = TypeVar("T")
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file or sample and the fix."""
+    """Bad input data; the message names the file or sample and the fix.
+
+    Args:
+        message: what is wrong, with the file or sample and the fix.
+        reason: for a problem of one sample's input, the audit's reason code (``unreadable``,
+            ``empty_input``, ``truncated``, ``silent``, ``wrong_rate``, ``missing_file``,
+            ``out_of_range``, ``non_finite``; see :data:`recognizer.stability.audit.FIXES`): the
+            pre-flight audit then drops and counts the sample under ``stability.audit_policy=drop``
+            instead of stopping. None for errors of a whole manifest or configuration.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def check_unique(records: Sequence[Any], source: str | Path) -> None:
@@ -83,14 +97,56 @@ def write_manifest(path: Path, rows: Sequence[str]) -> Path:
 class RecordDataset(Dataset):
     """A dataset over ``records`` that each carry an ``id`` and a ``text``.
 
-    Subclasses set ``self.records`` and provide ``widths`` (input lengths along the padded axis,
-    known without decoding) and ``load(i)``; the audit and the loaders rely on exactly these.
+    Subclasses set ``self.records`` and provide ``_width(i)`` (sample ``i``'s input length along
+    the padded axis, read from its header without decoding; a :class:`DataError` with a reason
+    when the header says the input is unusable) and ``load(i)``. The audit reads
+    ``header_widths`` and ``unreadable`` and loads every kept input once; the loaders rely on
+    ``header_widths`` and ``load``.
     """
 
     records: Sequence[Any]
+    _widths: list[int] | None = None
+    _unreadable: dict[int, DataError]
+    #: samples a reader's filter removed before the audit (reason → count, e.g. ``{"duration": 3}``)
+    filtered: Mapping[str, int] = MappingProxyType({})
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def _width(self, index: int) -> int:
+        raise NotImplementedError
+
+    def _probe(self) -> list[int]:
+        """Read every header once: widths (0 where unreadable) and the errors of unreadable samples."""
+        if self._widths is None:
+            widths, unreadable = [], {}
+            for i in range(len(self.records)):
+                try:
+                    widths.append(self._width(i))
+                except DataError as e:  # one bad file is the audit's business, not a reason to stop here
+                    widths.append(0)
+                    unreadable[i] = e
+            self._widths, self._unreadable = widths, unreadable
+        return self._widths
+
+    @property
+    def widths(self) -> list[int]:
+        """Input width of every sample, from the headers (cached); raises the first unreadable sample's DataError."""
+        widths = self._probe()
+        for error in self._unreadable.values():
+            raise DataError(str(error), error.reason)
+        return widths
+
+    @property
+    def header_widths(self) -> list[int]:
+        """Like ``widths``, but 0 for the samples in ``unreadable`` instead of raising (the audit drops them)."""
+        return self._probe()
+
+    @property
+    def unreadable(self) -> dict[int, DataError]:
+        """Samples whose header says their input cannot be used: index → the error naming the file and fix."""
+        self._probe()
+        return self._unreadable
 
     @property
     def ids(self) -> list[str]:

@@ -9,6 +9,7 @@ read with soundfile (no FFmpeg needed).
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def normalize_text(text: str, lowercase: bool = True) -> str:
 def read_librispeech(root: str | Path, subsets: list[str], lowercase: bool = True) -> list[AudioRecord]:
     """All utterances of ``subsets`` (e.g. ``["train-clean-100", "train-clean-360"]``) under ``root``.
 
-    Durations come from the FLAC headers. Raises DataError naming the folder, transcript line or
-    audio file that does not fit the layout.
+    Durations come from the FLAC headers (NaN for an unreadable file: the audit reports it). Raises
+    DataError naming the folder, transcript line or audio file that does not fit the layout.
     """
     root = Path(root)
     records: list[AudioRecord] = []
@@ -59,6 +60,10 @@ def _read_chapter(trans: Path, lowercase: bool) -> list[AudioRecord]:
         audio = trans.parent / f"{utt}.flac"
         if not audio.is_file():
             raise DataError(f"{trans}:{lineno}: utterance {utt} has no audio file {audio}")
-        num_samples, rate = audio_info(audio)
-        records.append(AudioRecord(utt, audio, normalize_text(text, lowercase), num_samples / rate))
+        try:
+            num_samples, rate = audio_info(audio)
+            duration = num_samples / rate
+        except DataError:  # a corrupt file is the audit's to drop or report, with the others; NaN: unknown
+            duration = math.nan
+        records.append(AudioRecord(utt, audio, normalize_text(text, lowercase), duration))
     return records

@@ -122,8 +122,10 @@ def _load_gray(path: Path) -> np.ndarray:
                         arr = arr / 65535.0 if im.mode == "I;16" else arr
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}. Re-export it or remove it from the manifest") from None
+    except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:  # EOFError: a truncated .npy
+        raise DataError(
+            f"cannot read image {path}: {e}. Re-export it or remove it from the manifest", "unreadable"
+        ) from None
     return arr
 
 
@@ -151,23 +153,28 @@ class LineDataset(RecordDataset):
         self.invert = invert
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
-        self._widths: list[int] | None = None
 
-    @property
-    def widths(self) -> list[int]:
-        """Input width of every sample after resizing (read from headers, cached)."""
-        if self._widths is None:
-            widths = []
-            for r in self.records:
-                try:
-                    w, h = _image_size(r.path)
-                except (OSError, UnidentifiedImageError, ValueError) as e:
-                    raise DataError(f"cannot read image {r.path} (sample {r.id}): {e}") from None
-                if w == 0 or h == 0:
-                    raise DataError(f"image {r.path} (sample {r.id}) is empty: {w}x{h} pixels")
-                widths.append(self._scaled_width(w, h))
-            self._widths = widths
-        return self._widths
+    def _width(self, index: int) -> int:
+        """Sample ``index``'s width after resizing, from its header; a DataError (with a reason) if unusable."""
+        r = self.records[index]
+        if r.path.stat().st_size == 0:
+            raise DataError(
+                f"image {r.path} (sample {r.id}) is an empty file (0 bytes): export it again or remove it "
+                "from the manifest",
+                "empty_input",
+            )
+        try:
+            w, h = _image_size(r.path)
+        except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:
+            raise DataError(
+                f"cannot read image {r.path} (sample {r.id}): {e}. Re-export it or remove it from the manifest",
+                "unreadable",
+            ) from None
+        if w == 0 or h == 0:
+            raise DataError(
+                f"image {r.path} (sample {r.id}) is empty: {w}x{h} pixels; remove it from the manifest", "empty_input"
+            )
+        return self._scaled_width(w, h)
 
     def _scaled_width(self, w: int, h: int) -> int:
         return max(1, round(w * self.height / h)) if h != self.height else w
@@ -183,15 +190,20 @@ class LineDataset(RecordDataset):
             n = int((~np.isfinite(arr)).sum())
             raise DataError(
                 f"image {r.path} (sample {r.id}) has {n} non-finite pixel value(s) (NaN/Inf): "
-                "fix or remove the file; non-finite inputs make the CTC loss NaN"
+                "fix or remove the file; non-finite inputs make the CTC loss NaN",
+                "non_finite",
             )
         if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
-            raise DataError(f"image {r.path} (sample {r.id}) is empty or not 2-D: {arr.shape}")
+            raise DataError(
+                f"image {r.path} (sample {r.id}) is empty or not 2-D: {arr.shape}; remove it from the manifest",
+                "empty_input",
+            )
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:
             raise DataError(
                 f"image {r.path} (sample {r.id}) has values in [{lo:g}, {hi:g}]; float images "
-                "must hold values in [0, 1]"
+                "must hold values in [0, 1]: scale them, or save the image as 8- or 16-bit",
+                "out_of_range",
             )
         if self.invert:
             arr = 1.0 - arr

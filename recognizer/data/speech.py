@@ -9,6 +9,7 @@ the first step; an item's input is ``(1, n_mels, frames)``, time as width, like 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,22 +51,36 @@ def read_audio_manifest(path: str | Path) -> list[AudioRecord]:
 
 
 def filter_duration(
-    records: list[AudioRecord], min_duration: float | None, max_duration: float | None, source: str
+    records: list[AudioRecord],
+    min_duration: float | None,
+    max_duration: float | None,
+    source: str,
+    warn: bool = False,
 ) -> list[AudioRecord]:
-    """Keep utterances with ``min_duration <= duration <= max_duration`` (seconds); log what was dropped."""
-    kept = [
-        r
-        for r in records
-        if (min_duration is None or r.duration >= min_duration) and (max_duration is None or r.duration <= max_duration)
-    ]
+    """Keep utterances with ``min_duration <= duration <= max_duration`` (seconds); log what was dropped.
+
+    Args:
+        warn: log the removal as a WARNING (for val/test: it changes what the metrics cover), else INFO.
+
+    An utterance of unknown (NaN) duration, an unreadable file, is kept for the audit to report.
+    """
+
+    def within(duration: float) -> bool:
+        if math.isnan(duration):
+            return True
+        return (min_duration is None or duration >= min_duration) and (max_duration is None or duration <= max_duration)
+
+    kept = [r for r in records if within(r.duration)]
     if len(kept) < len(records):
-        log.info(
-            "%s: dropped %d of %d utterances outside [%s, %s] s",
+        log.log(
+            logging.WARNING if warn else logging.INFO,
+            "%s: dropped %d of %d utterances outside data.min_duration=%s .. data.max_duration=%s s%s",
             source,
             len(records) - len(kept),
             len(records),
             min_duration,
             max_duration,
+            "; they are not scored (counted as filtered/duration in audit.json and metrics.json)" if warn else "",
         )
     if not kept:
         raise DataError(
@@ -99,23 +114,21 @@ class AudioDataset(RecordDataset):
         self.resample = resample
         self.cache = cache
         self._cache: dict[int, Tensor] = {}
-        self._widths: list[int] | None = None
 
-    @property
-    def widths(self) -> list[int]:
-        """Feature frames of every utterance, from the audio headers (cached)."""
-        if self._widths is None:
-            self._widths = [self._frames(r) for r in self.records]
-        return self._widths
+    def _width(self, index: int) -> int:
+        return self._frames(self.records[index])
 
     def _frames(self, r: AudioRecord) -> int:
         num_samples, rate = audio_info(r.path)
         if num_samples == 0:
-            raise DataError(f"audio {r.path} (utterance {r.id}) is empty (0 samples): remove it from the manifest")
+            raise DataError(
+                f"audio {r.path} (utterance {r.id}) is empty (0 samples): remove it from the manifest", "empty_input"
+            )
         if rate != self.sample_rate and not self.resample:
             raise DataError(
                 f"audio {r.path} (utterance {r.id}) is sampled at {rate} Hz but the model expects "
-                f"{self.sample_rate} Hz: set data.resample=true, or resample the file, or set data.sample_rate={rate}"
+                f"{self.sample_rate} Hz: set data.resample=true, or resample the file, or set data.sample_rate={rate}",
+                "wrong_rate",
             )
         return self.features.num_frames(resampled_length(num_samples, rate, self.sample_rate))
 
@@ -130,7 +143,8 @@ class AudioDataset(RecordDataset):
         if self._widths is not None and x.shape[-1] != self._widths[index]:
             raise DataError(
                 f"audio {r.path} (utterance {r.id}) decodes to {x.shape[-1]} frames but its header "
-                f"promised {self._widths[index]}: re-encode the file as WAV or FLAC"
+                f"promised {self._widths[index]}: re-encode the file as WAV or FLAC",
+                "truncated",
             )
         if self.cache:  # return the cached copy so the first epoch sees the same values as later ones
             self._cache[index] = x.half()

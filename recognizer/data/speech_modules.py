@@ -83,14 +83,20 @@ class AudioManifestData(SplitData):
         return read_audio_manifest(source)
 
     def dataset(self, split: str) -> AudioDataset:
-        records = filter_duration(self.records(split), self.min_duration, self.max_duration, f"{split} data")
-        return AudioDataset(
+        everything = self.records(split)
+        records = filter_duration(
+            everything, self.min_duration, self.max_duration, f"{split} data", warn=split != "train"
+        )
+        dataset = AudioDataset(
             records,
             self.features,
             self.sample_rate,
             resample=self.resample,
             cache=self.cache,
         )
+        if len(records) < len(everything):  # reported with the audit's counts of this split
+            dataset.filtered = {"duration": len(everything) - len(records)}
+        return dataset
 
 
 class SpokenDigitsData(AudioManifestData):

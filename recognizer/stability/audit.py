@@ -1,10 +1,12 @@
 """Pre-flight audit: every sample is checked against the CTC contract before the first step.
 
-Checks, per sample: empty transcript; symbols outside the alphabet; transcript longer than
-``max_label_length``; the exact CTC bound ``T_out >= L + adjacent repeats``; the safety rule
-``T_out >= ratio * L``; non-finite or out-of-range input values. ``T_out`` comes from the model's
-``output_lengths``, so nothing needs a forward pass. Violations are either fatal (``error``: the
-message lists offending samples and says what to change) or dropped and counted (``drop``).
+Checks, per sample: an input the reader cannot use (unreadable, empty, silent, missing, at the
+wrong sample rate: found in the headers, or when the input is loaded); empty transcript; symbols
+outside the alphabet; transcript longer than ``max_label_length``; the exact CTC bound
+``T_out >= L + adjacent repeats``; the safety rule ``T_out >= ratio * L``; non-finite or
+out-of-range input values. ``T_out`` comes from the model's ``output_lengths``, so nothing needs a
+forward pass. Violations are either fatal (``error``: the message lists offending samples and says
+what to change) or dropped and counted by reason (``drop``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +38,39 @@ FIXES = {
     "non_finite": "fix or remove the files with NaN/Inf values",
     "unreadable": "re-encode or remove these files (each message says what is wrong), or set "
     "stability.audit_policy=drop to train without them",
+    "empty_input": "remove the empty files (0 bytes, 0 samples or 0 pixels) from the manifest, or set "
+    "stability.audit_policy=drop to train without them",
+    "silent": "remove the silent recordings (every sample 0) or replace them with the real audio, or set "
+    "stability.audit_policy=drop to train without them",
+    "wrong_rate": "set data.resample=true, resample the files to data.sample_rate, or set "
+    "stability.audit_policy=drop to train without them",
+    "truncated": "copy or export the files again (their headers promise more audio than they hold), or set "
+    "stability.audit_policy=drop to train without them",
+    "missing_file": "fix the paths in the manifest (relative paths are relative to it) or remove those lines",
+    "out_of_range": "scale float images to [0, 1], or save them as 8- or 16-bit images",
 }
+# Reasons of the inputs themselves (not the transcripts): they are counted under these names.
+INPUT_REASONS = (
+    "unreadable",
+    "empty_input",
+    "truncated",
+    "silent",
+    "wrong_rate",
+    "missing_file",
+    "out_of_range",
+    "non_finite",
+)
 
 
 class AuditError(ValueError):
     """The data breaks the CTC contract and the policy is ``error``."""
+
+
+def reason_of(error: DataError) -> str:
+    """The audit reason of a reader's error about one input (errors without a reason: by their message)."""
+    if error.reason in FIXES:
+        return error.reason
+    return "non_finite" if "non-finite" in str(error) else "unreadable"
 
 
 @dataclass
@@ -53,6 +83,7 @@ class AuditReport:
     violations: dict[str, list[str]] = field(default_factory=dict)  # reason → sample ids
     details: dict[str, list[str]] = field(default_factory=dict)  # reason → examples with numbers
     stats: dict[str, float] = field(default_factory=dict)
+    filtered: dict[str, int] = field(default_factory=dict)  # removed by a reader's filter before the audit
 
     @property
     def dropped(self) -> int:
@@ -63,9 +94,17 @@ class AuditReport:
         for reason, ids in self.violations.items():
             examples = "; ".join(self.details[reason][:3])
             lines.append(f"  {reason}: {len(ids)} — e.g. {examples} — fix: {FIXES[reason]}")
+        for reason, n in self.filtered.items():
+            lines.append(f"  filtered before the audit ({reason}): {n}")
         stats = ", ".join(f"{k}={v:.4g}" for k, v in self.stats.items())
         lines.append(f"  stats: {stats}")
         return "\n".join(lines)
+
+    def counts(self) -> dict[str, int]:
+        """What this split lost, as metrics: ``dropped``, ``dropped/<reason>`` and ``filtered/<reason>``."""
+        counts = {"dropped": self.dropped}
+        counts |= {f"dropped/{reason}": len(ids) for reason, ids in self.violations.items()}
+        return counts | {f"filtered/{reason}": n for reason, n in self.filtered.items()}
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +113,7 @@ class AuditReport:
             "kept": len(self.kept),
             "dropped": self.dropped,
             "violations": {k: {"count": len(v), "examples": self.details[k][:20]} for k, v in self.violations.items()},
+            "filtered": self.filtered,
             "stats": self.stats,
         }
 
@@ -91,6 +131,7 @@ def audit_split(
     max_label_length: int | None = None,
     load_input: Callable[[int], Tensor] | None = None,
     drop_hint: str = "set stability.audit_policy=drop to train without these samples",
+    unreadable: Mapping[int, DataError] | None = None,
 ) -> AuditReport:
     """Audit one split.
 
@@ -106,6 +147,9 @@ def audit_split(
         load_input: if given, ``load_input(i)`` returns sample ``i``'s input; every input is then
             loaded once to check for non-finite values and to collect value statistics.
         drop_hint: how the caller's user turns on ``drop`` (the end of the error message).
+        unreadable: samples whose input the reader already found unusable from its header
+            (index → the reader's error, which names the file and carries the reason); their
+            ``widths`` entries are ignored.
     """
     if policy not in ("error", "drop"):
         raise ValueError(f"audit policy must be 'error' or 'drop', got {policy!r}")
@@ -116,7 +160,10 @@ def audit_split(
             "stability.unknown=unk needs the symbol <unk> in the alphabet: add a line <unk> to the "
             "alphabet file (a built alphabet gets it automatically)"
         )
-    t_out = output_lengths(torch.tensor(list(widths), dtype=torch.long)).tolist()
+    unreadable = unreadable or {}
+    # an unusable input's width is a placeholder: give output_lengths a valid one
+    widths = [1 if i in unreadable else w for i, w in enumerate(widths)]
+    t_out = output_lengths(torch.tensor(widths, dtype=torch.long)).tolist()
     violations: dict[str, list[str]] = {}
     details: dict[str, list[str]] = {}
     fatal: set[str] = set()
@@ -131,6 +178,9 @@ def audit_split(
             fatal.add(reason)
 
     for i, text in enumerate(texts):
+        if i in unreadable:  # first: a file that cannot be read is reported as such, whatever its label
+            flag(reason_of(unreadable[i]), i, str(unreadable[i]), policy == "error")
+            continue
         text = normalize(text)
         if not text:
             flag("empty", i, "empty transcript", policy == "error")
@@ -170,7 +220,7 @@ def audit_split(
         )
     if load_input is not None:
         _scan_inputs(kept, ids, load_input, stats, flag, policy)
-        bad = set(violations.get("non_finite", [])) | set(violations.get("unreadable", []))
+        bad = {sample for reason in INPUT_REASONS for sample in violations.get(reason, [])}
         kept = [i for i in kept if ids[i] not in bad]
     report = AuditReport(split, len(ids), kept, violations, details, stats)
     if fatal:
@@ -197,7 +247,7 @@ def _scan_inputs(
         try:
             x = load_input(i).double()
         except DataError as e:  # the dataset's own checks name the file: NaN/Inf, silent, corrupt data
-            flag("non_finite" if "non-finite" in str(e) else "unreadable", i, str(e), policy == "error")
+            flag(reason_of(e), i, str(e), policy == "error")
             continue
         finite = torch.isfinite(x)
         if not bool(finite.all()):
@@ -215,9 +265,13 @@ def _scan_inputs(
 
 
 def write_reports(reports: Sequence[AuditReport], folder: str | Path) -> Path:
-    """Save the reports as ``audit.json`` in the run directory and log their summaries."""
+    """Save the reports as ``audit.json`` in the run directory and log their summaries.
+
+    A split that lost samples (dropped by the audit or filtered by its reader) is logged as a
+    WARNING: its metrics cover fewer samples than its manifest lists.
+    """
     path = Path(folder) / "audit.json"
     path.write_text(json.dumps([r.to_dict() for r in reports], indent=2) + "\n", encoding="utf-8")
     for r in reports:
-        log.info("%s", r.summary())
+        log.log(logging.WARNING if r.dropped or r.filtered else logging.INFO, "%s", r.summary())
     return path
