@@ -65,3 +65,33 @@ def test_crnn_takes_spectrograms_with_time_as_width() -> None:
     logits, out = model(torch.randn(2, 1, 80, 90), lengths)
     assert out.tolist() == model.output_lengths(lengths).tolist() == [22, 10]
     assert logits.shape == (2, 22, 12)
+
+
+def test_training_output_and_running_statistics_do_not_depend_on_padding() -> None:
+    """The conv module's BatchNorm takes its statistics from the valid frames only."""
+    reference = small_conformer(dropout=0.0).state_dict()
+    model = small_conformer(dropout=0.0).train()
+    torch.manual_seed(1)
+    narrow, wide = torch.randn(1, 20, 23), torch.randn(1, 20, 90)
+
+    def forward(samples: list[torch.Tensor], frames: int) -> tuple[torch.Tensor, dict]:
+        model.load_state_dict(reference)  # fresh running statistics
+        x = torch.randn(len(samples), 1, 20, frames)  # noise in the padding too
+        for i, s in enumerate(samples):
+            x[i, ..., : s.size(-1)] = s
+        logits, _ = model(x, torch.tensor([s.size(-1) for s in samples]))
+        return logits.detach(), {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+    n = int(model.output_lengths(torch.tensor([23])))
+    alone, stats_alone = forward([narrow], 23)
+    padded, stats_padded = forward([narrow], 90)
+    torch.testing.assert_close(padded[0, :n], alone[0, :n], atol=1e-5, rtol=0)
+    beside, stats_beside = forward([narrow, wide], 90)
+    bucketed, stats_bucketed = forward([narrow, wide], 200)
+    m = int(model.output_lengths(torch.tensor([90])))
+    torch.testing.assert_close(bucketed[0, :n], beside[0, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(bucketed[1, :m], beside[1, :m], atol=1e-5, rtol=0)
+    assert stats_alone  # the conv modules' BatchNorm buffers
+    for k in stats_alone:
+        torch.testing.assert_close(stats_padded[k], stats_alone[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(stats_bucketed[k], stats_beside[k], atol=1e-6, rtol=0)

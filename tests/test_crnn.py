@@ -65,3 +65,37 @@ def test_height_must_be_divisible_by_pooling() -> None:
 def test_bad_rnn_type() -> None:
     with pytest.raises(ValueError, match="rnn_type must be 'lstm' or 'gru'"):
         small_crnn(rnn_type="transformer")
+
+
+def padded_batch(samples: list[torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(1, H, w)`` samples → a zero-padded ``(B, 1, H, width)`` batch and ``(B,)`` widths."""
+    batch = torch.zeros(len(samples), *samples[0].shape[:-1], width)
+    for i, s in enumerate(samples):
+        batch[i, ..., : s.size(-1)] = s
+    return batch, torch.tensor([s.size(-1) for s in samples])
+
+
+def train_forward(model: CRNN, samples: list[torch.Tensor], width: int) -> tuple[torch.Tensor, dict]:
+    """One training-mode forward from fresh running statistics: logits and the BatchNorm buffers after it."""
+    model.load_state_dict(small_crnn(dropout=0.0).state_dict())
+    logits, _ = model.train()(*padded_batch(samples, width))
+    return logits.detach(), {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+
+def test_training_output_and_running_statistics_do_not_depend_on_padding() -> None:
+    """BatchNorm statistics come from the valid columns: neither the batch's width nor bucketing matters."""
+    model = small_crnn(dropout=0.0)
+    torch.manual_seed(1)
+    narrow, wide = torch.rand(1, 16, 12), torch.rand(1, 16, 96)
+    n = int(model.output_lengths(torch.tensor([12])))
+    alone, stats_alone = train_forward(model, [narrow], 12)
+    padded, stats_padded = train_forward(model, [narrow], 96)  # as wide as a much wider neighbour
+    torch.testing.assert_close(padded[0, :n], alone[0, :n], atol=1e-5, rtol=0)
+    for k in stats_alone:
+        torch.testing.assert_close(stats_padded[k], stats_alone[k], atol=1e-6, rtol=0)
+    beside, stats_beside = train_forward(model, [narrow, wide], 96)
+    bucketed, stats_bucketed = train_forward(model, [narrow, wide], 160)  # the same pair, padded further
+    torch.testing.assert_close(bucketed[0, :n], beside[0, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(bucketed[1, :24], beside[1, :24], atol=1e-5, rtol=0)
+    for k in stats_beside:
+        torch.testing.assert_close(stats_bucketed[k], stats_beside[k], atol=1e-6, rtol=0)

@@ -143,7 +143,9 @@ def test_non_finite_input(value: float, kind: str, tmp_path: Path) -> None:
 
 
 def test_learning_rate_high_enough_to_diverge(tmp_path: Path) -> None:
-    state = make_state(tiny_model(), tmp_path, lr=1e12)
+    # Past ~1e11 the trajectory is chaotic (a last-bit change in a gradient decides whether the run
+    # stalls at a saturated, zero-gradient state or overflows); 1e10 overflows at step 2 either way.
+    state = make_state(tiny_model(), tmp_path, lr=1e10)
     batch = make_batch([[1, 2], [3, 4]])
     with pytest.raises(NonFiniteStepError, match="the learning rate is too high for the gradient scale"):
         for _ in range(5):

@@ -4,7 +4,10 @@ Padding invariance: a sample gives the same output alone as padded in a batch (e
 subsampling front zeroes padded frames after every convolution, attention masks padded keys, and
 — because torchaudio's layer does not mask its depthwise convolution, which would otherwise mix
 padded frames into the last valid ones — the layers are run here with the padded frames zeroed
-right before that convolution (the weights and modules are torchaudio's own).
+right before that convolution (the weights and modules are torchaudio's own). In training, the
+BatchNorm after that convolution takes its statistics from the valid frames only (torchaudio's
+``BatchNorm1d`` is swapped for a :class:`~recognizer.models.norm.MaskedBatchNorm` with the same
+state_dict keys), so a sample's training output does not depend on its batch's padding either.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torchaudio.models import Conformer as TAConformer
 from torchaudio.models.conformer import ConformerLayer
 
 from recognizer.models.base import Recognizer
+from recognizer.models.norm import masked_batch_norm_from
 
 
 def frame_mask(lengths: Tensor, frames: int) -> Tensor:
@@ -84,12 +88,15 @@ def sinusoidal_positions(frames: int, d_model: int, device: torch.device) -> Ten
 
 
 def _convolution(layer: ConformerLayer, x: Tensor, keep: Tensor) -> Tensor:
-    """torchaudio's convolution module on ``(B, T, D)`` with padded frames zeroed before the depthwise conv."""
+    """torchaudio's convolution module on ``(B, T, D)``: padded frames zeroed before the depthwise
+    conv, and its BatchNorm's statistics taken over the valid frames."""
     module = layer.conv_module
     seq = module.sequential  # pointwise, GLU, depthwise, norm, SiLU, pointwise, dropout
     y = module.layer_norm(x).transpose(1, 2)  # (B, D, T)
-    y = seq[1](seq[0](y)) * keep.unsqueeze(1)
-    for m in seq[2:]:
+    mask = keep.unsqueeze(1)  # (B, 1, T)
+    y = seq[2](seq[1](seq[0](y)) * mask)
+    y = seq[3](y, mask)
+    for m in seq[4:]:
         y = m(y)
     return x + y.transpose(1, 2)
 
@@ -164,6 +171,10 @@ class ConformerCTC(Recognizer):
                 raise RuntimeError(
                     "torchaudio's ConformerLayer changed: expected its depthwise Conv1d at sequential[2]"
                 )
+            norm = layer.conv_module.sequential[3]
+            if not isinstance(norm, nn.BatchNorm1d):
+                raise RuntimeError("torchaudio's ConformerLayer changed: expected its BatchNorm1d at sequential[3]")
+            layer.conv_module.sequential[3] = masked_batch_norm_from(norm)  # same state_dict keys
         self.head = nn.Linear(d_model, num_classes)
 
     def output_lengths(self, input_lengths: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from recognizer.models.base import Recognizer
+from recognizer.models.norm import MaskedBatchNorm
 
 
 def width_mask(lengths: Tensor, width: int) -> Tensor:
@@ -19,12 +20,17 @@ def width_mask(lengths: Tensor, width: int) -> Tensor:
 
 class ConvBlock(nn.Module):
     """3×3 conv → BatchNorm → ReLU → (optional) max-pool; padded columns are zeroed afterwards,
-    so that a sample gives the same output alone or padded in a batch."""
+    so that a sample gives the same output alone or padded in a batch.
+
+    The BatchNorm takes its training statistics from the valid columns only
+    (:class:`~recognizer.models.norm.MaskedBatchNorm`), so in training too a sample's output does
+    not depend on how much padding its batch has (its width beside others, the bucketing).
+    """
 
     def __init__(self, in_channels: int, out_channels: int, pool: tuple[int, int]) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
-        self.norm = nn.BatchNorm2d(out_channels)
+        self.norm = MaskedBatchNorm(out_channels)  # state_dict keys of nn.BatchNorm2d
         self.act = nn.ReLU(inplace=True)
         self.pool_hw = (int(pool[0]), int(pool[1]))
         self.pool = nn.MaxPool2d(self.pool_hw) if self.pool_hw != (1, 1) else nn.Identity()
@@ -34,7 +40,8 @@ class ConvBlock(nn.Module):
         return torch.div(lengths - k, k, rounding_mode="floor") + 1 if k > 1 else lengths
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.act(self.norm(self.conv(x))) * width_mask(lengths, x.size(-1))
+        mask = width_mask(lengths, x.size(-1))  # (B, 1, 1, W)
+        x = self.act(self.norm(self.conv(x), mask)) * mask
         x = self.pool(x)
         lengths = self.output_lengths(lengths)
         return x * width_mask(lengths, x.size(-1)), lengths
