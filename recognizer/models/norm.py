@@ -50,23 +50,15 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-        dims = [0, *range(2, x.dim())]
         xf = x.float()
         m = mask.to(torch.float32).expand(x.size(0), 1, *x.shape[2:])  # (B, 1, *S)
-        count = m.sum()  # valid positions per channel (a 0-dim tensor: no host sync)
-        n = count.clamp(min=1.0)
-        mean = (xf * m).sum(dims) / n  # (C,)
-        centred = (xf - _channel(mean, x.dim())) * m
-        var = centred.pow(2).sum(dims) / n  # biased, as BatchNorm normalises with
-        if self.training and self.track_running_stats:
-            self._update_running(mean.detach(), var.detach(), count)
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight.float()
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias.float()
-        y = torch.addcmul(_channel(shift, x.dim()), xf, _channel(scale, x.dim()))
+        with torch.no_grad():  # the statistics' dependence on x is in _MaskedNorm.backward
+            mean, var, count = _valid_stats(xf, m)
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var, count)
+        weight = self.weight.float() if self.weight is not None else torch.ones_like(mean)
+        bias = self.bias.float() if self.bias is not None else torch.zeros_like(mean)
+        y = _MaskedNorm.apply(xf, m, mean, torch.rsqrt(var + self.eps), count.clamp(min=1.0), weight, bias)
         return y.to(x.dtype)
 
     @torch.no_grad()
@@ -82,6 +74,51 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
         unbiased = var * count / (count - 1).clamp(min=1.0)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor.to(self.running_mean.dtype))
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor.to(self.running_var.dtype))
+
+
+def _rows(t: Tensor) -> Tensor:
+    """``(B, C, *S)`` → ``(N, C)``: a view for channels-last activations, where a reduction over rows is
+    fast (reducing (B, H, W) of a channels-last tensor in place is several times slower)."""
+    return t.movedim(1, -1).reshape(-1, t.size(1))
+
+
+def _valid_stats(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``x`` over the positions where ``m`` is 1, and their count."""
+    rows, valid = _rows(x), _rows(m)  # (N, C), (N, 1)
+    count = valid.sum()  # a 0-dim tensor: no host sync
+    n = count.clamp(min=1.0)
+    masked = rows * valid
+    mean = masked.sum(0) / n
+    var = ((masked * rows).sum(0) / n - mean.pow(2)).clamp(min=0.0)  # E[x²] − E[x]² in fp32: ample here
+    return mean, var, count
+
+
+class _MaskedNorm(torch.autograd.Function):
+    """``y = (x − mean) · rstd · weight + bias`` with BatchNorm's gradient restricted to the valid positions.
+
+    Autograd through the masked statistics takes about twice the full-size operations of this closed
+    form (measured: the CRNN's training step at 64 px went from 1.00 to 1.45 × plain BatchNorm's time;
+    with this backward, see the README's speed table). ``dx = w · rstd · (dy − m · (Σ m·dy + x̂ · Σ m·dy·x̂) / n)``,
+    ``dw = Σ m·dy·x̂``, ``db = Σ m·dy`` (sums over the valid positions of each channel).
+    """
+
+    @staticmethod
+    def forward(ctx, x, m, mean, rstd, n, weight, bias):  # type: ignore[override]
+        scale = rstd * weight
+        ctx.save_for_backward(x, m, mean, rstd, n, weight)
+        return torch.addcmul(_channel(bias - mean * scale, x.dim()), x, _channel(scale, x.dim()))
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        x, m, mean, rstd, n, weight = ctx.saved_tensors
+        dim = x.dim()
+        xhat = (x - _channel(mean, dim)) * _channel(rstd, dim)
+        gm = dy * m  # the statistics only see the valid positions
+        db = _rows(gm).sum(0)
+        dw = _rows(gm * xhat).sum(0)
+        correction = (_channel(db, dim) + xhat * _channel(dw, dim)) * (m / n)
+        dx = (dy - correction) * _channel(rstd * weight, dim)
+        return dx, None, None, None, None, dw, db
 
 
 def _channel(v: Tensor, dim: int) -> Tensor:
