@@ -103,13 +103,13 @@ class _MaskedNorm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, m, mean, rstd, n, weight, bias):  # type: ignore[override]
+    def forward(ctx, x, m, mean, rstd, n, weight, bias):
         scale = rstd * weight
         ctx.save_for_backward(x, m, mean, rstd, n, weight)
         return torch.addcmul(_channel(bias - mean * scale, x.dim()), x, _channel(scale, x.dim()))
 
     @staticmethod
-    def backward(ctx, dy):  # type: ignore[override]
+    def backward(ctx, dy):
         x, m, mean, rstd, n, weight = ctx.saved_tensors
         dim = x.dim()
         xhat = (x - _channel(mean, dim)) * _channel(rstd, dim)
