@@ -36,6 +36,7 @@ def make_loader(
     bucket_pool_batches: int = 50,
     num_replicas: int = 1,
     rank: int = 0,
+    augment: bool = False,
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """A loader over ``indices`` with a seeded, resumable batch sampler.
 
@@ -50,7 +51,11 @@ def make_loader(
         bucket_pool_batches: batches per sorting pool when bucketing.
         num_replicas, rank: under DDP, this rank's shard of the batches; training shards (``shuffle``)
             are padded to equal length, evaluation shards are not (every sample counted once).
+        augment: the train loader: a dataset that augments per sample (``dataset.augmented``) is
+            indexed with ``SampleKey(index, epoch, seed)``, so each draw is fixed by those three
+            numbers in whichever worker loads it. Evaluation loaders leave it False: never augmented.
     """
+    keyed = augment and dataset.augmented
     if bucketing:
         sampler: EpochBatchSampler = BucketBatchSampler(
             indices,
@@ -62,10 +67,18 @@ def make_loader(
             num_replicas=num_replicas,
             rank=rank,
             pad_shards=shuffle,
+            keyed=keyed,
         )
     else:
         sampler = EpochBatchSampler(
-            indices, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank, pad_shards=shuffle
+            indices,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            pad_shards=shuffle,
+            keyed=keyed,
         )
     loader = DataLoader(
         dataset,

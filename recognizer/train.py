@@ -182,6 +182,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         **data.loader_options(),
         bucketing=opts.bucketing,
         bucket_pool_batches=opts.bucket_pool_batches,
+        augment=True,  # per-sample augmentation of the train split, when the data config enables it
         **shard,
     )
     val_loader, _ = make_loader(

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from recognizer.alignment import forced_alignment, main
+from recognizer.alignment import main
+from recognizer.plots import forced_alignment
 from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_forced_alignment_follows_the_emissions() -> None:
@@ -67,3 +71,24 @@ def test_training_writes_alignment_pictures_after_each_validation(data_root: Pat
 def test_no_alignment_pictures_by_default(tiny_cfg) -> None:
     train(tiny_cfg)
     assert not (Path(tiny_cfg.paths.output_dir) / "alignments").exists()
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every ``recognizer...`` module a source file imports (at any depth, lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.startswith("recognizer")}
+
+
+def test_library_modules_import_no_entry_point() -> None:
+    """The console scripts' modules sit on top: library code (the loop drawing alignments too) never imports one."""
+    scripts = re.findall(r'^recognizer-[\w-]+ = "([\w.]+):main"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert {"recognizer.train", "recognizer.alignment"} <= set(scripts)
+    for path in sorted((ROOT / "recognizer").rglob("*.py")):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        if module not in scripts:
+            assert not imported_modules(path) & set(scripts), f"{module} imports an entry point"

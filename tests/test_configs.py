@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,28 @@ def test_embedded_data_gets_its_small_data_tuning(tmp_path: Path) -> None:
     assert (cfg.optimizer.lr, cfg.scheduler.warmup_steps, cfg.optimizer.weight_decay) == (1e-3, None, 0.01)
     override = compose_config("train", ["optimizer.lr=5e-4", f"paths.output_dir={tmp_path}"])
     assert override.optimizer.lr == 5e-4  # the command line still wins
+
+
+def defaults_comments(config: str) -> dict[str, str]:
+    """``group → comment`` of each entry of a primary config's defaults list (continuation lines joined)."""
+    comments: dict[str, str] = {}
+    group = None
+    for line in (Path(CONFIG_DIR) / f"{config}.yaml").read_text().splitlines():
+        entry = re.match(r"^  - (?:optional )?(\w+): \S+\s*(?:# (.*))?$", line)
+        if entry:
+            group = entry[1]
+            comments[group] = entry[2] or ""
+        elif group and re.match(r"^\s+#   ", line):
+            comments[group] += " " + line.strip("# ")
+        else:
+            group = None
+    return comments
+
+
+@pytest.mark.parametrize("config", ["train", "eval", "doctor"])
+def test_defaults_comments_list_every_option_of_their_group(config: str) -> None:
+    comments = defaults_comments(config)
+    assert {"data", "hydra", "paths"} <= set(comments)
+    for group, comment in comments.items():
+        named = {part.split()[0].rstrip(":") for part in comment.split("|") if part.strip()}
+        assert named - {"null"} == set(options(group)), f"conf/{config}.yaml, {group}: {comment!r}"

@@ -156,6 +156,12 @@ class RecordDataset(Dataset):
     def texts(self) -> list[str]:
         return [r.text for r in self.records]
 
+    @property
+    def augmented(self) -> bool:
+        """Whether items asked for by a :class:`~recognizer.data.batching.SampleKey` are augmented
+        (the train loader then yields such keys)."""
+        return False
+
 
 class SplitData:
     """A data module's common part: a source per split, an optional alphabet file, loader settings.

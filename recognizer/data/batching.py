@@ -72,7 +72,21 @@ class Collate:
         )
 
 
-class EpochBatchSampler(Sampler[list[int]]):
+@dataclass(frozen=True)
+class SampleKey:
+    """A train sample as a keyed sampler names it: which sample, in which epoch, of which run.
+
+    A dataset that augments per sample (:class:`~recognizer.data.lines.LineDataset` with
+    ``augment``) draws from a generator seeded by these three numbers, so the draw is the same in
+    any loader worker and after a resume. Datasets index with plain ints everywhere else.
+    """
+
+    index: int
+    epoch: int
+    seed: int
+
+
+class EpochBatchSampler(Sampler[list[int | SampleKey]]):
     """Batches of indices in a per-epoch permutation seeded by ``(seed, epoch)``.
 
     The order depends only on the seed and the epoch, so a run resumed in the middle of an
@@ -94,6 +108,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         num_replicas: number of ranks sharing the epoch.
         rank: this rank's position, ``0..num_replicas-1``.
         pad_shards: make all shards equally long by repeating batches from the start of the epoch.
+        keyed: yield :class:`SampleKey` ``(index, epoch, seed)`` instead of bare indices (the train
+            loader of a dataset that augments per sample: it learns the epoch inside the workers).
     """
 
     def __init__(
@@ -106,6 +122,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         pad_shards: bool = True,
+        keyed: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,6 +136,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.pad_shards = pad_shards
+        self.keyed = keyed
         self.epoch = 0
         self.start_batch = 0
 
@@ -149,8 +167,9 @@ class EpochBatchSampler(Sampler[list[int]]):
             batches = batches + [batches[i % len(batches)] for i in range(short)]
         return batches[self.rank :: self.num_replicas]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        yield from self._shard(self._batches())[self.start_batch :]
+    def __iter__(self) -> Iterator[list[int | SampleKey]]:
+        for batch in self._shard(self._batches())[self.start_batch :]:
+            yield [SampleKey(i, self.epoch, self.seed) for i in batch] if self.keyed else [*batch]
 
     def __len__(self) -> int:
         n = len(self.indices)
@@ -182,6 +201,7 @@ class BucketBatchSampler(EpochBatchSampler):
         pool_batches: batches per sorting pool; larger pools pad less but vary less between epochs.
         num_replicas, rank, pad_shards: distributed sharding of the batches, as in :class:`EpochBatchSampler`
             (bucketing happens before sharding, so every rank gets batches of similar widths).
+        keyed: yield :class:`SampleKey` instead of bare indices, as in :class:`EpochBatchSampler`.
     """
 
     def __init__(
@@ -196,6 +216,7 @@ class BucketBatchSampler(EpochBatchSampler):
         num_replicas: int = 1,
         rank: int = 0,
         pad_shards: bool = True,
+        keyed: bool = False,
     ) -> None:
         super().__init__(
             indices,
@@ -206,6 +227,7 @@ class BucketBatchSampler(EpochBatchSampler):
             num_replicas=num_replicas,
             rank=rank,
             pad_shards=pad_shards,
+            keyed=keyed,
         )
         if pool_batches < 1:
             raise ValueError(f"pool_batches must be >= 1 (batches per sorting pool), got {pool_batches}")

@@ -17,7 +17,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from recognizer.data.augment import LineAugment
 from recognizer.data.base import DataError, RecordDataset, check_unique, read_jsonl
+from recognizer.data.batching import SampleKey
 
 __all__ = ["DataError", "LineDataset", "Record", "read_records"]
 
@@ -137,9 +139,19 @@ class LineDataset(RecordDataset):
         height: target height in pixels; widths scale with the aspect ratio.
         invert: map dark ink on light paper to bright ink on a 0 background (padding value).
         cache: keep decoded, resized images in memory (uint8) after their first load.
+        augment: applied to items asked for by :class:`SampleKey` (the train loader); items asked
+            for by a plain index, and :meth:`load`, are never augmented. The cache holds the
+            images before augmentation.
     """
 
-    def __init__(self, records: list[Record], height: int, invert: bool = True, cache: bool = False):
+    def __init__(
+        self,
+        records: list[Record],
+        height: int,
+        invert: bool = True,
+        cache: bool = False,
+        augment: LineAugment | None = None,
+    ):
         missing = [r for r in records if not r.path.is_file()]
         if missing:
             listed = ", ".join(f"{r.id} → {r.path}" for r in missing[:5])
@@ -152,6 +164,7 @@ class LineDataset(RecordDataset):
         self.height = height
         self.invert = invert
         self.cache = cache
+        self.augment = augment
         self._cache: dict[int, np.ndarray] = {}
 
     def _width(self, index: int) -> int:
@@ -218,6 +231,15 @@ class LineDataset(RecordDataset):
             return self.load(index)
         return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0)
 
-    def __getitem__(self, index: int) -> dict:
+    @property
+    def augmented(self) -> bool:
+        return self.augment is not None
+
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        """``{"id", "input": (1, height, W'), "text"}``; a :class:`SampleKey` augments (``W' >= W``)."""
+        index = key.index if isinstance(key, SampleKey) else key
         r = self.records[index]
-        return {"id": r.id, "input": self.load(index), "text": r.text}
+        image = self.load(index)
+        if isinstance(key, SampleKey) and self.augment is not None:
+            image = self.augment(image, key.seed, key.epoch, index)
+        return {"id": r.id, "input": image, "text": r.text}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recognizer.data.augment import LineAugment
 from recognizer.data.base import SplitData
 from recognizer.data.digit_lines import ensure_digit_lines
 from recognizer.data.lines import DataError, LineDataset, read_records
@@ -19,6 +20,7 @@ class LinesData(SplitData):
         cache: keep decoded images in memory after their first load.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
         batch_size, num_workers, pin_memory, persistent_workers: loader settings (:class:`SplitData`).
+        augment: augmentation of the train split's lines (used only if ``augment.enabled``), or None.
     """
 
     def __init__(
@@ -34,18 +36,22 @@ class LinesData(SplitData):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        augment: LineAugment | None = None,
     ) -> None:
         sources = {"train": train, "val": val, "test": test}
         super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
         self.height = height
         self.invert = invert
         self.cache = cache
+        self.augment = augment if augment is not None and augment.enabled else None
 
     def dataset(self, split: str) -> LineDataset:
+        """The lines of ``split``; only the train split carries the augmentation (the train loader applies it)."""
         source = self.sources.get(split)
         if source is None:
             raise DataError(f"no {split} data configured: set data.{split}=PATH (a manifest or folder)")
-        return LineDataset(read_records(source), self.height, invert=self.invert, cache=self.cache)
+        augment = self.augment if split == "train" else None
+        return LineDataset(read_records(source), self.height, invert=self.invert, cache=self.cache, augment=augment)
 
 
 class DigitLinesData(LinesData):
@@ -57,7 +63,7 @@ class DigitLinesData(LinesData):
         max_digits: each line holds 1..max_digits digits.
         height: line height in pixels.
         seed: generation seed (pools and lines).
-        cache, batch_size, num_workers, pin_memory, persistent_workers: as in :class:`LinesData`.
+        cache, batch_size, num_workers, pin_memory, persistent_workers, augment: as in :class:`LinesData`.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class DigitLinesData(LinesData):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        augment: LineAugment | None = None,
     ) -> None:
         super().__init__(
             None,
@@ -86,6 +93,7 @@ class DigitLinesData(LinesData):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
+            augment=augment,
         )
         self.root = Path(root)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -565,12 +565,12 @@ def validate_and_checkpoint(
 def write_alignments(
     model: nn.Module, loader: Iterable[Batch], alphabet: Alphabet, count: int, folder: Path
 ) -> list[Path]:
-    """Alignment pictures (:mod:`recognizer.alignment`) of the first ``count`` samples of ``loader``.
+    """Alignment pictures (:mod:`recognizer.plots`) of the first ``count`` samples of ``loader``.
 
     Written per validation when ``trainer.alignment_samples > 0``: watching the same lines epoch
     after epoch shows blank collapse or frames running out long before the CER says why.
     """
-    from recognizer.alignment import align_sample  # matplotlib: imported only when pictures are asked for
+    from recognizer.plots import align_sample  # matplotlib: imported only when pictures are asked for
 
     written: list[Path] = []
     for batch in loader:
