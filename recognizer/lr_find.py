@@ -64,6 +64,7 @@ def find_lr(cfg: DictConfig) -> LRFindResult:
         **data.loader_options(),
         bucketing=trainer.bucketing,
         bucket_pool_batches=trainer.bucket_pool_batches,
+        augment=True,  # the curve of the run you would start: augmented lines when the data config asks
     )
     device = resolve_device(trainer.device)
     precision = resolve_precision(trainer.precision, device)
