@@ -13,12 +13,12 @@ training loop uses too.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from recognizer.builders import model_from_checkpoint
 from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.errors import user_errors
 from recognizer.plots import align_sample
 from recognizer.transcribe import input_dataset
 
@@ -41,10 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("reference", nargs="?", help="the expected transcript (omit to draw input and argmax only)")
     p.add_argument("--out", default="alignment.png", help="PNG to write (default alignment.png)")
     args = p.parse_args(argv)
-    try:
+    with user_errors("recognizer-align"):  # a message and an exit code (recognizer.errors), no traceback
         written = align_image(args.checkpoint, args.image, args.reference, args.out)
-    except (FileNotFoundError, ValueError) as e:  # ValueError: DataError, UnknownSymbolError
-        sys.exit(f"recognizer-align: error: {e}")
     print(written)
 
 

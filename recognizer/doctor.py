@@ -39,6 +39,7 @@ from recognizer.builders import check_head, make_loader, run_audit
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
+from recognizer.errors import run_hydra_main
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.guard import NonFiniteGuard
@@ -638,8 +639,14 @@ def run_doctor(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport
     return report
 
 
+def main() -> None:
+    """The ``recognizer-doctor`` console script (known user errors: a message and an exit code, see
+    :mod:`recognizer.errors`; a blocking verdict exits with 1)."""
+    run_hydra_main("recognizer-doctor", hydra_main)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="doctor")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     report = run_doctor(cfg)
     if report.blocking:
         sys.exit(1)

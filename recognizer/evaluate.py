@@ -24,6 +24,7 @@ from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import evaluate
 from recognizer.engine.precision import resolve_device, resolve_precision
+from recognizer.errors import run_hydra_main
 from recognizer.metrics import ErrorRates
 
 log = logging.getLogger(__name__)
@@ -99,8 +100,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def main() -> None:
+    """The ``recognizer-eval`` console script (known user errors: a message and an exit code, see
+    :mod:`recognizer.errors`)."""
+    run_hydra_main("recognizer-eval", hydra_main)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     metrics = evaluate_checkpoint(cfg)
     s = cfg.split
     print(

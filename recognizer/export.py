@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from recognizer.builders import model_from_checkpoint
 from recognizer.ctc import BLANK
 from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.errors import user_errors
 from recognizer.transcribe import is_audio, preprocessing
 
 FORMATS = ("torchscript", "onnx")
@@ -162,10 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--formats", nargs="+", default=list(FORMATS), help="torchscript and/or onnx (default both)")
     args = p.parse_args(argv)
-    try:
+    with user_errors("recognizer-export"):  # a message and an exit code (recognizer.errors), no traceback
         written = export(args.checkpoint, args.out, args.formats)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"recognizer-export: error: {e}")
     for name, path in written.items():
         print(f"{name}: {path}")
 

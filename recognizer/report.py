@@ -33,6 +33,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from recognizer.errors import user_errors
 from recognizer.sweeps import FAILURE_FILE
 
 #: Metrics shown in the table, in this order, when any job has them.
@@ -390,11 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", help="rank and plot by this metric (default: the sweep's optimized_metric)")
     parser.add_argument("--out", help="write the report files here (default: the sweep directory)")
     args = parser.parse_args(argv)
-    try:
+    with user_errors("recognizer-sweep-report"):  # a message and an exit code (recognizer.errors), no traceback
         report = write_report(args.sweep_dir, args.metric, args.out)
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     header, rows = table_rows(report["jobs"], report["metric"], Path(args.sweep_dir))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header[:-2])]
     for row in [header, *rows]:

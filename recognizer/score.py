@@ -16,10 +16,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from recognizer.errors import user_errors
 
 
 @dataclass
@@ -196,14 +197,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.worst < 0:
         p.error(f"--worst must be >= 0, got {args.worst}")
-    try:
+    with user_errors("recognizer-score"):  # a message and an exit code (recognizer.errors), no traceback
         path = Path(args.predictions)
         if args.ref:
             rows = pair(read_texts(path), read_texts(Path(args.ref)), path, Path(args.ref))
         else:
             rows = read_predictions(path)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"recognizer-score: error: {e}")
     print(format_report(score(rows), args.worst))
 
 

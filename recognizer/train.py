@@ -40,9 +40,10 @@ from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed
-from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.engine.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
+from recognizer.errors import run_hydra_main
 from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
 from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.guard import NonFiniteStepError
@@ -67,7 +68,7 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
         return last if last.is_file() else None
     path = Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"trainer.resume={resume}: no such checkpoint")
+        raise CheckpointNotFoundError(f"trainer.resume={resume}: no such checkpoint")
     return path
 
 
@@ -111,7 +112,7 @@ def check_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
     """
     saved = saved_world_size(ckpt)
     if saved != world_size:
-        raise ValueError(
+        raise CheckpointError(
             f"cannot resume from {path}: it was written by {saved} process(es), this run has {world_size}. "
             "Steps per epoch, the LR schedule and the position in the epoch depend on the number of processes: "
             f"resume with {saved} process(es) in total (nodes × torchrun --nproc_per_node; no torchrun for 1), "
@@ -212,7 +213,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
     if ckpt is not None:
         if Alphabet(ckpt["alphabet"]) != alphabet:
-            raise ValueError(
+            raise CheckpointError(
                 f"cannot resume from {ckpt_path}: it was trained with alphabet "
                 f"{Alphabet(ckpt['alphabet'])!r}, the data gives {alphabet!r}"
             )
@@ -327,17 +328,26 @@ def final_evaluation(
         metrics |= {f"{split}/{k}": n for k, n in report.counts().items()}
     metrics["train/steps"] = state.step
     metrics["train/time"] = state.train_time
+    metrics["train/overflow_steps"] = state.guard.overflows  # fp16 overflows GradScaler skipped
+    metrics["train/nonfinite_steps"] = state.guard.skipped  # non-finite faults skipped or rolled back
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("final: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
 
 
+def main() -> None:
+    """The ``recognizer-train`` console script: :func:`hydra_main`, known user errors as a message and an
+    exit code instead of a traceback (:mod:`recognizer.errors`; ``HYDRA_FULL_ERROR=1`` shows it)."""
+    run_hydra_main("recognizer-train", hydra_main)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     """Train and return ``metrics[cfg.optimized_metric]`` for sweepers.
 
     In a ``-m`` sweep a diverged job does not end the sweep: its cause goes to ``failure.json`` and it
-    returns ``inf``, which ranks last. A single run re-raises, with the step and samples in the message.
+    returns ``inf``, which ranks last. A single run re-raises, with the step and samples in the message
+    (:func:`main` turns it into that message and exit code 5).
     A preempted run (SIGTERM/SIGUSR1) exits with ``trainer.preempt_exit_code``, a sweep included.
     """
     try:

@@ -38,6 +38,7 @@ from recognizer.data.speech import AudioDataset, AudioRecord
 from recognizer.decoding import Hypothesis, build_decoder
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.precision import resolve_device
+from recognizer.errors import user_errors
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 BEAM_FLAGS = ("beam_size", "lexicon", "lm", "lm_weight", "word_score")
@@ -200,11 +201,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with user_errors("recognizer-transcribe"):  # a message and an exit code (recognizer.errors), no traceback
         decoding = decoding_config(args.decoding, **{k: getattr(args, k) for k in BEAM_FLAGS})
         results = transcribe(args.checkpoint, args.inputs, decoding, args.batch_size, args.device)
-    except (FileNotFoundError, ValueError) as e:  # DataError is a ValueError
-        sys.exit(f"recognizer-transcribe: error: {e}")
     if args.jsonl and args.jsonl != "-":
         with open(args.jsonl, "w", encoding="utf-8") as f:
             write_results(results, f, jsonl=True, timings=args.timings)

@@ -203,8 +203,13 @@ def test_report_of_a_sweep_where_nothing_finished(tmp_path: Path, capsys: pytest
 
 
 def test_report_names_a_wrong_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main([str(tmp_path / "nope")]) == 2
-    assert capsys.readouterr().err == f"error: sweep directory {tmp_path / 'nope'} does not exist\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "nope")])
+    assert exit_info.value.code == 3  # a data error (recognizer.errors)
+    assert capsys.readouterr().err == (
+        f"recognizer-sweep-report: error: sweep directory {tmp_path / 'nope'} does not exist\n"
+        "(data error, exit code 3; HYDRA_FULL_ERROR=1 shows the traceback)\n"
+    )
     with pytest.raises(FileNotFoundError, match=r"no jobs in .*: expected folders with \.hydra/overrides\.yaml"):
         read_sweep(tmp_path)
 

@@ -29,6 +29,7 @@ def test_short_training_writes_everything(data_root: Path, tmp_path: Path) -> No
     metrics = train(compose_config("train", tiny_overrides(data_root, out)))
     assert {"val/cer", "val/wer", "val/loss", "test/cer"} <= set(metrics)
     assert 0.0 <= metrics["val/cer"] <= 1.5
+    assert metrics["train/overflow_steps"] == 0 and metrics["train/nonfinite_steps"] == 0  # fp32: no scaler
     assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((out / "audit.json").read_text())[0]["kept"] == 96
     header = (out / "predictions_test.tsv").read_text().splitlines()[0]

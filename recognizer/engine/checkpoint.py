@@ -47,6 +47,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class CheckpointError(ValueError):
+    """A file given as a checkpoint is not one (or not one this run can resume from); says what to give."""
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """The checkpoint path names nothing, or a folder."""
+
+
 #: What every checkpoint written by ``recognizer-train`` holds besides the training state.
 REQUIRED_KEYS = ("model", "alphabet", "config")
 
@@ -60,27 +68,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint holding only tensors and plain containers (no code can run).
 
     Raises:
-        FileNotFoundError: ``path`` is missing or a folder.
-        ValueError: the file is not a ``recognizer-train`` checkpoint (an export, a bare
+        CheckpointNotFoundError: ``path`` is missing or a folder (a ``FileNotFoundError``).
+        CheckpointError: the file is not a ``recognizer-train`` checkpoint (an export, a bare
             ``state_dict``, a truncated or foreign file); the message says what to give instead.
     """
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.glob("*.ckpt"))
         hint = f"it holds {', '.join(found)}" if found else "it holds no .ckpt file"
-        raise FileNotFoundError(f"checkpoint {path} is a folder, not a file ({hint}): give the .ckpt file itself")
+        raise CheckpointNotFoundError(f"checkpoint {path} is a folder, not a file ({hint}): give the .ckpt file itself")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist")
     if _is_torchscript(path):
-        raise ValueError(f"{path} is a TorchScript export, not a training checkpoint: {NOT_A_CHECKPOINT}")
+        raise CheckpointError(f"{path} is a TorchScript export, not a training checkpoint: {NOT_A_CHECKPOINT}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors carry no file name (and torch's advice to drop weights_only is unsafe)
-        raise ValueError(f"cannot load checkpoint {path} ({_load_failure(e)}): {NOT_A_CHECKPOINT}") from None
+        raise CheckpointError(f"cannot load checkpoint {path} ({_load_failure(e)}): {NOT_A_CHECKPOINT}") from None
     missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         lacks = ", ".join(map(repr, missing))
-        raise ValueError(f"{path} is not a training checkpoint (no {lacks}): {NOT_A_CHECKPOINT}")
+        raise CheckpointError(f"{path} is not a training checkpoint (no {lacks}): {NOT_A_CHECKPOINT}")
     return ckpt
 
 

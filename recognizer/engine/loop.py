@@ -44,7 +44,7 @@ from recognizer.alphabet import Alphabet
 from recognizer.ctc import CTCLoss, check_feasible, check_targets
 from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
-from recognizer.engine.checkpoint import rng_state, save_checkpoint, set_rng_state
+from recognizer.engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
 from recognizer.engine.distributed import Dist, sync_buffers
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
@@ -142,7 +142,7 @@ class TrainState:
         self.train_time = float(ckpt.get("train_time", self.history[-1]["time"] if self.history else 0.0))
         per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
         if len(per_rank) != self.dist.world_size:
-            raise ValueError(
+            raise CheckpointError(
                 f"the checkpoint holds the random states of {len(per_rank)} process(es), this run has "
                 f"{self.dist.world_size}: resume with the same number of processes"
             )
