@@ -31,6 +31,7 @@ from recognizer.engine.loop import TrainState
 from recognizer.engine.lr_finder import LRFindResult, cycle, lr_range_test, plot
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.engine.schedulers import constant
+from recognizer.errors import run_hydra_main
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.runtime import make_ctc
 from recognizer.train import seed_everything
@@ -83,8 +84,13 @@ def find_lr(cfg: DictConfig) -> LRFindResult:
     return result
 
 
+def main() -> None:
+    """The ``recognizer-lr-find`` console script: known user errors end with a message and an exit code."""
+    run_hydra_main("recognizer-lr-find", hydra_main)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="lr_find")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     result = find_lr(cfg)
     out = Path(cfg.paths.output_dir)
     others = ", ".join(f"{k} {v:.2g}" for k, v in result.suggestions.items() if k != result.method and v)
