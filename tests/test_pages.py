@@ -366,3 +366,61 @@ def test_char_map_file_and_dataset(tmp_path):
         load_char_map(str(tmp_path / "bad.tsv"))
     with pytest.raises(DataError, match=r"character mapping file .*nope\.tsv does not exist"):
         load_char_map(str(tmp_path / "nope.tsv"))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
+    """recognizer-train with data=pages stores the mapping's content; recognizer-eval applies it."""
+    from recognizer.engine.checkpoint import load_checkpoint
+    from recognizer.evaluate import evaluate_checkpoint
+    from recognizer.train import train
+    from tests.conftest import compose_config
+
+    boxes = [(4 + 10 * i, 6 + 20 * k, 8 + 10 * i, 14 + 20 * k) for k in range(4) for i in range(k + 1)]
+    write_page_image(tmp_path / "page.png", width=120, height=90, boxes=boxes)
+    lines = [
+        page_line(f"l{k}", "ſa"[: 1 + k % 2] * (k + 1), f"0,{20 * k} 120,{20 * k} 120,{20 * k + 20} 0,{20 * k + 20}")
+        for k in range(4)
+    ]
+    for name in ("train", "val"):
+        write(tmp_path / name / "p.xml", page_xml("\n".join(lines), image="../page.png", height=90))
+    mapping = write(tmp_path / "map.tsv", "ſ\ts\n")
+    common = [f"data.cache_dir={tmp_path / 'cache'}", "data.height=32", f"paths.output_dir={tmp_path / 'run'}"]
+    cfg = compose_config(
+        "train",
+        [
+            "data=pages",
+            f"data.train={tmp_path / 'train'}",
+            f"data.val={tmp_path / 'val'}",
+            f"data.char_map={mapping}",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.device=cpu",
+            "trainer.progress_bar=false",
+            "scheduler.warmup_steps=1",
+            "stability.min_frames_per_label=0",
+            *common,
+        ],
+    )
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    saved = load_checkpoint(ckpt)
+    assert saved["char_map"] == {"ſ": "s"} and "ſ" not in saved["alphabet"]
+    eval_cfg = compose_config(
+        "eval",
+        [
+            f"checkpoint={ckpt}",
+            "data=pages",
+            f"data.test={tmp_path / 'val'}",
+            *common[:2],
+            f"paths.output_dir={tmp_path / 'eval'}",
+        ],
+    )
+    metrics = evaluate_checkpoint(eval_cfg)  # the eval config names no char_map: the checkpoint's applies
+    assert metrics["test/samples"] == 4
+    references = (tmp_path / "eval" / "predictions_test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    assert [r.split("\t")[1] for r in references] == ["s", "sasa", "sss", "sasasasa"]

@@ -69,6 +69,24 @@ def polygon_area(points: Sequence[Point]) -> float:
     return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
 
 
+def line_box(shape: tuple[int, ...], points: Sequence[Point]) -> tuple[int, int, int, int]:
+    """The outline's bounding box ``(x0, y0, x1, y1)`` clipped to a page of ``shape`` (H, W).
+
+    Raises:
+        LineGeometryError: the outline lies outside the page, or encloses (almost) no area.
+    """
+    page_h, page_w = shape[:2]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= page_w or min(ys) >= page_h:
+        box = f"x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}"
+        raise LineGeometryError(OUT_OF_PAGE, f"{box} on a {page_w}x{page_h} page")
+    x0, y0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
+    x1, y1 = min(page_w, math.ceil(max(xs))), min(page_h, math.ceil(max(ys)))
+    if x1 - x0 < 2 or y1 - y0 < 2 or polygon_area(points) < 1.0:
+        raise LineGeometryError(DEGENERATE, f"a {x1 - x0}x{y1 - y0} pixel box, area {polygon_area(points):g}")
+    return x0, y0, x1, y1
+
+
 def crop_line(page: np.ndarray, points: Sequence[Point], height: int | None = None) -> np.ndarray:
     """The line image: ``page`` (uint8, (H, W)) inside the outline's bounding box, outside the outline
     painted with the median of the box's pixels outside the outline (the paper around the line).
@@ -84,15 +102,7 @@ def crop_line(page: np.ndarray, points: Sequence[Point], height: int | None = No
     Raises:
         LineGeometryError: the outline lies outside the page, or encloses (almost) no area.
     """
-    page_h, page_w = page.shape
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= page_w or min(ys) >= page_h:
-        box = f"x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}"
-        raise LineGeometryError(OUT_OF_PAGE, f"{box} on a {page_w}x{page_h} page")
-    x0, y0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
-    x1, y1 = min(page_w, math.ceil(max(xs))), min(page_h, math.ceil(max(ys)))
-    if x1 - x0 < 2 or y1 - y0 < 2 or polygon_area(points) < 1.0:
-        raise LineGeometryError(DEGENERATE, f"a {x1 - x0}x{y1 - y0} pixel box, area {polygon_area(points):g}")
+    x0, y0, x1, y1 = line_box(page.shape, points)
     crop = page[y0:y1, x0:x1]
     mask_im = Image.new("L", (x1 - x0, y1 - y0), 0)
     ImageDraw.Draw(mask_im).polygon([(x - x0, y - y0) for x, y in points], fill=1, outline=1)
