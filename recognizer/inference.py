@@ -182,6 +182,8 @@ class Transcriber:
             path = folder / f"{n}.wav"
             sf.write(path, wave, int(self.config["data"]["sample_rate"]), subtype="FLOAT")
             return path
+        if isinstance(item, Image.Image) and item.mode == "F":  # float pixels: PNG cannot hold them
+            item = np.asarray(item, dtype=np.float32)
         if isinstance(item, np.ndarray) and item.dtype.kind == "f":
             arr = item if item.ndim == 2 else item[..., :3].mean(-1)  # colour: the grey level
             path = folder / f"{n}.npy"
@@ -266,13 +268,9 @@ class Transcriber:
         names = [x.name for x in xmls]
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
-            raise ValueError(
-                f"several input pages are named {dupes[0]}: transcribe them into separate --out-dir folders"
-            )
+            raise ValueError(f"several input pages are named {dupes[0]}: transcribe them into separate output folders")
         if any(x.parent.resolve() == out.resolve() for x in xmls):
-            raise ValueError(
-                f"--out-dir {out} holds the input pages: choose another folder (inputs are never overwritten)"
-            )
+            raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
         above, below = band["baseline_above"], band["baseline_below"]
         return [self._transcribe_page(xml, out / xml.name, dirs, above, below) for xml in xmls]
 

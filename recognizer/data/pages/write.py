@@ -1,7 +1,8 @@
 """Write transcriptions back into the ALTO or PAGE file they came from, keeping everything else.
 
 The file is parsed with its comments and processing instructions and written with its namespace
-prefixes, so only each text line's text changes:
+prefixes, after its own prolog (XML declaration, comments, DOCTYPE) and in its declared encoding, so
+only each text line's text changes:
 - PAGE: the line's ``TextEquiv`` elements are replaced by one ``TextEquiv conf=".."`` holding
   ``Unicode`` (at the place of the first one, else before ``TextStyle``/``UserDefined``/``Labels``).
   ``Word``/``Glyph`` elements are left as they were.
@@ -13,6 +14,7 @@ Lines without a transcription (geometry that gave no image) are left untouched.
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,5 +151,20 @@ def write_page(xml: Path, results: Sequence[LineText | None], out: Path) -> Path
         if result is not None:
             setter(line, result)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tree.write(out, encoding="UTF-8", xml_declaration=True)
+    original = xml.read_bytes()
+    prolog = _prolog(original)
+    declared = re.match(rb"""(?:\xef\xbb\xbf)?<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)""", prolog)
+    encoding = declared.group(1).decode("ascii") if declared else "utf-8"
+    body = ET.tostring(root, encoding="unicode").encode(encoding, "xmlcharrefreplace")
+    out.write_bytes(prolog + body + (b"\n" if original.endswith(b"\n") else b""))
     return out
+
+
+def _prolog(data: bytes) -> bytes:
+    """The bytes before the root element (declaration, comments, processing instructions, DOCTYPE), which
+    ElementTree does not keep: they are written back as they were."""
+    pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    item = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>)", re.S)
+    while match := item.match(data, pos):
+        pos = match.end()
+    return data[: pos + len(data[pos:]) - len(data[pos:].lstrip())]
