@@ -324,6 +324,9 @@ def test_cache_is_reused_across_runs_and_an_edited_xml_reextracts_only_its_page(
     assert [r.text for r in edited.records("train")] == ["one", "two", "one", "deux"]
     assert (edited.line_cache.extracted, edited.line_cache.cached) == (2, 2)
 
+    same = pages_data(tmp_path, train=[str(x) for x in xmls], baseline_above=48, baseline_below=16.0)  # 48 == 48.0
+    same.records("train")
+    assert (same.line_cache.extracted, same.line_cache.cached) == (0, 4)
     other = pages_data(tmp_path, train=[str(x) for x in xmls], baseline_above=10)  # another setting: new crops
     other.records("train")
     assert (other.line_cache.extracted, other.line_cache.cached) == (4, 0)

@@ -73,9 +73,9 @@ class LineCache:
     def __init__(self, root: str | Path, above: float, below: float, height: int | None = None) -> None:
         self.root = Path(root)
         self.above, self.below, self.height = above, below, height
-        self.settings = json.dumps(
-            {"version": EXTRACTION_VERSION, "above": above, "below": below, "height": height}, sort_keys=True
-        )
+        # numbers normalised, so that 48 from a YAML file and 48.0 from Python are one cache
+        settings = {"above": float(above), "below": float(below), "height": None if height is None else int(height)}
+        self.settings = json.dumps({"version": EXTRACTION_VERSION, **settings}, sort_keys=True)
         self.reset_counters()
 
     def reset_counters(self) -> None:
