@@ -30,9 +30,11 @@ from recognizer.metrics import ErrorRates
 log = logging.getLogger(__name__)
 
 #: Data settings that define what the model sees; taken from the checkpoint, not the eval config.
-#: Images: height, invert. Audio: the log-mel front end (height equals n_mels).
+#: Images: height, invert. Pages: how lines are cut and hyphens read. Audio: the log-mel front end
+#: (height equals n_mels).
 PREPROCESSING_KEYS = (
     *("height", "invert"),
+    *("baseline_above", "baseline_below", "extract_height", "hyphen"),
     *("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize"),
 )
 
@@ -51,6 +53,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
                     "data.%s=%s from the checkpoint (the eval config said %s)", key, trained["data"][key], data_cfg[key]
                 )
                 data_cfg[key] = trained["data"][key]
+        if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
+            data_cfg.char_map = ckpt["char_map"]
     data = instantiate(data_cfg)
     dataset = data.dataset(cfg.split)
     model, alphabet = model_from_checkpoint(ckpt)

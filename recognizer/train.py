@@ -244,7 +244,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         loggers = [JsonlLogger(run_dir / "metrics.jsonl"), *(instantiate(n) for n in (cfg.logger or {}).values())]
     logger = MultiLogger(loggers)
     logger.log_config(config)
-    describe = {"config": config, "alphabet": alphabet.symbols}
+    # the character mapping's content, not its file name: eval and transcribe then need no file of this machine
+    describe = {"config": config, "alphabet": alphabet.symbols, "char_map": data.char_map}
     try:
         fit(
             state,

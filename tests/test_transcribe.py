@@ -51,7 +51,8 @@ def test_jsonl_with_timings_and_beam(ckpt: Path, images: list[Path], tmp_path: P
     out = tmp_path / "out.jsonl"
     main([str(ckpt), str(images[0]), "--jsonl", str(out)])
     greedy = json.loads(out.read_text())
-    assert set(greedy) == {"path", "text", "score"} and greedy["score"] <= 0
+    assert set(greedy) == {"path", "text", "score", "confidence"} and greedy["score"] <= 0
+    assert 0 < greedy["confidence"] <= 1
     main([str(ckpt), str(images[0]), "--jsonl", str(out), "--timings", "--decoding", "beam", "--beam-size", "8"])
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["text"] == greedy["text"] == "".join(t["token"] for t in row["tokens"])
@@ -132,7 +133,8 @@ def test_audio_checkpoint_uses_its_feature_front_end(tmp_path: Path, capsys) -> 
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [Path(r["path"]).name for r in rows] == ["a.wav", "b.flac"]
     for row, seconds in zip(rows, (1.0, 0.25)):
-        assert all(set(tok) == {"token", "frame", "time"} and 0 <= tok["time"] < seconds for tok in row["tokens"])
+        assert all(set(tok) == {"token", "frame", "time", "confidence"} for tok in row["tokens"])
+        assert all(0 <= tok["time"] < seconds and 0 < tok["confidence"] <= 1 for tok in row["tokens"])
     with pytest.raises(
         SystemExit, match=r"x.png: no input matches \(expected a file, a folder or a glob of .wav, .flac, .ogg"
     ):

@@ -191,6 +191,8 @@ class SplitData:
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
+        #: A character mapping applied to every transcript (stored in checkpoints; empty: none).
+        self.char_map: dict[str, str] = {}
 
     def has(self, split: str) -> bool:
         return self.sources.get(split) is not None

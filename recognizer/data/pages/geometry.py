@@ -1,0 +1,116 @@
+"""Cut a line image out of a page: the bounding box of the line's outline, painted with the paper
+colour outside the outline, so that ink of the lines above and below does not leak in.
+
+A line with a polygon uses it; a line with only a baseline uses a band ``above`` pixels over and
+``below`` pixels under it. Lines whose geometry cannot give an image are reported with a reason
+(one of :data:`REASONS`) instead of an image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from recognizer.data.pages.formats import PageLine, Point
+
+NO_TEXT = "no text"
+NO_GEOMETRY = "no geometry"
+DEGENERATE = "degenerate geometry"
+OUT_OF_PAGE = "outside the page"
+MISSING_IMAGE = "missing image"
+#: Why a line yields no sample, in the order they are checked.
+REASONS = (MISSING_IMAGE, NO_TEXT, NO_GEOMETRY, DEGENERATE, OUT_OF_PAGE)
+
+
+class LineGeometryError(ValueError):
+    """A line whose geometry gives no image; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def baseline_band(baseline: Sequence[Point], above: float, below: float) -> list[Point]:
+    """The polygon ``above`` pixels over and ``below`` pixels under a baseline (image y grows down)."""
+    top = [(x, y - above) for x, y in baseline]
+    bottom = [(x, y + below) for x, y in reversed(baseline)]
+    return top + bottom
+
+
+def outline(line: PageLine, scale: float, above: float, below: float) -> list[Point]:
+    """The line's outline in page pixels: its polygon, else the band around its baseline.
+
+    Raises:
+        LineGeometryError: no polygon (>= 3 points) and no baseline (>= 2 points), or a non-finite
+            coordinate.
+    """
+    polygon = [(x * scale, y * scale) for x, y in line.polygon or ()]
+    baseline = [(x * scale, y * scale) for x, y in line.baseline or ()]
+    if any(not (math.isfinite(x) and math.isfinite(y)) for x, y in polygon + baseline):
+        raise LineGeometryError(DEGENERATE, "a coordinate is not a finite number")
+    if len(set(polygon)) >= 3:
+        return polygon
+    if len(set(baseline)) >= 2:
+        return baseline_band(baseline, above, below)
+    if polygon or baseline:
+        raise LineGeometryError(
+            DEGENERATE, f"{len(set(polygon))} distinct polygon and {len(set(baseline))} baseline points"
+        )
+    raise LineGeometryError(NO_GEOMETRY, "neither a polygon nor a baseline")
+
+
+def polygon_area(points: Sequence[Point]) -> float:
+    """The shoelace area (absolute) of a closed polygon."""
+    xs = np.array([p[0] for p in points])
+    ys = np.array([p[1] for p in points])
+    return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
+
+
+def line_box(shape: tuple[int, ...], points: Sequence[Point]) -> tuple[int, int, int, int]:
+    """The outline's bounding box ``(x0, y0, x1, y1)`` clipped to a page of ``shape`` (H, W).
+
+    Raises:
+        LineGeometryError: the outline lies outside the page, or encloses (almost) no area.
+    """
+    page_h, page_w = shape[:2]
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if max(xs) <= 0 or max(ys) <= 0 or min(xs) >= page_w or min(ys) >= page_h:
+        box = f"x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}"
+        raise LineGeometryError(OUT_OF_PAGE, f"{box} on a {page_w}x{page_h} page")
+    x0, y0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
+    x1, y1 = min(page_w, math.ceil(max(xs))), min(page_h, math.ceil(max(ys)))
+    if x1 - x0 < 2 or y1 - y0 < 2 or polygon_area(points) < 1.0:
+        raise LineGeometryError(DEGENERATE, f"a {x1 - x0}x{y1 - y0} pixel box, area {polygon_area(points):g}")
+    return x0, y0, x1, y1
+
+
+def crop_line(page: np.ndarray, points: Sequence[Point], height: int | None = None) -> np.ndarray:
+    """The line image: ``page`` (uint8, (H, W)) inside the outline's bounding box, outside the outline
+    painted with the median of the box's pixels outside the outline (the paper around the line).
+
+    Args:
+        page: the grayscale page.
+        points: the outline in page pixels (:func:`outline`).
+        height: scale the crop to this height (keeping the aspect ratio); None keeps the scan's resolution.
+
+    Returns:
+        uint8 (h, w) with h, w >= 2.
+
+    Raises:
+        LineGeometryError: the outline lies outside the page, or encloses (almost) no area.
+    """
+    x0, y0, x1, y1 = line_box(page.shape, points)
+    crop = page[y0:y1, x0:x1]
+    mask_im = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(mask_im).polygon([(x - x0, y - y0) for x, y in points], fill=1, outline=1)
+    outside = np.asarray(mask_im) == 0
+    if outside.any():
+        paper = np.median(crop[outside]) if not outside.all() else np.median(crop)
+        crop = np.where(outside, np.uint8(round(float(paper))), crop)
+    if height is not None and crop.shape[0] != height:
+        width = max(2, round(crop.shape[1] * height / crop.shape[0]))
+        crop = np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(crop, dtype=np.uint8)

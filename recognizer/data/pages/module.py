@@ -1,0 +1,198 @@
+"""The page data module (``conf/data/pages.yaml``): ALTO/PAGE pages in, line images out.
+
+Lines are cut once into the line cache (:mod:`recognizer.data.pages.cache`) and then read like any
+line image set, by :class:`~recognizer.data.lines.LineDataset` (same normalisation and height
+scaling as ``data=lines``).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from recognizer.data.base import DataError, SplitData, check_unique
+from recognizer.data.lines import LineDataset, Record
+from recognizer.data.pages.cache import LineCache
+from recognizer.data.pages.formats import parse_page
+from recognizer.data.pages.geometry import NO_TEXT
+from recognizer.data.pages.sources import collect_xml, split_by_document
+
+log = logging.getLogger(__name__)
+
+Source = str | Sequence[str] | None
+
+
+def load_char_map(source: str | Path | Mapping[str, str] | None) -> dict[str, str]:
+    """A character mapping: a ``from<TAB>to`` file (UTF-8; ``to`` may be empty to delete ``from``) or a
+    mapping; keys and values are NFC-normalised. None: no mapping.
+
+    Raises:
+        DataError: a missing file or a line without a tab.
+    """
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        pairs = [(str(k), str(v)) for k, v in source.items()]
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"character mapping file {path} does not exist (data.char_map)")
+        pairs = []
+        for lineno, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), 1):
+            line = line.removesuffix("\r")
+            if not line:
+                continue
+            if "\t" not in line:
+                raise DataError(f"{path}:{lineno}: expected 'from<TAB>to', got {line!r}")
+            src, dst = line.split("\t", 1)
+            pairs.append((src, dst))
+    mapping = {unicodedata.normalize("NFC", k): unicodedata.normalize("NFC", v) for k, v in pairs if k}
+    return mapping
+
+
+def apply_char_map(text: str, mapping: Mapping[str, str]) -> str:
+    """Replace every key of ``mapping`` in ``text`` (longest keys first), then NFC and collapse spaces."""
+    for src in sorted(mapping, key=len, reverse=True):
+        text = text.replace(src, mapping[src])
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+class PagesData(SplitData):
+    """ALTO/PAGE XML pages with their images (``conf/data/pages.yaml``).
+
+    Args:
+        train, val, test: per split, a folder, glob, list file or XML file, or a list of them (or None).
+        pages: instead of ``train``/``val``/``test``: one set of pages, split by document.
+        split: with ``pages``, the fraction of documents per split, e.g. ``{train: 0.8, val: 0.1, test: 0.1}``.
+        split_seed: seeds the document split.
+        document_pattern: regular expression on the XML file stem whose first group names a page's
+            document (pages of one document stay in one split); None: each page is a document.
+        image_dirs: more folders to look for page images in (relative ones: relative to each XML's folder).
+        cache_dir: the line cache folder.
+        text_index: PAGE: which ``TextEquiv/@index`` to read (None: the first).
+        hyphen: ALTO: a line-end ``HYP`` becomes this string (None: its ``CONTENT`` as written).
+        char_map: a ``from<TAB>to`` file or a mapping applied to every transcript (stored in the checkpoint).
+        baseline_above, baseline_below: baseline-only lines: band height over and under the baseline (pixels).
+        extract_height: store cached crops at this height (None: the scan's resolution).
+        audit_policy: lines without text or usable geometry, or whose image is missing: ``error`` (stop,
+            naming the XML file and line id) or ``drop`` (skip, counted by reason). None means ``error``.
+        height, invert, cache: as in :class:`~recognizer.data.modules.LinesData`.
+        alphabet, batch_size, num_workers, pin_memory, persistent_workers: as in :class:`SplitData`.
+    """
+
+    def __init__(
+        self,
+        train: Source = None,
+        val: Source = None,
+        test: Source = None,
+        pages: Source = None,
+        split: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+        document_pattern: str | None = None,
+        image_dirs: Sequence[str] = (),
+        cache_dir: str = "data/page_lines",
+        text_index: int | None = None,
+        hyphen: str | None = None,
+        char_map: str | Mapping[str, str] | None = None,
+        baseline_above: float = 48.0,
+        baseline_below: float = 16.0,
+        extract_height: int | None = None,
+        audit_policy: str | None = "error",
+        height: int = 64,
+        invert: bool = True,
+        cache: bool = False,
+        alphabet: str | None = None,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+    ) -> None:
+        if pages is not None and any(s is not None for s in (train, val, test)):
+            raise DataError("set either data.pages (one set, split by document) or data.train/val/test, not both")
+        self.split = {k: float(v) for k, v in (split or {"train": 0.8, "val": 0.1, "test": 0.1}).items()}
+        if pages is not None and not set(self.split) <= {"train", "val", "test"}:
+            raise DataError(f"data.split names splits {sorted(self.split)}; use train, val and test")
+        sources = {"train": train, "val": val, "test": test}
+        if pages is not None:
+            sources = {s: pages if self.split.get(s, 0) > 0 else None for s in ("train", "val", "test")}
+        super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
+        if audit_policy not in (None, "error", "drop"):
+            raise ValueError(f"data.audit_policy must be error or drop, got {audit_policy!r}")
+        self.pages = pages
+        self.split_seed = split_seed
+        self.document_pattern = document_pattern
+        self.image_dirs = list(image_dirs)
+        self.text_index, self.hyphen = text_index, hyphen
+        self.char_map = load_char_map(char_map)
+        self.line_cache = LineCache(cache_dir, baseline_above, baseline_below, extract_height)
+        self.audit_policy = audit_policy or "error"
+        self.height, self.invert, self.cache = height, invert, cache
+        self.drops: dict[str, Counter[str]] = {}
+        self._files: dict[str, list[Path]] | None = None
+
+    def files(self, split: str) -> list[Path]:
+        """The XML files of ``split`` (for ``pages``: its documents' share)."""
+        if self._files is None:
+            if self.pages is not None:
+                self._files = split_by_document(
+                    collect_xml(self.pages), self.split, self.split_seed, self.document_pattern
+                )
+                log.info(
+                    "pages split by document (seed %d): %s",
+                    self.split_seed,
+                    ", ".join(f"{s} {len(f)} pages" for s, f in self._files.items()),
+                )
+            else:
+                self._files = {s: collect_xml(src) for s, src in self.sources.items() if src is not None}
+        if split not in self._files:
+            raise DataError(f"no {split} pages configured: set data.{split}=PATH (a folder, glob or list of XML files)")
+        return self._files[split]
+
+    def records(self, split: str) -> list[Record]:
+        """The kept lines of ``split`` as line-image records (extracting pages not yet cached)."""
+        records: list[Record] = []
+        drops: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        files = self.files(split)
+        self.line_cache.reset_counters()
+        for xml in files:
+            page = parse_page(xml, self.text_index, self.hyphen, self.image_dirs)
+            for line, cached in zip(page.lines, self.line_cache.lines(page)):
+                reason, detail = cached.reason, cached.detail
+                if reason is None and not line.text:
+                    reason, detail = NO_TEXT, "no TextEquiv/Unicode or String text" if line.text is None else "empty"
+                if reason is not None:
+                    where = f"{xml}: line {line.id}: {reason} ({detail})"
+                    if self.audit_policy == "error":
+                        raise DataError(
+                            f"{where}. Fix the XML or the image, or set stability.audit_policy=drop to skip "
+                            "such lines (they are counted by reason in the log)"
+                        )
+                    drops[reason] += 1
+                    examples.setdefault(reason, where)
+                    continue
+                assert cached.path is not None and line.text is not None
+                text = apply_char_map(line.text, self.char_map)
+                records.append(Record(f"{xml.stem}/{line.id}", cached.path, text))
+        check_unique(records, f"the {split} pages")
+        self.drops[split] = drops
+        dropped = ", ".join(f"{r}: {n}" for r, n in drops.most_common())
+        log.info(
+            "%s: %d pages, %d lines%s; %s",
+            split,
+            len(files),
+            len(records),
+            f", dropped {sum(drops.values())} ({dropped})" if drops else "",
+            self.line_cache.throughput(),
+        )
+        for example in examples.values():
+            log.info("  e.g. %s", example)
+        if not records:
+            raise DataError(f"the {split} pages ({len(files)} XML files) hold no usable line")
+        return records
+
+    def dataset(self, split: str) -> LineDataset:
+        return LineDataset(self.records(split), self.height, invert=self.invert, cache=self.cache)
