@@ -20,7 +20,8 @@ Usage::
 
     python scripts/bench_models.py                                  # CPU: eager and compile
     python scripts/bench_models.py --device cuda --precisions 32 16-mixed bf16-mixed --ctc native cudnn
-    python scripts/bench_models.py --models crnn-lines --modes eager --batch-size 16 --override model.channels_last=false
+    python scripts/bench_models.py --models crnn-lines --modes eager --batch-size 16 \\
+        --override model.channels_last=false
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest ops of one extra round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's)")
-    parser.add_argument("--override", nargs="*", default=[], help="extra config overrides, e.g. model.channels_last=false")
+    parser.add_argument(
+        "--override", nargs="*", default=[], help="extra config overrides, e.g. model.channels_last=false"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
