@@ -1,7 +1,21 @@
 """Data sets: embedded handwritten digit lines and spoken digits; users' line images, audio
-manifests and LibriSpeech copies."""
+manifests, audio folders with sidecar transcripts, FSDD and LibriSpeech copies."""
 
 from recognizer.data.modules import DigitLinesData, LinesData
-from recognizer.data.speech_modules import AudioManifestData, LibriSpeechData, SpokenDigitsData
+from recognizer.data.speech_modules import (
+    AudioFolderData,
+    AudioManifestData,
+    FSDDData,
+    LibriSpeechData,
+    SpokenDigitsData,
+)
 
-__all__ = ["AudioManifestData", "DigitLinesData", "LibriSpeechData", "LinesData", "SpokenDigitsData"]
+__all__ = [
+    "AudioFolderData",
+    "AudioManifestData",
+    "DigitLinesData",
+    "FSDDData",
+    "LibriSpeechData",
+    "LinesData",
+    "SpokenDigitsData",
+]
