@@ -241,7 +241,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     )
 
     device = distributed.device_for(dist, resolve_device(opts.device))
-    precision = resolve_precision(opts.precision, device)
+    precision = resolve_precision(opts.precision, device, model.bf16_on_cpu)
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))

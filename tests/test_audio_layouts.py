@@ -31,7 +31,9 @@ def write_fsdd(root: Path, speakers=("alice", "bob", "carol"), digits=(0, 3, 7),
         for digit in digits:
             for i in range(takes):
                 seconds = 0.2 + 0.01 * (i % 10)
-                sf.write(folder / f"{digit}_{speaker}_{i}.wav", tone(seconds, 8000, 300 + 50 * s), 8000, subtype="PCM_16")
+                sf.write(
+                    folder / f"{digit}_{speaker}_{i}.wav", tone(seconds, 8000, 300 + 50 * s), 8000, subtype="PCM_16"
+                )
     return root
 
 
@@ -71,7 +73,9 @@ def test_sidecar_extension_is_configurable_as_for_mboshi(tmp_path: Path) -> None
 
 def test_sidecar_folder_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", tone(0.5, 16000), 16000)
-    with pytest.raises(DataError, match=r"a\.wav has no transcript .*a\.txt: write one beside it.*data\.transcript_ext"):
+    with pytest.raises(
+        DataError, match=r"a\.wav has no transcript .*a\.txt: write one beside it.*data\.transcript_ext"
+    ):
         read_sidecar_folder(tmp_path)
     with pytest.raises(DataError, match=r"holds no \*\.flac recordings: set data\.audio_ext"):
         read_sidecar_folder(tmp_path, audio_ext=".flac")
@@ -104,7 +108,9 @@ def test_fsdd_held_out_speaker_is_never_trained_or_validated_on(tmp_path: Path) 
 
 def test_fsdd_errors_name_the_fix(tmp_path: Path) -> None:
     root = write_fsdd(tmp_path)
-    with pytest.raises(DataError, match=r"test_speaker='dave' is not an FSDD speaker; the speakers are \['alice', 'bob', 'carol'\]"):
+    with pytest.raises(
+        DataError, match=r"test_speaker='dave' is not an FSDD speaker; the speakers are \['alice', 'bob', 'carol'\]"
+    ):
         read_fsdd(root, "test", scheme="speaker", test_speaker="dave")
     with pytest.raises(DataError, match=r"val_indices=\[3, 6\] overlap the standard test indices 0-4"):
         read_fsdd(root, "val", val_indices=(3, 6))
@@ -113,9 +119,11 @@ def test_fsdd_errors_name_the_fix(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"FSDD recordings not found at .*nowhere/recordings: clone https://github"):
         read_fsdd(tmp_path / "nowhere", "train")
     sf.write(root / "recordings" / "seven_bob_1.wav", tone(0.2, 8000), 8000)
-    with pytest.raises(DataError, match=r"seven_bob_1\.wav does not follow FSDD's \{digit\}_\{speaker\}_\{index\}\.wav"):
+    with pytest.raises(
+        DataError, match=r"seven_bob_1\.wav does not follow FSDD's \{digit\}_\{speaker\}_\{index\}\.wav"
+    ):
         read_fsdd(root, "train")
-    with pytest.raises(ValueError, match="data=fsdd defines its splits by data.scheme"):
+    with pytest.raises(ValueError, match=r"data=fsdd defines its splits by data\.scheme"):
         FSDDData(str(root), train="x.jsonl")
 
 
@@ -142,8 +150,11 @@ def test_fsdd_is_resampled_to_the_model_rate_and_logged_once_per_split(
 def test_wrong_rate_with_resampling_off_is_an_error_naming_file_and_fix(tmp_path: Path) -> None:
     root = write_fsdd(tmp_path)
     ds = FSDDData(str(root), sample_rate=16000, resample=False, spec_augment=None).dataset("val")
-    with pytest.raises(DataError, match=r"0_alice_5\.wav \(utterance 0_alice_5\) is sampled at 8000 Hz but the model "
-                       r"expects 16000 Hz: set data\.resample=true"):
+    with pytest.raises(
+        DataError,
+        match=r"0_alice_5\.wav \(utterance 0_alice_5\) is sampled at 8000 Hz but the model "
+        r"expects 16000 Hz: set data\.resample=true",
+    ):
         _ = ds.widths
     at_8k = FSDDData(str(root), sample_rate=8000, resample=False, spec_augment=None).dataset("val")
     assert at_8k.load(0).shape[-1] == at_8k.widths[0]  # at the files' own rate nothing is resampled
@@ -168,5 +179,5 @@ def test_padding_adds_silent_frames_on_both_sides(tmp_path: Path) -> None:
     floor = float(np.log(1e-6))
     assert torch.allclose(x[:, :15], torch.full_like(x[:, :15], floor))  # 200 ms of zeros: the log floor
     assert torch.allclose(x[:, -15:], torch.full_like(x[:, -15:], floor))
-    with pytest.raises(ValueError, match="data.pad_ms must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"data\.pad_ms must be >= 0, got -1"):
         FSDDData(str(root), pad_ms=-1.0).dataset("test")

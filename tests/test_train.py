@@ -132,15 +132,21 @@ def test_init_from_refuses_an_incompatible_checkpoint(data_root: Path, tmp_path:
     source = tmp_path / "source"
     train(compose_config("train", tiny_overrides(data_root, source, "trainer.max_epochs=1")))
     ckpt = load_checkpoint(source / "checkpoints" / "last.ckpt")
-    with pytest.raises(ValueError, match=r"the train transcripts use 2 symbol\(s\) outside its alphabet "
-                       r"Alphabet\('0123456789'\): \['a', 'b'\]\. Its output layer has no class for them"):
+    with pytest.raises(
+        ValueError,
+        match=r"the train transcripts use 2 symbol\(s\) outside its alphabet "
+        r"Alphabet\('0123456789'\): \['a', 'b'\]\. Its output layer has no class for them",
+    ):
         init_alphabet(ckpt, "x.ckpt", ["12", "1a2b"], None)
     with pytest.raises(ValueError, match=r"data\.alphabet gives Alphabet\('01'\): unset data\.alphabet"):
         init_alphabet(ckpt, "x.ckpt", ["01"], Alphabet(["0", "1"]))
     assert init_alphabet(ckpt, "x.ckpt", ["01", "9"], None) == Alphabet(list("0123456789"))  # a subset is fine
     wider = ["model.rnn_hidden=32", f"trainer.init_from={source}/checkpoints/last.ckpt"]
-    with pytest.raises(ValueError, match=r"init_from=.*last\.ckpt: its weights do not fit this model \(size "
-                       r"mismatch for .*\)\. Use the checkpoint's model settings"):
+    with pytest.raises(
+        ValueError,
+        match=r"init_from=.*last\.ckpt: its weights do not fit this model \(size "
+        r"mismatch for .*\)\. Use the checkpoint's model settings",
+    ):
         train(compose_config("train", tiny_overrides(data_root, tmp_path / "wider", *wider)))
 
 

@@ -112,14 +112,18 @@ def read_fsdd(
     for wav in sorted(folder.glob("*.wav")):
         m = FSDD_NAME.match(wav.name)
         if m is None:
-            raise DataError(f"{wav} does not follow FSDD's {{digit}}_{{speaker}}_{{index}}.wav naming: rename or remove it")
+            raise DataError(
+                f"{wav} does not follow FSDD's {{digit}}_{{speaker}}_{{index}}.wav naming: rename or remove it"
+            )
         speakers.add(m["speaker"])
         if fsdd_split(scheme, m["speaker"], int(m["index"]), test_speaker, val) != split:
             continue
         num_samples, rate = audio_info(wav)
         records.append(AudioRecord(wav.stem, wav, WORDS[int(m["digit"])], num_samples / rate))
     if scheme == "speaker" and test_speaker not in speakers:
-        raise DataError(f"data.test_speaker={test_speaker!r} is not an FSDD speaker; the speakers are {sorted(speakers)}")
+        raise DataError(
+            f"data.test_speaker={test_speaker!r} is not an FSDD speaker; the speakers are {sorted(speakers)}"
+        )
     if not records:
         raise DataError(f"FSDD at {folder}: the {split} split of scheme={scheme} is empty")
     return records

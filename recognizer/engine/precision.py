@@ -29,16 +29,20 @@ def native_bf16() -> str | None:
     return next((f for f in NATIVE_BF16 if caps.get(f)), None)
 
 
-def auto_precision(device: torch.device) -> str:
-    """What ``precision=auto`` means on ``device``, logged once per call.
+def auto_precision(device: torch.device, bf16_faster: bool = False) -> str:
+    """What ``precision=auto`` means on ``device`` for a model, said once per call.
 
     CUDA: fp16 autocast with a GradScaler. CPU: bf16 autocast where the CPU computes bf16 natively
-    (measured ~1.3-2x faster training for the CRNN and the Conformer here, same accuracy: README
-    "Precision"), else fp32. Arm CPUs (BF16/SVE-BF16) get fp32: not measured.
+    and the model trains faster in it (``bf16_faster``: the model's ``bf16_on_cpu``, from the
+    measurement in the README's "Model throughput": the Conformer 1.6x, the CRNN not at all), else
+    fp32. Arm CPUs (BF16/SVE-BF16) get fp32: not measured.
     """
     if device.type == "cuda":
         return "16-mixed"
     if device.type != "cpu":
+        return "32"
+    if not bf16_faster:
+        log.info("precision=auto on CPU: fp32 (bf16 autocast is not measured faster for this model)")
         return "32"
     feature = native_bf16()
     if feature is None:
@@ -77,17 +81,17 @@ class Precision:
         return self.scaler.is_enabled()
 
 
-def resolve_precision(precision: str, device: torch.device) -> Precision:
+def resolve_precision(precision: str, device: torch.device, bf16_faster: bool = False) -> Precision:
     """Build the :class:`Precision` for ``trainer.precision`` on ``device``.
 
-    ``auto`` is fp16 autocast + GradScaler on CUDA; on CPU bf16 autocast where bf16 is native,
-    else fp32 (:func:`auto_precision`).
+    ``auto`` is fp16 autocast + GradScaler on CUDA; on CPU bf16 autocast where bf16 is native and
+    ``bf16_faster`` (the model's ``bf16_on_cpu``), else fp32 (:func:`auto_precision`).
     """
     precision = str(precision)
     if precision not in PRECISIONS:
         raise ValueError(f"trainer.precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        precision = auto_precision(device)
+        precision = auto_precision(device, bf16_faster)
     if precision == "16-mixed" and device.type != "cuda":
         raise ValueError(
             "trainer.precision=16-mixed needs CUDA (fp16 autocast with a GradScaler); "

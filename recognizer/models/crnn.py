@@ -103,6 +103,8 @@ class CRNN(Recognizer):
         dropout: dropout before the recurrent layers and the head.
     """
 
+    bf16_on_cpu = False  # its LSTMs stay fp32 under CPU autocast: bf16 measured no faster (README)
+
     def __init__(
         self,
         num_classes: int,
