@@ -533,7 +533,7 @@ def _run_dry(
         return
     trainer = cfg.trainer
     device = resolve_device(trainer.device)
-    precision = resolve_precision(trainer.precision, device)
+    precision = resolve_precision(trainer.precision, device, isinstance(model, Recognizer) and model.bf16_on_cpu)
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     loader, _ = make_loader(dataset, kept, alphabet, cfg.data.batch_size, shuffle=True, seed=cfg.seed, unknown="unk")

@@ -59,7 +59,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     dataset = data.dataset(cfg.split)
     model, alphabet = model_from_checkpoint(ckpt)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, model.bf16_on_cpu)
     model.to(device)
     stability = OmegaConf.create(trained["stability"])
     for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data

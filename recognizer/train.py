@@ -9,6 +9,7 @@ Examples::
     recognizer-train hydra.run.dir=outputs/myrun trainer.resume=auto   # continue an interrupted run
     recognizer-train -m optimizer.lr=1e-3,3e-4,1e-4      # a sweep; each job returns val/cer
     recognizer-train trainer.bucketing=true              # batches of similar widths: less padding
+    recognizer-train experiment=asr_fsdd_conformer trainer.init_from=path/to/best.ckpt  # fine-tune: weights only
     torchrun --standalone --nproc_per_node=2 $(which recognizer-train) hydra.run.dir=outputs/ddp   # DDP
 
 On SIGTERM or SIGUSR1 (e.g. SLURM's ``--signal=USR1@120`` or a preemption) training finishes the
@@ -120,6 +121,44 @@ def check_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
         )
 
 
+def init_alphabet(ckpt: dict[str, Any], path: str, texts: list[str], configured: Alphabet | None) -> Alphabet:
+    """The alphabet of a run initialised from ``ckpt`` (``trainer.init_from``): the checkpoint's own.
+
+    Its model's output layer was trained for those symbols in that order, so the run keeps them.
+
+    Raises:
+        ValueError: ``data.alphabet`` names another alphabet, or train transcripts use symbols the
+            checkpoint's alphabet lacks; the message lists them and what to do.
+    """
+    alphabet = Alphabet(ckpt["alphabet"])
+    if configured is not None and configured != alphabet:
+        raise ValueError(
+            f"trainer.init_from={path} was trained with alphabet {alphabet!r} but data.alphabet gives "
+            f"{configured!r}: unset data.alphabet (the checkpoint's alphabet is used) or start from another checkpoint"
+        )
+    missing = list(dict.fromkeys(c for t in texts for c in alphabet.unknown(t)))
+    if missing:
+        raise ValueError(
+            f"trainer.init_from={path}: the train transcripts use {len(missing)} symbol(s) outside its alphabet "
+            f"{alphabet!r}: {missing[:20]}. Its output layer has no class for them: start from a checkpoint "
+            "whose alphabet covers the data, or train from scratch (trainer.init_from=null)"
+        )
+    return alphabet
+
+
+def init_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
+    """Load ``ckpt``'s model weights into ``model`` (nothing else: the optimizer and schedule start fresh)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # torch lists every mismatching tensor: keep the first few lines
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise ValueError(
+            f"trainer.init_from={path}: its weights do not fit this model ({detail}). Use the checkpoint's "
+            f"model settings (model=... as in its config) and the same data.n_mels/height"
+        ) from None
+    log.info("initialised the model's weights from %s (optimizer, schedule and step start fresh)", path)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics.
 
@@ -150,14 +189,24 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
         check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
+    init = None
+    if opts.init_from and ckpt is not None:
+        log.info("resuming from %s: trainer.init_from=%s is not applied again", ckpt_path, opts.init_from)
+    elif opts.init_from:
+        init = load_checkpoint(opts.init_from)
     with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
         data = instantiate(cfg.data)
         splits = [split for split in ("train", "val", "test") if split != "test" or data.has(split)]
         datasets = {split: data.dataset(split) for split in splits}
     train_set, val_set = datasets["train"], datasets["val"]
-    alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
+    if init is not None:
+        alphabet = init_alphabet(init, opts.init_from, train_set.texts, data.alphabet())
+    else:
+        alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
     model = instantiate(cfg.model, num_classes=alphabet.num_classes)
     check_head(model, alphabet)
+    if init is not None:
+        init_weights(model, init, opts.init_from)
     log.info(
         "alphabet: %d symbols + blank %r; model: %s with %.2fM parameters",
         len(alphabet),
@@ -199,7 +248,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     )
 
     device = distributed.device_for(dist, resolve_device(opts.device))
-    precision = resolve_precision(opts.precision, device)
+    precision = resolve_precision(opts.precision, device, model.bf16_on_cpu)
     model.to(device)
     optimizer = instantiate(cfg.optimizer)(params=model.parameters())
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))

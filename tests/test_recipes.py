@@ -54,6 +54,10 @@ def shrink(data: str, tmp: Path, data_root: Path) -> list[str]:
         return [f"data.root={data_root}/spoken_digits", *sizes]
     if data == "LibriSpeechData":
         return tiny_librispeech(tmp / "LibriSpeech")
+    if data == "FSDDData":  # takes 0-4 test, 5-9 val, 10-11 train; "theo" is the held-out speaker's default
+        from tests.test_audio_layouts import write_fsdd
+
+        return [f"data.root={write_fsdd(tmp / 'fsdd', speakers=('bob', 'theo'))}"]
     raise AssertionError(f"tests/test_recipes.py cannot shrink data {data}: add it to shrink()")
 
 

