@@ -126,7 +126,7 @@ def defaults_comments(config: str) -> dict[str, str]:
     return comments
 
 
-@pytest.mark.parametrize("config", ["train", "eval", "doctor"])
+@pytest.mark.parametrize("config", ["train", "eval", "doctor", "lr_find"])
 def test_defaults_comments_list_every_option_of_their_group(config: str) -> None:
     comments = defaults_comments(config)
     assert {"data", "hydra", "paths"} <= set(comments)
