@@ -48,13 +48,15 @@ def test_alignment_png_from_the_command_line(data_root: Path, tmp_path_factory: 
         main([str(ckpt), str(image), "x1", "--out", str(out / "bad.png")])
 
 
-def test_alignment_of_an_utterance(tmp_path: Path) -> None:
+def test_alignment_of_an_utterance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = untrained_audio_checkpoint(tmp_path / "asr.ckpt")
     wav, _ = write_audio(tmp_path)
     main([str(ckpt), str(wav), "ab", "--out", str(tmp_path / "u.png")])
     assert (tmp_path / "u.png").read_bytes()[:8] == PNG_MAGIC
-    with pytest.raises(SystemExit, match=r"recognizer-align: error: input .*missing.wav does not exist"):
+    with pytest.raises(SystemExit) as exit_info:
         main([str(ckpt), str(tmp_path / "missing.wav"), "ab"])
+    assert exit_info.value.code == 3  # a data error (recognizer.errors)
+    assert re.search(r"recognizer-align: error: input .*missing.wav does not exist", capsys.readouterr().err)
 
 
 def test_training_writes_alignment_pictures_after_each_validation(data_root: Path, tmp_path: Path) -> None:
