@@ -247,8 +247,9 @@ class Transcriber:
     ) -> list[Path]:
         """Transcribe every line of ALTO/PAGE files and write each XML, with our text, into ``out_dir``.
 
-        Lines are cut as in training (the checkpoint's ``baseline_above``/``baseline_below`` when it was
-        trained on pages). A line whose geometry gives no image keeps its old text (and is logged).
+        Lines are cut as in training (the checkpoint's ``baseline_above``, ``baseline_below`` and
+        ``extract_height`` when it was trained on pages). A line whose geometry gives no image keeps its
+        old text (and is logged).
 
         Args:
             pages: XML files, folders, globs or list files (as ``data.train`` of ``data=pages``).
@@ -262,6 +263,7 @@ class Transcriber:
             raise ValueError("this is a speech checkpoint: pages need a handwriting model")
         data = self.config["data"]
         band = {k: data.get(k, v) for k, v in pages_defaults().items()}  # how training cut the lines
+        height = data.get("extract_height")
         dirs = list(image_dirs if image_dirs is not None else data.get("image_dirs") or [])
         out = Path(out_dir)
         xmls = collect_xml([str(p) for p in pages] if not isinstance(pages, (str, Path)) else str(pages))
@@ -272,9 +274,11 @@ class Transcriber:
         if any(x.parent.resolve() == out.resolve() for x in xmls):
             raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
         above, below = band["baseline_above"], band["baseline_below"]
-        return [self._transcribe_page(xml, out / xml.name, dirs, above, below) for xml in xmls]
+        return [self._transcribe_page(xml, out / xml.name, dirs, above, below, height) for xml in xmls]
 
-    def _transcribe_page(self, xml: Path, out: Path, image_dirs: list[str], above: float, below: float) -> Path:
+    def _transcribe_page(
+        self, xml: Path, out: Path, image_dirs: list[str], above: float, below: float, height: int | None
+    ) -> Path:
         page = parse_page(xml, image_dirs=image_dirs)
         image = page.image
         if image is None:
@@ -288,19 +292,20 @@ class Transcriber:
             try:
                 points = outline(line, scale, above, below)
                 boxes.append(line_box(pixels.shape, points))
-                crops.append(crop_line(pixels, points))
+                crops.append(crop_line(pixels, points, height))  # as the line cache stored them for training
             except LineGeometryError as e:
                 log.warning("%s: line %s keeps its text: %s", xml, line.id, e)
                 boxes.append(None)
-        found = iter(self.transcribe(crops) if crops else [])
+        found = iter(zip(crops, self.transcribe(crops) if crops else []))
         results: list[LineText | None] = []
         for box in boxes:
             if box is None:
                 results.append(None)
                 continue
-            t = next(found)
+            crop, t = next(found)
+            to_page = (box[2] - box[0]) / crop.shape[1]  # crop pixels → page pixels (crops may be rescaled)
             x0, y0, x1, y1 = (v / scale for v in box)
-            chars = tuple((k.symbol, x0 + k.position / scale, k.confidence) for k in t.tokens)
+            chars = tuple((k.symbol, x0 + k.position * to_page / scale, k.confidence) for k in t.tokens)
             results.append(LineText(t.text, t.confidence, (x0, y0, x1, y1), chars))
         log.info("%s → %s: %d lines", xml, out, sum(r is not None for r in results))
         return write_page(xml, results, out)

@@ -427,3 +427,12 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     assert metrics["test/samples"] == 4
     references = (tmp_path / "eval" / "predictions_test.tsv").read_text(encoding="utf-8").splitlines()[1:]
     assert [r.split("\t")[1] for r in references] == ["s", "sasa", "sss", "sasasasa"]
+
+    from recognizer.inference import Transcriber
+
+    model = Transcriber.from_checkpoint(ckpt, device="cpu")  # cuts lines at the trained extract_height (32)
+    [out] = model.transcribe_pages(str(tmp_path / "val"), tmp_path / "transcribed")
+    crops = [png(r.path) for r in pages_data(tmp_path, train=str(tmp_path / "val"), extract_height=32).records("train")]
+    assert {c.shape[0] for c in crops} == {32}  # the cache holds crops at data.height
+    written = parse_page(out)
+    assert [line.text for line in written.lines] == [t.text for t in model.transcribe(crops)]
