@@ -60,8 +60,8 @@ T = TypeVar("T")
 class UserExit(SystemExit):
     """Ends a console script with ``code`` after the message was printed.
 
-    ``str()`` is the message (``SystemExit(code)`` alone would read as the number), so callers and
-    tests that catch it still see what went wrong.
+    ``str()`` is the message's first line, ``prog: error: ...`` (``SystemExit(code)`` alone would
+    read as the number), so callers and tests that catch it still see what went wrong.
     """
 
     def __init__(self, code: int, message: str) -> None:
@@ -132,7 +132,7 @@ def fail(prog: str, kind: str, error: BaseException) -> UserExit:
         for handler in logging.getLogger().handlers:  # train.log (the console already has the block)
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
-    return UserExit(EXIT_CODES[kind], str(error))
+    return UserExit(EXIT_CODES[kind], f"{prog}: error: {error}")
 
 
 @contextlib.contextmanager

@@ -58,7 +58,7 @@ def test_user_errors_exits_with_the_code_unless_full_error(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(UserExit, match=r"^non-finite step 3$") as exit_info, user_errors("prog"):
+    with pytest.raises(UserExit, match=r"^prog: error: non-finite step 3$") as exit_info, user_errors("prog"):
         raise NonFiniteStepError("non-finite step 3")
     assert exit_info.value.code == EXIT_CODES["nonfinite"] == 5
     assert capsys.readouterr().err.startswith("prog: error: non-finite step 3\n(training diverged, exit code 5;")
@@ -111,7 +111,7 @@ def test_a_diverged_run_exits_5_and_a_sweep_still_records_it(data_root: Path, tm
     sweep = tmp_path / "sweep"
     done = run_script("recognizer-train", "-m", *overrides, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]  # the sweep goes on: the job returns inf
-    (failure,) = sweep.glob("*/failure.json")
+    (failure,) = sweep.rglob("failure.json")  # (the job folder's name holds data.root's slashes)
     assert json.loads(failure.read_text())["type"] == "NonFiniteStepError"
 
 
