@@ -436,3 +436,19 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     assert {c.shape[0] for c in crops} == {32}  # the cache holds crops at data.height
     written = parse_page(out)
     assert [line.text for line in written.lines] == [t.text for t in model.transcribe(crops)]
+
+
+def test_pages_config_takes_data_augment(tmp_path: Path) -> None:
+    """data=pages takes data.augment like data=lines (off by default; PagesData.dataset gives it to train only)."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(
+        "train",
+        ["data=pages", "data.augment.enabled=true", "data.train=x", "data.val=y", f"paths.output_dir={tmp_path}"],
+    )
+    data = instantiate(cfg.data)
+    assert data.augment is not None and data.augment.enabled
+    off = instantiate(compose_config("train", ["data=pages", "data.train=x", "data.val=y"]).data)
+    assert off.augment is None  # off by default

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from recognizer.data.augment import LineAugment
 from recognizer.data.base import DataError, SplitData, check_unique
 from recognizer.data.lines import LineDataset, Record
 from recognizer.data.pages.cache import LineCache
@@ -81,6 +82,7 @@ class PagesData(SplitData):
             naming the XML file and line id) or ``drop`` (skip, counted by reason). None means ``error``.
         height, invert, cache: as in :class:`~recognizer.data.modules.LinesData`.
         alphabet, batch_size, num_workers, pin_memory, persistent_workers: as in :class:`SplitData`.
+        augment: augmentation of the train split's lines (``data.augment``; used only if enabled).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class PagesData(SplitData):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = True,
+        augment: LineAugment | None = None,
     ) -> None:
         if pages is not None and any(s is not None for s in (train, val, test)):
             raise DataError("set either data.pages (one set, split by document) or data.train/val/test, not both")
@@ -123,6 +126,7 @@ class PagesData(SplitData):
             raise ValueError(f"data.audit_policy must be error or drop, got {audit_policy!r}")
         self.pages = pages
         self.split_seed = split_seed
+        self.augment = augment if augment is not None and augment.enabled else None
         self.document_pattern = document_pattern
         self.image_dirs = list(image_dirs)
         self.text_index, self.hyphen = text_index, hyphen
@@ -195,4 +199,6 @@ class PagesData(SplitData):
         return records
 
     def dataset(self, split: str) -> LineDataset:
-        return LineDataset(self.records(split), self.height, invert=self.invert, cache=self.cache)
+        """The lines of ``split``; only the train split carries the augmentation (the train loader applies it)."""
+        augment = self.augment if split == "train" else None
+        return LineDataset(self.records(split), self.height, invert=self.invert, cache=self.cache, augment=augment)
