@@ -12,7 +12,7 @@ import pytest
 
 from recognizer.engine.lr_finder import LRFindOptions, exponential_factor, smooth, steepest, suggest, valley
 from recognizer.lr_find import find_lr
-from tests.conftest import compose_config
+from tests.conftest import compose_config, tiny_overrides
 from tests.test_train import run_cli
 
 
@@ -70,21 +70,8 @@ def test_bad_options_are_named(kwargs: dict, message: str) -> None:
 
 
 def test_range_test_on_embedded_data_writes_curve_and_suggests(data_root: Path, tmp_path: Path) -> None:
-    cfg = compose_config(
-        "lr_find",
-        [
-            f"data.root={data_root}/digit_lines",
-            "data.num_train=96",
-            "data.num_val=24",
-            "data.num_test=24",
-            "data.batch_size=16",
-            "trainer.device=cpu",
-            "lr_find.num_steps=30",
-            "lr_find.min_lr=1e-5",
-            "lr_find.max_lr=100",
-            f"paths.output_dir={tmp_path}",
-        ],
-    )
+    extra = ["lr_find.num_steps=30", "lr_find.min_lr=1e-5", "lr_find.max_lr=100"]
+    cfg = compose_config("lr_find", tiny_overrides(data_root, tmp_path, *extra))
     result = find_lr(cfg)
     assert len(result.lrs) <= 30 and result.lrs[0] == pytest.approx(1e-5)
     assert all(b > a for a, b in itertools.pairwise(result.lrs))  # geometric, rising
@@ -97,17 +84,8 @@ def test_range_test_on_embedded_data_writes_curve_and_suggests(data_root: Path, 
 
 @pytest.mark.slow
 def test_console_script_prints_the_suggestion(data_root: Path, tmp_path: Path) -> None:
-    run = run_cli(
-        "recognizer-lr-find",
-        f"data.root={data_root}/digit_lines",
-        "data.num_train=96",
-        "data.num_val=24",
-        "data.num_test=24",
-        "trainer.device=cpu",
-        "lr_find.num_steps=20",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
+    overrides = [*tiny_overrides(data_root, tmp_path)[:-1], "lr_find.num_steps=20"]  # [:-1]: Hydra's run dir
+    run = run_cli("recognizer-lr-find", *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert re.search(r"suggested optimizer\.lr=[\d.e-]+ \(valley; steepest [\d.e-]+, minimum [\d.e-]+\)", run.stdout)
     assert (tmp_path / "run" / "lr_find.png").is_file()
