@@ -198,7 +198,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         data = instantiate(cfg.data)
         splits = [split for split in ("train", "val", "test") if split != "test" or data.has(split)]
         datasets = {split: data.dataset(split) for split in splits}
-    train_set, val_set = datasets["train"], datasets["val"]
+    train_set = datasets["train"]
     if init is not None:
         alphabet = init_alphabet(init, opts.init_from, train_set.texts, data.alphabet())
     else:
@@ -235,17 +235,23 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         augment=True,  # per-sample augmentation of the train split, when the data config enables it
         **shard,
     )
-    val_loader, _ = make_loader(
-        val_set,
-        reports["val"].kept,
-        alphabet,
-        data.batch_size,
-        shuffle=False,
-        seed=cfg.seed,
-        unknown=stab.unknown,
-        **data.loader_options(),
-        **shard,
-    )
+
+    def eval_loader(split: str, **sharding: Any) -> DataLoader:
+        """The unshuffled loader of ``split``'s audited samples (``sharding``: this rank's shard under DDP)."""
+        loader, _ = make_loader(
+            datasets[split],
+            reports[split].kept,
+            alphabet,
+            data.batch_size,
+            shuffle=False,
+            seed=cfg.seed,
+            unknown=stab.unknown,
+            **data.loader_options(),
+            **sharding,
+        )
+        return loader
+
+    val_loader = eval_loader("val", **shard)
 
     device = distributed.device_for(dist, resolve_device(opts.device))
     precision = resolve_precision(opts.precision, device, model.bf16_on_cpu)
@@ -317,28 +323,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         metrics = None
         if dist.is_main:
             if dist.enabled:  # evaluate the whole splits on rank 0 (the train-time val loader is a shard)
-                val_loader, _ = make_loader(
-                    val_set,
-                    reports["val"].kept,
-                    alphabet,
-                    data.batch_size,
-                    False,
-                    cfg.seed,
-                    stab.unknown,
-                    **data.loader_options(),
-                )
-            test_loader = None
-            if "test" in datasets:
-                test_loader, _ = make_loader(
-                    datasets["test"],
-                    reports["test"].kept,
-                    alphabet,
-                    data.batch_size,
-                    shuffle=False,
-                    seed=cfg.seed,
-                    unknown=stab.unknown,
-                    **data.loader_options(),
-                )
+                val_loader = eval_loader("val")
+            test_loader = eval_loader("test") if "test" in datasets else None
             loaders = {"val": val_loader, "test": test_loader}
             metrics = final_evaluation(state, run_dir, ctc, alphabet, loaders, reports)
             logger.log_metrics(metrics, state.step)
