@@ -141,3 +141,71 @@ def test_with_rollback_the_loop_restores_and_lowers_the_lr_then_gives_up() -> No
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
     with pytest.raises(RollbackError, match=re.escape("stability.max_rollbacks=1 rollbacks already done")):
         handle_divergence(state, "training diverged at step 9: ...")
+
+
+def test_a_rise_during_the_warmup_records_the_rate_at_the_rise() -> None:
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=3, window=5, lr_factor=0.03)
+    events = []
+    for step in range(1, 10):  # warmup: the rate climbs 0.1, 0.2, ...; the loss runs away from step 4
+        loss = 6.0 if step < 4 else 60.0
+        message = monitor.update_train(step, loss, lr=0.1 * step)
+        if message is not None:
+            events.append(message)
+    assert events == [
+        "training diverged at step 6: the train loss has stayed above 3 × 6 (its lowest running median, at step 1) "
+        "for 3 steps: 60 at the start of the rise (the rise began in the warmup, at lr 0.4), 60 now"
+    ]
+    assert monitor.lr_multiplier(peak_lr=2.0) == pytest.approx(0.03 * 0.4 / 2.0)
+
+
+def test_a_rise_at_a_constant_or_falling_rate_leaves_the_lr_to_the_rollback() -> None:
+    monitor = DivergenceMonitor(factor=3.0, patience_steps=3, window=5)
+    for step in range(1, 10):
+        monitor.update_train(step, 6.0 if step < 4 else 60.0, lr=1.0 - 0.01 * step)
+    assert monitor.events == 1 and monitor.lr_multiplier(peak_lr=1.0) is None
+    val = DivergenceMonitor(val_factor=1.2, val_patience=1)
+    val.update_val(100, 1.0, improved=True)
+    assert val.update_val(200, 2.0, improved=False) is not None
+    assert val.lr_multiplier(peak_lr=1.0) is None  # the val signal says nothing about the safe rate
+
+
+def test_divergence_lr_factor_is_checked() -> None:
+    with pytest.raises(ValueError, match=re.escape("stability.divergence_lr_factor must be in (0, 1], got 0.0")):
+        DivergenceMonitor(lr_factor=0.0)
+
+
+def test_rollback_keeps_the_newest_snapshot_at_or_before_the_keep_step() -> None:
+    state = tiny_state("rollback")
+    rollback = state.rollback
+    assert rollback is not None
+    weights = {}
+    for step, keep_step in [(0, 0), (50, 60), (100, 60), (150, 60)]:
+        state.step = step
+        with torch.no_grad():
+            next(state.model.parameters()).fill_(float(step))
+        weights[step] = next(state.model.parameters()).detach().clone()
+        rollback.take(state, keep_step)
+    assert rollback.snapshot is not None and rollback.snapshot["step"] == 150
+    assert rollback.anchor is not None and rollback.anchor["step"] == 50  # 100 was dropped: after step 60
+    event = rollback.restore(state, "diverged", before_step=60, lr_factor=0.1)
+    assert event.restored_step == 50 and torch.equal(next(state.model.parameters()), weights[50])
+    assert rollback.snapshot["step"] == 50 and rollback.anchor is None  # the later states are not good ones
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_a_divergence_in_the_warmup_rolls_back_to_the_best_step_with_the_rate_below_the_rise() -> None:
+    state = tiny_state("rollback")
+    assert state.rollback is not None and state.divergence is not None
+    state.rollback.take(state, keep_step=0)  # step 0: the run's best point
+    good = [p.detach().clone() for p in state.model.parameters()]
+    state.step = 50
+    with torch.no_grad():
+        for p in state.model.parameters():
+            p.add_(1.0)  # looked fine by its loss, but already damaged
+    state.rollback.take(state, keep_step=0)
+    state.divergence.rise_lr = 4e-3  # as update_train records it for a rise during the warmup
+    handle_divergence(state, "training diverged at step 60: ...")
+    assert all(torch.equal(a, b) for a, b in zip(good, state.model.parameters()))
+    # peak 1e-2; new peak = 0.03 × 4e-3 (below the rollback's own × 0.5)
+    assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.03 * 4e-3)
+    assert state.rollback.history[-1].restored_step == 0

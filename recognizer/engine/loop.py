@@ -232,9 +232,15 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     max_norm = grad_clip if grad_clip and grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     loss_value, norm_value = torch.stack([out.loss.detach(), grad_norm.detach().float()]).tolist()
+    lr = optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler steps after it)
     state.step += 1
-    # Under DDP every rank must take the same decision: agree on which quantity was non-finite anywhere.
-    loss_bad, norm_bad = (v > 0 for v in state.dist.sum([not math.isfinite(loss_value), not math.isfinite(norm_value)]))
+    # Under DDP every rank must take the same decisions: agree on which quantity was non-finite anywhere,
+    # and judge divergence on the mean loss over ranks (one all-reduce for both).
+    finite_loss = math.isfinite(loss_value)
+    flags = [not finite_loss, not math.isfinite(norm_value), loss_value if finite_loss else 0.0]
+    loss_bad_sum, norm_bad_sum, loss_sum = state.dist.sum(flags)
+    loss_bad, norm_bad = loss_bad_sum > 0, norm_bad_sum > 0
+    mean_loss = loss_sum / state.dist.world_size
     overflow_fault = ""  # why an fp16 overflow is a fault (the guard's rule); "" for an ordinary one
     if precision.scaled and not loss_bad and norm_bad:
         # fp16 gradient overflow: GradScaler skips the step and lowers the scale; not a data fault, unless
@@ -279,11 +285,13 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
         state.scheduler.step()  # only when the optimizer really stepped
     diverged = None
     if state.divergence is not None and applied:
-        diverged = state.divergence.update_train(state.step, loss_value)
+        diverged = state.divergence.update_train(state.step, mean_loss, lr)
     if diverged is not None:
         handle_divergence(state, diverged)
     elif state.rollback is not None:  # never snapshot a state that is already on its way up
-        state.rollback.maybe_snapshot(state, applied and (state.divergence is None or state.divergence.healthy))
+        monitor = state.divergence
+        healthy = monitor is None or monitor.healthy
+        state.rollback.maybe_snapshot(state, applied and healthy, monitor.reference_step if monitor else None)
     return StepResult(loss_value, norm_value, applied)
 
 
@@ -302,9 +310,18 @@ def handle_divergence(state: TrainState, message: str) -> None:
         )
         return
     log.warning("%s — rolling back", message)
-    state.rollback.restore(state, message)
-    if state.divergence is not None:
-        state.divergence.reset_excursion()
+    monitor = state.divergence
+    if monitor is None:
+        state.rollback.restore(state, message)
+        return
+    # Back to where the run was at its best; a rise during the warmup also sets the new peak rate.
+    peak_lr = state.scheduler.base_lrs[0]
+    lr_factor = monitor.lr_multiplier(peak_lr)
+    if lr_factor is not None:
+        lr_factor = min(lr_factor, state.rollback.lr_factor)
+        log.warning("the warmup ran into the divergence: peak learning rate %.3g → %.3g", peak_lr, peak_lr * lr_factor)
+    state.rollback.restore(state, message, before_step=monitor.reference_step, lr_factor=lr_factor)
+    monitor.reset_excursion()
 
 
 @torch.no_grad()

@@ -16,9 +16,21 @@ monitor the run ends "fine". Two signals, either one enough:
 
 The monitor only judges; the loop warns with the figures and, under
 ``stability.nonfinite_policy=rollback``, rolls back to the last good state with a lower learning
-rate, exactly as for a non-finite step. While the train signal is in an excursion, or the last
-validation was a diverging one, :attr:`healthy` is False and no rollback snapshot is taken, so the
-state to return to is one from before the rise.
+rate, exactly as for a non-finite step, with two differences that make it recover from a rate that
+is far too high (which a non-finite step rarely means):
+
+- it returns to the last snapshot taken at or before the **reference step** (where the run was at its
+  best), not to the newest one: a too-high rate damages the weights before the loss shows it, so a
+  snapshot taken while the loss still looked normal may already be lost;
+- when the loss began to rise while the warmup was still raising the rate, the warmup was a range
+  test (Smith, 2017): the rate at the rise is where the loss runs away, and a safe peak sits one to
+  two decades below it. The new peak is ``lr_factor`` × the rate at the rise (if that is lower than
+  the rollback's own factor would make it), and restoring the early scheduler state replays the
+  warmup up to it.
+
+While the train signal is in an excursion, or the last validation was a diverging one,
+:attr:`healthy` is False and no rollback snapshot is taken, so the state to return to is one from
+before the rise.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ class DivergenceMonitor:
         min_steps: healthy steps before the train signal judges at all (>= 1; at most ``window``).
         val_factor: val signal: val loss / best val loss above which a validation counts (>= 1).
         val_patience: val signal: that many diverging validations in a row flag the run (0 = off).
+        lr_factor: a rise during the warmup: new peak rate = this × the rate at the rise, in (0, 1].
     """
 
     def __init__(
@@ -48,6 +61,7 @@ class DivergenceMonitor:
         min_steps: int = 1,
         val_factor: float = 1.2,
         val_patience: int = 2,
+        lr_factor: float = 0.03,
     ) -> None:
         if factor <= 1.0:
             raise ValueError(f"stability.divergence_factor must be > 1, got {factor}")
@@ -63,6 +77,9 @@ class DivergenceMonitor:
                 f"need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0, got {val_factor}, "
                 f"{val_patience}"
             )
+        if not 0.0 < lr_factor <= 1.0:
+            raise ValueError(f"stability.divergence_lr_factor must be in (0, 1], got {lr_factor}")
+        self.lr_factor = lr_factor
         self.factor, self.patience_steps, self.min_steps = factor, patience_steps, min(min_steps, window)
         self.val_factor, self.val_patience = val_factor, val_patience
         self.losses: deque[float] = deque(maxlen=window)
@@ -71,6 +88,9 @@ class DivergenceMonitor:
         self.reference_step = 0
         self.excursion = 0  # diverging steps in a row
         self.excursion_start_loss = 0.0
+        self.excursion_start_lr: float | None = None
+        self.last_lr = 0.0  # learning rate of the previous step
+        self.rise_lr: float | None = None  # rate at the first step of the flagged rise, if the warmup was raising it
         self.flagged = False  # this excursion was reported (one warning per excursion)
         self.best_val_loss = float("inf")
         self.bad_validations = 0
@@ -81,20 +101,26 @@ class DivergenceMonitor:
         """False during a train excursion or after a diverging validation (no rollback snapshot then)."""
         return self.excursion == 0 and self.bad_validations == 0
 
-    def update_train(self, step: int, loss: float) -> str | None:
-        """Record the loss of an applied step; return a message when the run has diverged."""
+    def update_train(self, step: int, loss: float, lr: float = 0.0) -> str | None:
+        """Record the loss of an applied step (taken at learning rate ``lr``); a message when the run has diverged."""
+        rising_lr, self.last_lr = lr > self.last_lr, lr
         if self.seen >= self.min_steps and loss > self.factor * self.reference:
             self.excursion += 1
             if self.excursion == 1:
                 self.excursion_start_loss = loss
+                self.excursion_start_lr = lr if rising_lr else None
             if self.excursion >= self.patience_steps and not self.flagged:
+                during_warmup = ""
+                if self.excursion_start_lr is not None:
+                    during_warmup = f" (the rise began in the warmup, at lr {self.excursion_start_lr:.3g})"
                 message = (
                     f"training diverged at step {step}: the train loss has stayed above {self.factor:g} × "
                     f"{self.reference:.4g} (its lowest running median, at step {self.reference_step}) for "
-                    f"{self.excursion} steps: {self.excursion_start_loss:.4g} at the start of the rise, "
-                    f"{loss:.4g} now"
+                    f"{self.excursion} steps: {self.excursion_start_loss:.4g} at the start of the rise"
+                    f"{during_warmup}, {loss:.4g} now"
                 )
                 self.flagged = True
+                self.rise_lr = self.excursion_start_lr
                 self.events += 1
                 return message
             return None
@@ -121,13 +147,22 @@ class DivergenceMonitor:
             f"and with val loss above {self.val_factor:g} × the best {self.best_val_loss:.4g} (now {val_loss:.4g})"
         )
         self.bad_validations = 0
+        self.rise_lr = None  # the val signal says nothing about which rate is safe
         self.events += 1
         return message
+
+    def lr_multiplier(self, peak_lr: float) -> float | None:
+        """For the rollback of the divergence just flagged: the factor that brings the peak rate ``peak_lr``
+        to ``lr_factor`` × the rate at the rise, when the rise began during the warmup; else None."""
+        if self.rise_lr is None or peak_lr <= 0:
+            return None
+        return self.lr_factor * self.rise_lr / peak_lr
 
     def reset_excursion(self) -> None:
         """After a rollback: judge the restored state afresh against the same reference."""
         self.excursion, self.flagged = 0, False
         self.bad_validations = 0
+        self.rise_lr = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +172,8 @@ class DivergenceMonitor:
             "reference_step": self.reference_step,
             "excursion": self.excursion,
             "excursion_start_loss": self.excursion_start_loss,
+            "excursion_start_lr": self.excursion_start_lr,
+            "last_lr": self.last_lr,
             "flagged": self.flagged,
             "best_val_loss": self.best_val_loss,
             "bad_validations": self.bad_validations,
@@ -151,3 +188,6 @@ class DivergenceMonitor:
         for key in ("reference", "excursion_start_loss", "best_val_loss"):
             setattr(self, key, float(state[key]))
         self.flagged = bool(state.get("flagged", False))
+        start_lr = state.get("excursion_start_lr")
+        self.excursion_start_lr = None if start_lr is None else float(start_lr)
+        self.last_lr = float(state.get("last_lr", 0.0))

@@ -6,6 +6,11 @@ costs one device→host transfer of the weights and optimizer moments (on CUDA i
 so it is not taken every step; a rollback then loses up to ``every_n_steps`` steps of progress.
 The step counter and the position in the data go on (the batches after the failure are new
 ones), so a rollback never replays the batch that failed.
+
+A rollback after a divergence (:mod:`recognizer.stability.divergence`) may ask for an older state
+than the newest: the last one taken at or before a given step. So besides the newest snapshot, the
+newest one at or before ``keep_step`` (the divergence monitor's reference step) is kept: at most two
+CPU copies.
 """
 
 from __future__ import annotations
@@ -63,16 +68,27 @@ class Rollback:
         self.lr_factor = lr_factor
         self.max_rollbacks = max_rollbacks
         self.lr_scale = 1.0  # cumulative learning-rate multiplier
-        self.snapshot: dict[str, Any] | None = None
+        self.snapshot: dict[str, Any] | None = None  # the newest good state
+        self.anchor: dict[str, Any] | None = None  # an older one kept for a rollback to ``keep_step`` (or None)
         self.history: list[RollbackEvent] = []
 
-    def maybe_snapshot(self, state: Any, applied: bool) -> None:
-        """After a step: take a snapshot if none exists yet or every ``every_n_steps`` applied steps."""
+    def maybe_snapshot(self, state: Any, applied: bool, keep_step: int | None = None) -> None:
+        """After a step: take a snapshot if none exists yet or every ``every_n_steps`` applied steps;
+        keep the newest one taken at or before ``keep_step`` too."""
         if self.snapshot is None or (applied and state.step % self.every_n_steps == 0):
-            self.take(state)
+            self.take(state, keep_step)
 
-    def take(self, state: Any) -> None:
-        """Copy the model/optimizer/scheduler/scaler state to the CPU."""
+    def take(self, state: Any, keep_step: int | None = None) -> None:
+        """Copy the model/optimizer/scheduler/scaler state to the CPU (the previous copy becomes the
+        anchor when it was taken at or before ``keep_step``; an anchor newer than ``keep_step`` is dropped)."""
+        old = self.snapshot
+        if keep_step is None:
+            self.anchor = None
+        else:
+            if self.anchor is not None and self.anchor["step"] > keep_step:
+                self.anchor = None
+            if old is not None and old["step"] <= keep_step:
+                self.anchor = old
         self.snapshot = {
             "step": state.step,
             "lr_scale": self.lr_scale,
@@ -82,8 +98,17 @@ class Rollback:
             "scaler": copy.deepcopy(state.precision.scaler.state_dict()),
         }
 
-    def restore(self, state: Any, message: str) -> RollbackEvent:
+    def restore(
+        self, state: Any, message: str, before_step: int | None = None, lr_factor: float | None = None
+    ) -> RollbackEvent:
         """Restore the snapshot into ``state`` and lower the learning rate by ``lr_factor``.
+
+        Args:
+            state: the train state to restore into.
+            message: why (kept in the history).
+            before_step: restore the newest snapshot taken at or before this step (the oldest kept if
+                none is that old) instead of the newest; later snapshots are discarded.
+            lr_factor: this rollback's learning-rate multiplier instead of the configured one, in (0, 1].
 
         Raises:
             RollbackError: after ``max_rollbacks`` rollbacks, with the history of all of them.
@@ -101,11 +126,19 @@ class Rollback:
                 "recognizer-doctor, or use trainer.precision=32."
             )
         snap = self.snapshot
+        if before_step is not None:
+            kept = [s for s in (self.anchor, self.snapshot) if s is not None]
+            early = [s for s in kept if s["step"] <= before_step]
+            snap = max(early, key=lambda s: s["step"]) if early else min(kept, key=lambda s: s["step"])
+            self.snapshot, self.anchor = snap, None  # what came after it is not a good state
         state.model.load_state_dict(snap["model"])
         state.optimizer.load_state_dict(snap["optimizer"])
         state.scheduler.load_state_dict(snap["scheduler"])
         state.precision.scaler.load_state_dict(snap["scaler"])
-        self.lr_scale *= self.lr_factor
+        factor = self.lr_factor if lr_factor is None else min(max(lr_factor, 0.0), 1.0)
+        if factor <= 0.0:
+            raise ValueError(f"a rollback's learning-rate factor must be in (0, 1], got {lr_factor}")
+        self.lr_scale *= factor
         scale = self.lr_scale / snap["lr_scale"]
         scheduler = state.scheduler
         scheduler.base_lrs = [lr * scale for lr in scheduler.base_lrs]

@@ -65,4 +65,5 @@ def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
             stability.divergence_window,
             val_factor=stability.divergence_val_factor,
             val_patience=stability.divergence_val_patience,
+            lr_factor=stability.divergence_lr_factor,
         )
