@@ -315,7 +315,7 @@ def handle_divergence(state: TrainState, message: str) -> None:
         state.rollback.restore(state, message)
         return
     # Back to where the run was at its best; a rise during the warmup also sets the new peak rate.
-    peak_lr = state.scheduler.base_lrs[0]
+    peak_lr = float(state.scheduler.base_lrs[0])
     lr_factor = monitor.lr_multiplier(peak_lr)
     if lr_factor is not None:
         lr_factor = min(lr_factor, state.rollback.lr_factor)
