@@ -452,3 +452,23 @@ def test_pages_config_takes_data_augment(tmp_path: Path) -> None:
     assert data.augment is not None and data.augment.enabled
     off = instantiate(compose_config("train", ["data=pages", "data.train=x", "data.val=y"]).data)
     assert off.augment is None  # off by default
+
+
+def test_split_lists_for_a_peer_tool_are_the_training_split(tmp_path):
+    """scripts/page_split_lists.py writes exactly the pages each split trains on (kraken's -t/-e lists)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "page_split_lists", Path(__file__).resolve().parents[1] / "scripts" / "page_split_lists.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    write_page_image(tmp_path / "page.png")
+    for i in range(10):
+        write(tmp_path / "pages" / f"p{i}.xml", page_xml(page_line(f"l{i}", f"t{i}", "1,1 30,1 30,10"), "../page.png"))
+    data = pages_data(tmp_path, pages=str(tmp_path / "pages"), split={"train": 0.6, "val": 0.4, "test": 0.0})
+    counts = script.write_lists(data, tmp_path / "lists", xml_dir=tmp_path / "flat")
+    assert counts == {"train": 6, "val": 4, "test": 0}
+    listed = (tmp_path / "lists" / "val.txt").read_text(encoding="utf-8").split()
+    assert listed == [str((tmp_path / "flat" / f.name).absolute()) for f in data.files("val")]
