@@ -200,6 +200,30 @@ def _desync(rank: int, port: int, out: str) -> None:
     _write_error_and_leave(dist, out, lambda: distributed.check_same_parameters(model, dist), RuntimeError)
 
 
+def _divergence_on_mean_loss(rank: int, port: int, out: str) -> None:
+    from recognizer.stability.divergence import DivergenceMonitor
+
+    dist = _join(rank, port)
+    state = _ddp_state(dist, "raise")
+    state.model.head = state.model.head[1] if rank == 1 else state.model.head  # no poison here
+    state.divergence = DivergenceMonitor(window=10)
+    local = []
+    for _ in range(3):  # each rank its own labels: different local losses
+        targets = [[1, 2], [3, 4]] if rank == 0 else [[4, 3, 2, 1], [1, 1, 2, 2]]
+        local.append(train_step(state, make_batch(targets, width=32), CTCLoss(), grad_clip=1.0).loss)
+    torch.save({"local": local, "window": list(state.divergence.losses)}, Path(out) / f"rank{rank}.pt")
+    dist.barrier()
+    distributed.shutdown(dist)
+
+
+def test_divergence_is_judged_on_the_mean_loss_of_all_ranks(tmp_path: Path) -> None:
+    """Each rank's monitor sees the same (mean) loss, so every rank flags and rolls back at the same step."""
+    mp.spawn(_divergence_on_mean_loss, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["local"] != r1["local"]
+    assert r0["window"] == r1["window"] == pytest.approx([(a + b) / 2 for a, b in zip(r0["local"], r1["local"])])
+
+
 def test_a_nonfinite_step_on_one_rank_is_skipped_on_all(tmp_path: Path) -> None:
     mp.spawn(_nonfinite_on_one_rank, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
