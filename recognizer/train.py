@@ -42,6 +42,7 @@ from recognizer.builders import check_head, make_loader, run_audit, write_predic
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed
 from recognizer.engine.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
+from recognizer.engine.ema import WeightAverage
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.errors import run_hydra_main
@@ -260,6 +261,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = make_guard(stab)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
+    if opts.ema_decay is not None:
+        state.ema = WeightAverage(model, opts.ema_decay)
     wrapped = distributed.wrap(model, dist, device)
     forward = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
@@ -353,6 +356,8 @@ def final_evaluation(
     best = run_dir / "checkpoints" / "best.ckpt"
     if best.is_file():
         state.model.load_state_dict(load_checkpoint(best, map_location=state.precision.device)["model"])
+    elif state.ema is not None:
+        state.model.load_state_dict(state.ema.module.state_dict())
     metrics: dict[str, float] = {}
     for split, loader in loaders.items():
         if loader is None:

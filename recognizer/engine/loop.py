@@ -46,6 +46,7 @@ from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
 from recognizer.engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
 from recognizer.engine.distributed import Dist, sync_buffers
+from recognizer.engine.ema import WeightAverage
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
@@ -83,6 +84,7 @@ class TrainerOptions:
     alignment_samples: int = 0
     compile: bool = False
     dist_timeout_s: float = 1800.0
+    ema_decay: float | None = None
 
 
 @dataclass
@@ -108,10 +110,20 @@ class TrainState:
     divergence: DivergenceMonitor | None = None  # a finite loss that diverged: warn, or roll back
     dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
     train_forward: nn.Module | None = None  # the training forward's wrapper (DDP, torch.compile) if any
+    ema: WeightAverage | None = None  # averaged weights: validated and saved as the checkpoint's model
+
+    @property
+    def eval_model(self) -> Recognizer:
+        """The weights that are validated and saved as ``model``: the average if there is one."""
+        return self.model if self.ema is None else self.ema.module  # type: ignore[return-value]
 
     def state_dict(self) -> dict[str, Any]:
+        # "model" holds the weights to use (eval, export, init_from read it); with an average, the trained
+        # weights go to "train_model" for resuming
+        ema = {} if self.ema is None else {"train_model": self.model.state_dict(), "ema": self.ema.state_dict()}
         return {
-            "model": self.model.state_dict(),
+            "model": self.eval_model.state_dict(),
+            **ema,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
@@ -132,7 +144,9 @@ class TrainState:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+        if self.ema is not None:  # a checkpoint without an average starts one from its weights
+            self.ema.load_state_dict(ckpt.get("ema", {"updates": 0}), ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.precision.scaler.load_state_dict(ckpt["scaler"])
@@ -283,6 +297,8 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     applied = not precision.scaled or scaler.get_scale() >= scale_before
     if applied:
         state.scheduler.step()  # only when the optimizer really stepped
+        if state.ema is not None:
+            state.ema.update(model)
     diverged = None
     if state.divergence is not None and applied:
         diverged = state.divergence.update_train(state.step, mean_loss, lr)
@@ -547,7 +563,9 @@ def validate_and_checkpoint(
 ) -> bool:
     """Validate, log, write best/last checkpoints; return True if early stopping triggers."""
     sync_buffers(state.model, state.dist)  # every rank validates the weights and statistics rank 0 saves
-    metrics, _ = evaluate(state.model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
+    if state.ema is not None:
+        sync_buffers(state.ema.module, state.dist)  # averaged from each rank's own statistics
+    metrics, _ = evaluate(state.eval_model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
     record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
     state.history.append({"step": state.step, **record})
     logger.log_metrics(record, state.step)

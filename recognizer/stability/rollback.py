@@ -97,6 +97,9 @@ class Rollback:
             "scheduler": copy.deepcopy(state.scheduler.state_dict()),
             "scaler": copy.deepcopy(state.precision.scaler.state_dict()),
         }
+        ema = getattr(state, "ema", None)
+        if ema is not None:  # the average must not keep what the rolled-back steps added
+            self.snapshot["ema"] = (_to_cpu(ema.module.state_dict()), ema.updates)
 
     def restore(
         self, state: Any, message: str, before_step: int | None = None, lr_factor: float | None = None
@@ -135,6 +138,9 @@ class Rollback:
         state.optimizer.load_state_dict(snap["optimizer"])
         state.scheduler.load_state_dict(snap["scheduler"])
         state.precision.scaler.load_state_dict(snap["scaler"])
+        if "ema" in snap and getattr(state, "ema", None) is not None:
+            state.ema.module.load_state_dict(snap["ema"][0])
+            state.ema.updates = snap["ema"][1]
         factor = self.lr_factor if lr_factor is None else min(max(lr_factor, 0.0), 1.0)
         if factor <= 0.0:
             raise ValueError(f"a rollback's learning-rate factor must be in (0, 1], got {lr_factor}")
