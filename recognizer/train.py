@@ -261,9 +261,9 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
     guard = make_guard(stab)
     state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
-    if opts.ema_decay is not None:
-        state.ema = WeightAverage(model, opts.ema_decay)
     wrapped = distributed.wrap(model, dist, device)
+    if opts.ema_decay is not None:  # after the wrap: DDP has given every rank rank 0's initial weights
+        state.ema = WeightAverage(model, opts.ema_decay)
     forward = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
         forward = torch.compile(forward)
