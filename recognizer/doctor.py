@@ -492,7 +492,10 @@ def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     report.verdicts += head_verdicts(model, alphabet, train_set)
-    reports = [_audit(split, ds, alphabet, model, stab) for split, ds in (("train", train_set), ("val", val_set))]
+    splits = {"train": train_set, "val": val_set}
+    if data.has("test"):  # training audits it before the first step too: a broken test split is found here
+        splits["test"] = data.dataset("test")
+    reports = [_audit(split, ds, alphabet, model, stab) for split, ds in splits.items()]
     report.audit = [r.to_dict() for r in reports]
     report.verdicts += audit_verdicts(reports, stab.audit_policy)
     report.histograms = length_histograms(train_set, alphabet, model, opts.histogram_bins)

@@ -70,6 +70,7 @@ def test_embedded_data_passes_and_writes_the_reports(data_root: Path, tmp_path: 
     assert report.codes("ok") == expected
     saved = json.loads((tmp_path / "doctor.json").read_text())
     assert saved["passed"] is True and len(saved["dry_run"]) == 3
+    assert [a["split"] for a in saved["audit"]] == ["train", "val", "test"]  # as training audits them
     assert sum(saved["histograms"]["label_length"]["counts"]) == 96
     assert saved["layers"]["head"]["grad_norm"] > 0 and saved["inputs"]["input_max"] <= 1.0
     assert (tmp_path / "doctor.md").read_text().startswith("# recognizer-doctor: PASS")
