@@ -208,11 +208,15 @@ def test_missing_image_file(tmp_path):
     write_png(tmp_path / "a.png", 10, 16)
     manifest = tmp_path / "m.tsv"
     manifest.write_text("a.png\tok\nmissing.png\tgone\n", encoding="utf-8")
-    records = read_records(manifest)
-    pattern = re.escape(f"missing.png → {tmp_path / 'missing.png'}")
-    with pytest.raises(DataError, match=pattern) as e:
-        LineDataset(records, height=HEIGHT)
-    assert "1 image file(s)" in str(e.value)
+    ds = LineDataset(read_records(manifest), height=HEIGHT)  # an audit violation, found per sample
+    message = (
+        f"image {tmp_path / 'missing.png'} (sample missing.png) does not exist: fix the path in the manifest "
+        "(relative paths are relative to it) or remove the line"
+    )
+    with pytest.raises(DataError, match=re.escape(message)) as e:
+        _ = ds.widths
+    assert e.value.reason == "missing_file"
+    assert ds.header_widths[1] == 0 and list(ds.unreadable) == [1]  # the audit drops or names it
 
 
 def test_corrupt_image(tmp_path):

@@ -91,7 +91,7 @@ def test_data_and_audit_errors_of_recognizer_train(tmp_path: Path) -> None:
     (tmp_path / "missing" / "b.png").unlink()
     run = tmp_path / "run1"
     done = run_script("recognizer-train", *lines_overrides(missing, run), f"hydra.run.dir={run}", cwd=tmp_path)
-    assert_clean(done, 3, "recognizer-train", "1 image file(s) listed in the manifest do not exist: b.png")
+    assert_clean(done, 4, "recognizer-train", "missing_file: 1 — e.g. b.png: image ")
     too_long = write_lines(tmp_path / "long", {"ok": "abc", "long": "abcdabcda"})
     run = tmp_path / "run2"
     done = run_script("recognizer-train", *lines_overrides(too_long, run), f"hydra.run.dir={run}", cwd=tmp_path)

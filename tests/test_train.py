@@ -201,8 +201,11 @@ def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None
 def test_missing_image_is_named_before_training(tmp_path: Path) -> None:
     manifest = write_lines(tmp_path / "lines", {"a": "ab", "b": "ba"})
     (tmp_path / "lines" / "b.png").unlink()
-    with pytest.raises(ValueError, match=r"1 image file\(s\) listed in the manifest do not exist: b\.png → .*b\.png"):
+    with pytest.raises(ValueError, match=r"missing_file: 1 — e\.g\. b\.png: image .*b\.png \(sample b\.png\) does not"):
         train(compose_config("train", lines_overrides(manifest, tmp_path / "run")))
+    overrides = lines_overrides(manifest, tmp_path / "run2", "stability.audit_policy=drop", "trainer.max_epochs=1")
+    metrics = train(compose_config("train", overrides))  # under drop: trained without it, and counted
+    assert metrics["train/dropped/missing_file"] == 1
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
