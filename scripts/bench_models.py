@@ -8,6 +8,8 @@ guard) on the default config of its recipe:
   set's range (11–131 px), so shapes vary from step to step as in training;
 - ``crnn-lines``: the generic ``data=lines`` CRNN (height 64), widths 128–390 px (kraken's digit-line
   set of ``../shared/peer/make_lines.py`` scaled to 64 px); use ``--batch-size 16`` (``data=lines``'s);
+- ``crnn-fsdd``: ``experiment=asr_fsdd_crnn`` (0.88M, 40 log-mel bins), batches of 32 FSDD clips with
+  their padding (0.55–1.5 s: 55–150 frames);
 - ``conformer``: ``experiment=asr_digits_conformer`` (80 log-mel bins), batches of 32 utterances of
   0.5–2.5 s (50–250 frames of 10 ms);
 - ``conformer-large`` (only when named in ``--models``; meant for a GPU): the 26M model of
@@ -16,9 +18,15 @@ guard) on the default config of its recipe:
 Inputs are random (throughput does not depend on their content); the same ``--steps`` batches are
 cycled after ``--warmup`` steps (compilation happens there). Prints one table row per configuration.
 
+``--clock cpu`` times the rounds in CPU seconds of this process (``time.process_time``) instead of
+wall-clock seconds: on a CPU shared with other jobs, with ``--threads 1``, it measures what one
+core does rather than the share of it this process got (the other jobs still cost it some cache).
+
 Usage::
 
     python scripts/bench_models.py                                  # CPU: eager and compile
+    python scripts/bench_models.py --models crnn-fsdd conformer --modes eager --precisions 32 bf16-mixed \
+        --threads 1 --clock cpu                                     # fp32 vs bf16 on a busy CPU
     python scripts/bench_models.py --device cuda --precisions 32 16-mixed bf16-mixed --ctc native cudnn
     python scripts/bench_models.py --models crnn-lines --modes eager --batch-size 16 \\
         --override model.channels_last=false
@@ -46,6 +54,7 @@ from recognizer.stability.runtime import attach_stability, make_ctc
 RECIPES = {
     "crnn": (["data=digit_lines", "model=crnn"], (11, 131)),
     "crnn-lines": (["data=lines", "model=crnn"], (128, 390)),
+    "crnn-fsdd": (["experiment=asr_fsdd_crnn"], (55, 150)),
     "conformer": (["experiment=asr_digits_conformer"], (50, 250)),
     # the GPU recipe's model (26M) on LibriSpeech-like lengths: 2-15 s
     "conformer-large": (["experiment=librispeech_conformer_ctc"], (200, 1500)),
@@ -109,14 +118,15 @@ def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: a
             key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
             print(f"profile of {name} {precision_name}:")
             print(prof.key_averages().table(sort_by=key, row_limit=args.profile))
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
         rounds = []
         for _ in range(args.rounds):
-            start = time.perf_counter()
+            start = clock()
             for batch in batches:
                 train_step(state, batch, ctc, 1.0)
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            rounds.append(time.perf_counter() - start)
+            rounds.append(clock() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     seconds = statistics.median(rounds)
     return {
@@ -145,13 +155,22 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, help="print the N costliest ops of one extra round")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: PyTorch's)")
     parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="time rounds in wall-clock seconds, or in this process's CPU seconds (a shared CPU; use --threads 1)",
+    )
+    parser.add_argument(
         "--override", nargs="*", default=[], help="extra config overrides, e.g. model.channels_last=false"
     )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
-    print(f"{where}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), batch {args.batch_size}")
+    print(
+        f"{where}, torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s), batch {args.batch_size}, "
+        f"{args.clock} clock"
+    )
     header = ["model", "mode", "precision", "ctc", "samples/s", "ms/step", "warmup s", "peak MiB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))

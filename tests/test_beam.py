@@ -190,3 +190,20 @@ def test_lexicon_and_lm_do_not_lose_to_greedy_on_the_embedded_test_split(
     )
     assert metrics["test/greedy_cer"] < 0.05  # a trained model, not noise
     assert metrics["test/cer"] <= metrics["test/greedy_cer"], (chosen, metrics)
+
+
+def test_digit_words_decoding_keeps_fsdd_outputs_to_the_ten_words() -> None:
+    """``decoding=digit_words``: a near miss of the greedy path ("sevn") becomes the digit word "seven"."""
+    from recognizer.data.spoken_digits import WORDS
+    from recognizer.decoding import build_decoder
+
+    cfg = compose_config("eval", ["checkpoint=x.ckpt", "decoding=digit_words"])
+    words = Path(cfg.decoding.lexicon).read_text().split("\n")
+    assert [w.split()[0] for w in words if w] == list(WORDS)  # the ten words, spelled letter by letter
+    symbols = list("efghinorstuvwxz")  # FSDD's alphabet (no space)
+    s, e, v, n = (symbols.index(c) + 1 for c in "sevn")
+    # "s e v" then an "e" weaker than the blank, then "n": greedy drops the second "e"
+    x = emissions([{s: 0.9}, {}, {e: 0.9}, {}, {v: 0.9}, {e: 0.3}, {}, {n: 0.9}, {}], len(symbols) + 1)
+    assert greedy_decode(x, torch.tensor([9]))[0] == ids("sevn", symbols)
+    (hyp,) = build_decoder(cfg.decoding, symbols)(x, torch.tensor([9]))
+    assert hyp.ids == ids("seven", symbols)

@@ -14,11 +14,14 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from recognizer.data.audio import audio_info, read_audio, resampled_length
+from recognizer.data.audio_augment import WaveAugment
 from recognizer.data.base import RecordDataset, check_unique, read_jsonl
+from recognizer.data.batching import SampleKey
 from recognizer.data.features import LogMel
 from recognizer.data.lines import DataError
 
@@ -102,6 +105,10 @@ class AudioDataset(RecordDataset):
         cache: keep computed features in memory (fp16) after their first load.
         pad_ms: silence (zeros) added before and after every recording, in ms: tightly trimmed
             recordings (FSDD's) are otherwise too short for a model's subsampled frames.
+        augment: applied to items asked for by :class:`SampleKey` (the train loader), before the
+            padding and the features; items asked for by a plain index, and :meth:`load`, are never
+            augmented. With ``cache`` the waveforms are cached too (fp32: 64 kB per second of audio),
+            and the features of augmented items are computed anew at every epoch.
     """
 
     def __init__(
@@ -112,6 +119,7 @@ class AudioDataset(RecordDataset):
         resample: bool = True,
         cache: bool = False,
         pad_ms: float = 0.0,
+        augment: WaveAugment | None = None,
     ) -> None:
         if pad_ms < 0:
             raise ValueError(f"data.pad_ms must be >= 0, got {pad_ms}")
@@ -121,7 +129,9 @@ class AudioDataset(RecordDataset):
         self.resample = resample
         self.cache = cache
         self.pad = round(pad_ms * sample_rate / 1000)  # samples of silence on each side
+        self.augment = augment
         self._cache: dict[int, Tensor] = {}
+        self._waves: dict[int, Tensor] = {}  # unpadded waveforms, kept for augmentation when caching
         self._rates: Counter[int] = Counter()  # recordings per file sample rate, counted while probing
 
     def _width(self, index: int) -> int:
@@ -183,5 +193,27 @@ class AudioDataset(RecordDataset):
             return self.load(index)
         return x.unsqueeze(0)
 
-    def __getitem__(self, index: int) -> dict:
-        return {"id": self.records[index].id, "input": self.load(index), "text": self.records[index].text}
+    def wave(self, index: int) -> Tensor:
+        """The ``(N,)`` fp32 waveform of utterance ``index`` at the model's rate, not padded."""
+        cached = self._waves.get(index)
+        if cached is not None:
+            return cached
+        wave = read_audio(self.records[index].path, self.sample_rate, self.resample)
+        if self.cache:
+            self._waves[index] = wave
+        return wave
+
+    @property
+    def augmented(self) -> bool:
+        return self.augment is not None
+
+    def __getitem__(self, key: int | SampleKey) -> dict:
+        """``{"id", "input": (1, n_mels, frames'), "text"}``; a :class:`SampleKey` augments (frames' >= frames)."""
+        index = key.index if isinstance(key, SampleKey) else key
+        r = self.records[index]
+        if isinstance(key, SampleKey) and self.augment is not None:
+            wave = self.augment(self.wave(index).numpy(), self.pad, key.seed, key.epoch, index)
+            features = self.features(torch.from_numpy(wave)).unsqueeze(0)
+        else:
+            features = self.load(index)
+        return {"id": r.id, "input": features, "text": r.text}

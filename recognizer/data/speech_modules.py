@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from recognizer.data.audio_augment import WaveAugment
 from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
 from recognizer.data.base import SplitData
 from recognizer.data.batching import Batch
@@ -30,6 +31,8 @@ class AudioManifestData(SplitData):
         resample: resample files at another rate; False makes such a file an error.
         min_duration, max_duration: keep utterances within these durations (seconds; None = no limit).
         spec_augment: masking applied to the train split only, or None.
+        wave_augment: speed and noise perturbation of the train split's recordings (used only if
+            ``wave_augment.enabled``), or None.
         cache: keep computed features in memory (fp16) after their first load.
         pad_ms: silence added before and after every recording (ms); 0 = none.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
@@ -53,6 +56,7 @@ class AudioManifestData(SplitData):
         min_duration: float | None = None,
         max_duration: float | None = None,
         spec_augment: SpecAugment | None = None,
+        wave_augment: WaveAugment | None = None,
         cache: bool = False,
         pad_ms: float = 0.0,
         alphabet: str | None = None,
@@ -72,6 +76,7 @@ class AudioManifestData(SplitData):
         self.min_duration = min_duration
         self.max_duration = max_duration
         self.spec_augment = spec_augment
+        self.wave_augment = wave_augment if wave_augment is not None and wave_augment.enabled else None
         self.cache = cache
         self.pad_ms = pad_ms
 
@@ -98,6 +103,7 @@ class AudioManifestData(SplitData):
             resample=self.resample,
             cache=self.cache,
             pad_ms=self.pad_ms,
+            augment=self.wave_augment if split == "train" else None,  # the train loader applies it
         )
         if len(records) < len(everything):  # reported with the audit's counts of this split
             dataset.filtered = {"duration": len(everything) - len(records)}
