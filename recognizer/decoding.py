@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from recognizer import CONFIG_DIR
 from recognizer.ctc import BLANK
 from recognizer.metrics import ErrorRates
 
@@ -145,6 +146,7 @@ class BeamDecoder:
             raise ImportError(
                 f"beam decoding needs flashlight-text ({e}): pip install flashlight-text (or pip install -e .)"
             ) from None
+        lexicon, lm = (config_file(path) for path in (lexicon, lm))
         for name, path in (("lexicon", lexicon), ("lm", lm)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(
@@ -327,6 +329,15 @@ def _lower_prob(probs: list[dict[tuple, float]], backoff: list[dict[tuple, float
     if gram in probs[len(gram)]:
         return probs[len(gram)][gram]
     return backoff[len(gram) - 1].get(gram[:-1], 1.0) * _lower_prob(probs, backoff, gram[1:])
+
+
+def config_file(path: str | None) -> str | None:
+    """``path`` as given if it exists (relative to the working directory), else a file of that name
+    shipped in ``conf/decoding/`` (``lexicon: digit_words.lexicon``), else ``path`` unchanged."""
+    if path is None or Path(path).is_file():
+        return path
+    shipped = Path(CONFIG_DIR) / "decoding" / path
+    return str(shipped) if shipped.is_file() else path
 
 
 def write_lexicon(words: Sequence[str], path: str | Path) -> Path:

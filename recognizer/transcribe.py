@@ -73,9 +73,17 @@ def decoding_config(name: str, **options: Any) -> DictConfig:
     """``conf/decoding/NAME.yaml`` with the non-None ``options`` set (beam options need ``beam``)."""
     path = Path(CONFIG_DIR) / "decoding" / f"{name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"no decoding config {path}: use greedy or beam")
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig), f"{path} must hold a mapping"
+        choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise FileNotFoundError(f"no decoding config {path}: use one of {choices}")
+    own = OmegaConf.load(path)
+    assert isinstance(own, DictConfig), f"{path} must hold a mapping"
+    # the group's own defaults list (digit_words: beam's keys, then its own), as Hydra would compose it
+    cfg = OmegaConf.create()
+    for base in own.pop("defaults", []):
+        if base != "_self_":
+            cfg = OmegaConf.merge(cfg, decoding_config(str(base)))
+    cfg = OmegaConf.merge(cfg, own)
+    assert isinstance(cfg, DictConfig)
     for key, value in options.items():
         if value is None:
             continue
@@ -131,7 +139,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--timings", action="store_true", help="add per-token frame and x position to the JSONL")
     p.add_argument("--batch-size", type=int, default=16, help="lines per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument("--decoding", default="greedy", help="greedy | beam: a file of conf/decoding (default greedy)")
+    p.add_argument(
+        "--decoding", default="greedy", help="greedy | beam | digit_words: a file of conf/decoding (default greedy)"
+    )
     p.add_argument("--beam-size", type=int, help="beam: hypotheses kept per frame")
     p.add_argument("--lexicon", help="beam: lexicon file (WORD T O K E N S per line)")
     p.add_argument("--lm", help="beam: KenLM model, ARPA or binary")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from recognizer.builders import make_loader, model_from_checkpoint
 from recognizer.decoding import (
@@ -192,13 +193,20 @@ def test_lexicon_and_lm_do_not_lose_to_greedy_on_the_embedded_test_split(
     assert metrics["test/cer"] <= metrics["test/greedy_cer"], (chosen, metrics)
 
 
-def test_digit_words_decoding_keeps_fsdd_outputs_to_the_ten_words() -> None:
-    """``decoding=digit_words``: a near miss of the greedy path ("sevn") becomes the digit word "seven"."""
+def test_digit_words_decoding_keeps_fsdd_outputs_to_the_ten_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``decoding=digit_words``: a near miss of the greedy path ("sevn") becomes the digit word "seven",
+    from any working directory (the lexicon ships in conf/decoding/), and recognizer-transcribe's
+    ``--decoding digit_words`` composes the same node (beam's keys under its own)."""
     from recognizer.data.spoken_digits import WORDS
-    from recognizer.decoding import build_decoder
+    from recognizer.decoding import build_decoder, config_file
+    from recognizer.transcribe import decoding_config
 
+    monkeypatch.chdir(tmp_path)
     cfg = compose_config("eval", ["checkpoint=x.ckpt", "decoding=digit_words"])
-    words = Path(cfg.decoding.lexicon).read_text().split("\n")
+    assert OmegaConf.to_container(decoding_config("digit_words")) == OmegaConf.to_container(cfg.decoding)
+    words = Path(config_file(cfg.decoding.lexicon)).read_text().split("\n")
     assert [w.split()[0] for w in words if w] == list(WORDS)  # the ten words, spelled letter by letter
     symbols = list("efghinorstuvwxz")  # FSDD's alphabet (no space)
     s, e, v, n = (symbols.index(c) + 1 for c in "sevn")
