@@ -78,11 +78,8 @@ def decoding_config(name: str, **options: Any) -> DictConfig:
     own = OmegaConf.load(path)
     assert isinstance(own, DictConfig), f"{path} must hold a mapping"
     # the group's own defaults list (digit_words: beam's keys, then its own), as Hydra would compose it
-    cfg = OmegaConf.create()
-    for base in own.pop("defaults", []):
-        if base != "_self_":
-            cfg = OmegaConf.merge(cfg, decoding_config(str(base)))
-    cfg = OmegaConf.merge(cfg, own)
+    bases = [decoding_config(str(base)) for base in own.pop("defaults", []) if base != "_self_"]
+    cfg = OmegaConf.merge(*bases, own)
     assert isinstance(cfg, DictConfig)
     for key, value in options.items():
         if value is None:
