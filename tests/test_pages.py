@@ -452,3 +452,18 @@ def test_pages_config_takes_data_augment(tmp_path: Path) -> None:
     assert data.augment is not None and data.augment.enabled
     off = instantiate(compose_config("train", ["data=pages", "data.train=x", "data.val=y"]).data)
     assert off.augment is None  # off by default
+
+
+def test_cremma_config_splits_by_manuscript_and_maps_line_end_hyphens(tmp_path: Path) -> None:
+    """data=cremma_mss18: each manuscript folder in one split; the val/test hands' '¬' and '=' become '-'."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["data=cremma_mss18", f"paths.output_dir={tmp_path}"])
+    folders = [Path(f).name for f in [*cfg.data.train, cfg.data.val, cfg.data.test]]
+    assert len(folders) == len(set(folders)) == 12  # 10 train, 1 val, 1 test manuscripts, none shared
+    data = instantiate(cfg.data)
+    assert data.char_map == {"¬": "-", "=": "-"}
+    assert apply_char_map("im¬", data.char_map) == "im-"
+    assert apply_char_map("=quables", data.char_map) == "-quables"
