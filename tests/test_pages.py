@@ -472,3 +472,18 @@ def test_split_lists_for_a_peer_tool_are_the_training_split(tmp_path):
     assert counts == {"train": 6, "val": 4, "test": 0}
     listed = (tmp_path / "lists" / "val.txt").read_text(encoding="utf-8").split()
     assert listed == [str((tmp_path / "flat" / f.name).absolute()) for f in data.files("val")]
+
+
+def test_cremma_config_splits_by_manuscript_and_maps_line_end_hyphens(tmp_path: Path) -> None:
+    """data=cremma_mss18: each manuscript folder in one split; the val/test hands' '¬' and '=' become '-'."""
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config("train", ["data=cremma_mss18", f"paths.output_dir={tmp_path}"])
+    folders = [Path(f).name for f in [*cfg.data.train, cfg.data.val, cfg.data.test]]
+    assert len(folders) == len(set(folders)) == 12  # 10 train, 1 val, 1 test manuscripts, none shared
+    data = instantiate(cfg.data)
+    assert data.char_map == {"¬": "-", "=": "-"}
+    assert apply_char_map("im¬", data.char_map) == "im-"
+    assert apply_char_map("=quables", data.char_map) == "-quables"

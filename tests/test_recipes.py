@@ -58,7 +58,26 @@ def shrink(data: str, tmp: Path, data_root: Path) -> list[str]:
         from tests.test_audio_layouts import write_fsdd
 
         return [f"data.root={write_fsdd(tmp / 'fsdd', speakers=('bob', 'theo'))}"]
+    if data == "PagesData":  # two hand-written ALTO pages stand in for the corpus (train, val and test alike)
+        folder = tiny_pages(tmp / "pages")
+        splits = [f"data.{s}={folder}" for s in ("train", "val", "test")]
+        return ["data.pages=null", *splits, "data.image_dirs=[]", f"data.cache_dir={tmp / 'page_lines'}"]
     raise AssertionError(f"tests/test_recipes.py cannot shrink data {data}: add it to shrink()")
+
+
+def tiny_pages(folder: Path) -> Path:
+    """Two ALTO pages of two 300 × 20 px lines each (75+ frames at height 64 for 3-4 symbols)."""
+    from tests.page_fixtures import alto_line, alto_xml, write, write_page_image
+
+    texts = [("abc", "déf"), ("cab", "féd")]
+    for i, (first, second) in enumerate(texts):
+        write_page_image(folder / f"p{i}.png", width=320, height=60, boxes=[(10, 8, 300, 22), (10, 35, 290, 50)])
+        lines = "\n".join(
+            alto_line(f"l{i}{k}", f'<String CONTENT="{text}"/>', polygon=f"5 {y} 310 {y} 310 {y + 20} 5 {y + 20}")
+            for k, (text, y) in enumerate([(first, 5), (second, 32)])
+        )
+        write(folder / f"p{i}.xml", alto_xml(lines, image=f"p{i}.png", width=320, height=60))
+    return folder
 
 
 def shrink_model(model: str) -> list[str]:
