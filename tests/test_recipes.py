@@ -58,6 +58,10 @@ def shrink(data: str, tmp: Path, data_root: Path) -> list[str]:
         from tests.test_audio_layouts import write_fsdd
 
         return [f"data.root={write_fsdd(tmp / 'fsdd', speakers=('bob', 'theo'))}"]
+    if data == "AudioFolderData":  # the Mboshi layout: 2 train and 1 dev sentence
+        from tests.test_audio_layouts import write_mboshi
+
+        return [f"data.root={write_mboshi(tmp / 'mboshi')}"]
     raise AssertionError(f"tests/test_recipes.py cannot shrink data {data}: add it to shrink()")
 
 

@@ -102,6 +102,8 @@ class AudioDataset(RecordDataset):
         cache: keep computed features in memory (fp16) after their first load.
         pad_ms: silence (zeros) added before and after every recording, in ms: tightly trimmed
             recordings (FSDD's) are otherwise too short for a model's subsampled frames.
+        max_missing_ms: a WAV at most this much shorter than its header declares is read as the
+            audio it holds instead of being a truncated file (see :func:`~recognizer.data.audio.audio_info`).
     """
 
     def __init__(
@@ -112,15 +114,19 @@ class AudioDataset(RecordDataset):
         resample: bool = True,
         cache: bool = False,
         pad_ms: float = 0.0,
+        max_missing_ms: float = 0.0,
     ) -> None:
         if pad_ms < 0:
             raise ValueError(f"data.pad_ms must be >= 0, got {pad_ms}")
+        if max_missing_ms < 0:
+            raise ValueError(f"data.max_missing_ms must be >= 0, got {max_missing_ms}")
         self.records = records
         self.features = features
         self.sample_rate = sample_rate
         self.resample = resample
         self.cache = cache
         self.pad = round(pad_ms * sample_rate / 1000)  # samples of silence on each side
+        self.max_missing_ms = max_missing_ms
         self._cache: dict[int, Tensor] = {}
         self._rates: Counter[int] = Counter()  # recordings per file sample rate, counted while probing
 
@@ -148,7 +154,7 @@ class AudioDataset(RecordDataset):
             )
 
     def _frames(self, r: AudioRecord) -> int:
-        num_samples, rate = audio_info(r.path)
+        num_samples, rate = audio_info(r.path, self.max_missing_ms)
         self._rates[rate] += 1
         if num_samples == 0:
             raise DataError(
