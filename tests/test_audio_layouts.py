@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hydra.utils import instantiate
 
-from recognizer.data.audio import resample_wave, resampled_length
+from recognizer.data.audio import audio_info, resample_wave, resampled_length
 from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
 from recognizer.data.base import DataError
 from recognizer.data.speech_modules import AudioFolderData, FSDDData
 from recognizer.data.spoken_digits import WORDS
+from tests.conftest import compose_config
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
@@ -34,6 +36,32 @@ def write_fsdd(root: Path, speakers=("alice", "bob", "carol"), digits=(0, 3, 7),
                 sf.write(
                     folder / f"{digit}_{speaker}_{i}.wav", tone(seconds, 8000, 300 + 50 * s), 8000, subtype="PCM_16"
                 )
+    return root
+
+
+MBOSHI = {  # split → (name, transcript): Mboshi's real file-name pattern and letters (acute vowels, Greek ε/ω)
+    "train": [
+        ("abiayi_2015-09-08-11-18-39_samsung-SM-T530_mdw_elicit_Dico18_1", "wáá ngá"),
+        ("kouarata_2016-02-18-11-17-35_samsung-SM-T530_mdw_elicit_Part3_181", "ɔ́ndέ mbώ"),
+    ],
+    "dev": [("martial_2015-09-10-11-25-36_samsung-SM-T530_mdw_elicit_Dico7_4", "mbá ngώ")],  # letters of train
+}
+
+
+def write_mboshi(root: Path, short_bytes: int = 726) -> Path:
+    """A tiny Mboshi checkout: ``full_corpus_newsplit/{train,dev}/NAME.wav`` + ``NAME.mb.cleaned`` + ``NAME.fr``.
+
+    The last train WAV ends ``short_bytes`` short of its header, as 78 of the real corpus's files do.
+    """
+    for split, items in MBOSHI.items():
+        folder = root / "full_corpus_newsplit" / split
+        folder.mkdir(parents=True)
+        for i, (name, text) in enumerate(items):
+            sf.write(folder / f"{name}.wav", tone(1.0, 16000, 300 + 100 * i, seed=i), 16000, subtype="PCM_16")
+            (folder / f"{name}.mb.cleaned").write_text(f"{text}\n", encoding="utf-8")
+            (folder / f"{name}.fr").write_text("une phrase en français\n", encoding="utf-8")
+    wav = root / "full_corpus_newsplit" / "train" / f"{MBOSHI['train'][-1][0]}.wav"
+    wav.write_bytes(wav.read_bytes()[:-short_bytes])
     return root
 
 
@@ -81,6 +109,49 @@ def test_sidecar_folder_errors_name_the_file_and_the_fix(tmp_path: Path) -> None
         read_sidecar_folder(tmp_path, audio_ext=".flac")
     with pytest.raises(DataError, match=r"audio folder .*missing does not exist"):
         read_sidecar_folder(tmp_path / "missing")
+
+
+def test_a_wav_short_of_its_header_is_read_within_max_missing_ms(tmp_path: Path) -> None:
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(1.0, 16000), 16000, subtype="PCM_16")
+    wav.write_bytes(wav.read_bytes()[:-726])  # 363 samples (22.7 ms) missing, as in the Mboshi corpus
+    with pytest.raises(
+        DataError,
+        match=r"a\.wav is truncated: its WAV header declares 726 more bytes of audio than the file holds .*: copy "
+        r"it again or remove it from the manifest, or, if the corpus is published so, set data\.max_missing_ms "
+        r"\(now 0\) to at least 23 to read the audio it holds",
+    ):
+        audio_info(wav)
+    with pytest.raises(DataError, match=r"max_missing_ms \(now 20\) to at least 23"):
+        audio_info(wav, max_missing_ms=20)
+    assert audio_info(wav, max_missing_ms=23) == (16000 - 363, 16000)  # the audio the file holds
+    (tmp_path / "whole").mkdir()
+    sf.write(tmp_path / "whole" / "b.wav", tone(0.5, 16000), 16000)
+    (tmp_path / "whole" / "b.txt").write_text("ab", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"data\.max_missing_ms must be >= 0, got -1"):
+        AudioFolderData(str(tmp_path / "whole"), None, max_missing_ms=-1).dataset("train")
+
+
+def test_mboshi_config_reads_the_corpus_as_published(tmp_path: Path) -> None:
+    root = write_mboshi(tmp_path / "mboshi")
+    cfg = compose_config("train", ["data=mboshi", f"data.root={root}"])
+    data = instantiate(cfg.data)
+    train = data.dataset("train")
+    assert train.texts == [t for _, t in MBOSHI["train"]]  # .mb.cleaned as written: no case or NFC change
+    assert [r.id for r in train.records] == [n for n, _ in MBOSHI["train"]]
+    assert train.widths[0] == 101 and train.widths[1] < 101  # the short file counts as the audio it holds
+    assert train[1]["input"].shape == (1, 80, train.widths[1])
+    for split in ("val", "test"):  # the corpus has no test split: dev is both
+        assert data.dataset(split).texts == ["mbá ngώ"]
+    with pytest.raises(DataError, match=r"Part3_181\.wav is truncated: .*set data\.max_missing_ms \(now 0\)"):
+        instantiate(cfg.data, max_missing_ms=0).dataset("train")
+
+
+def test_audio_folder_root_prefixes_relative_split_paths_only(tmp_path: Path) -> None:
+    root = write_mboshi(tmp_path / "mboshi")
+    dev = root / "full_corpus_newsplit" / "dev"
+    data = AudioFolderData("full_corpus_newsplit/train", str(dev), root=str(root), transcript_ext=".mb.cleaned")
+    assert data.sources == {"train": str(root / "full_corpus_newsplit/train"), "val": str(dev), "test": None}
 
 
 # --- FSDD ---------------------------------------------------------------------------------------

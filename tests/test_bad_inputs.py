@@ -181,7 +181,8 @@ def audio_messages(audio: Path) -> dict[str, str]:
         r"from the manifest",
         "truncated": rf"audio/c_truncated\.wav: audio {a}/c_truncated\.wav is truncated: its WAV header declares "
         r"\d+ more bytes of audio than the file holds \(an interrupted copy or download\?\): copy it again or "
-        r"remove it from the manifest",
+        r"remove it from the manifest, or, if the corpus is published so, set data\.max_missing_ms \(now 0\) to at "
+        r"least \d+ to read the audio it holds",
         "non_finite": rf"audio/d_nan\.wav: audio {a}/d_nan\.wav has 3 non-finite sample\(s\) \(NaN/Inf\): fix or "
         r"remove the file; non-finite inputs make the CTC loss NaN",
         "wrong_rate": rf"audio/e_rate\.wav: audio {a}/e_rate\.wav \(utterance audio/e_rate\.wav\) is sampled at "

@@ -24,10 +24,17 @@ from recognizer.data.lines import DataError
 log = logging.getLogger(__name__)
 
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
+# bytes per sample of libsndfile's WAV subtypes: turns a truncated data chunk's missing bytes into ms
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
 
-def audio_info(path: Path) -> tuple[int, int]:
-    """``(num_samples, sample_rate)`` from the file header, without decoding the audio."""
+def audio_info(path: Path, max_missing_ms: float = 0.0) -> tuple[int, int]:
+    """``(num_samples, sample_rate)`` from the file header, without decoding the audio.
+
+    A WAV whose ``data`` chunk is shorter than its header declares is truncated (a DataError), unless
+    at most ``max_missing_ms`` of audio are missing: then it counts as the audio it holds. Some
+    corpora are published so (the Mboshi corpus: 78 files end 23 to 68 ms short of their headers).
+    """
     if not path.is_file():
         raise DataError(
             f"audio file {path} does not exist: fix the path or remove it from the manifest", "missing_file"
@@ -44,11 +51,16 @@ def audio_info(path: Path) -> tuple[int, int]:
         ) from None
     missing = wav_missing_bytes(path)
     if missing:
-        raise DataError(
-            f"audio {path} is truncated: its WAV header declares {missing} more bytes of audio than the file "
-            "holds (an interrupted copy or download?): copy it again or remove it from the manifest",
-            "truncated",
-        )
+        bytes_per_second = _SAMPLE_BYTES.get(info.subtype, 0) * info.channels * info.samplerate
+        missing_ms = 1000 * missing / bytes_per_second if bytes_per_second else math.inf
+        if missing_ms > max_missing_ms:
+            raise DataError(
+                f"audio {path} is truncated: its WAV header declares {missing} more bytes of audio than the file "
+                "holds (an interrupted copy or download?): copy it again or remove it from the manifest, or, if "
+                f"the corpus is published so, set data.max_missing_ms (now {max_missing_ms:g}) to at least "
+                f"{math.ceil(missing_ms)} to read the audio it holds",
+                "truncated",
+            )
     return int(info.frames), int(info.samplerate)
 
 

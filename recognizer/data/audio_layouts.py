@@ -28,11 +28,14 @@ FSDD_SCHEMES = ("standard", "speaker")
 FSDD_TEST_INDICES = range(5)  # the dataset README: "Recordings numbered 0-4 (inclusive) are in the test"
 
 
-def read_sidecar_folder(folder: str | Path, audio_ext: str = ".wav", transcript_ext: str = ".txt") -> list[AudioRecord]:
+def read_sidecar_folder(
+    folder: str | Path, audio_ext: str = ".wav", transcript_ext: str = ".txt", max_missing_ms: float = 0.0
+) -> list[AudioRecord]:
     """Every ``NAME{audio_ext}`` under ``folder`` (recursively) with its transcript ``NAME{transcript_ext}``.
 
     Ids are the paths relative to ``folder`` without the audio extension; whitespace in a transcript
-    (line breaks included) collapses to single spaces. Durations come from the audio headers.
+    (line breaks included) collapses to single spaces. Durations come from the audio headers; a WAV
+    up to ``max_missing_ms`` shorter than its header declares counts as the audio it holds.
 
     Raises:
         DataError: the folder is missing or holds no ``*{audio_ext}``, or a recording has no transcript.
@@ -50,7 +53,7 @@ def read_sidecar_folder(folder: str | Path, audio_ext: str = ".wav", transcript_
                 f"data.transcript_ext to the transcripts' extension (now {transcript_ext!r})"
             )
         text = _SPACES.sub(" ", sidecar.read_text(encoding="utf-8-sig")).strip()
-        num_samples, rate = audio_info(audio)
+        num_samples, rate = audio_info(audio, max_missing_ms)
         records.append(AudioRecord(stem, audio, text, num_samples / rate))
     if not records:
         raise DataError(

@@ -109,6 +109,8 @@ class AudioDataset(RecordDataset):
             padding and the features; items asked for by a plain index, and :meth:`load`, are never
             augmented. With ``cache`` the waveforms are cached too (fp32: 64 kB per second of audio),
             and the features of augmented items are computed anew at every epoch.
+        max_missing_ms: a WAV at most this much shorter than its header declares is read as the
+            audio it holds instead of being a truncated file (see :func:`~recognizer.data.audio.audio_info`).
     """
 
     def __init__(
@@ -120,9 +122,12 @@ class AudioDataset(RecordDataset):
         cache: bool = False,
         pad_ms: float = 0.0,
         augment: WaveAugment | None = None,
+        max_missing_ms: float = 0.0,
     ) -> None:
         if pad_ms < 0:
             raise ValueError(f"data.pad_ms must be >= 0, got {pad_ms}")
+        if max_missing_ms < 0:
+            raise ValueError(f"data.max_missing_ms must be >= 0, got {max_missing_ms}")
         self.records = records
         self.features = features
         self.sample_rate = sample_rate
@@ -130,6 +135,7 @@ class AudioDataset(RecordDataset):
         self.cache = cache
         self.pad = round(pad_ms * sample_rate / 1000)  # samples of silence on each side
         self.augment = augment
+        self.max_missing_ms = max_missing_ms
         self._cache: dict[int, Tensor] = {}
         self._waves: dict[int, Tensor] = {}  # unpadded waveforms, kept for augmentation when caching
         self._rates: Counter[int] = Counter()  # recordings per file sample rate, counted while probing
@@ -158,7 +164,7 @@ class AudioDataset(RecordDataset):
             )
 
     def _frames(self, r: AudioRecord) -> int:
-        num_samples, rate = audio_info(r.path)
+        num_samples, rate = audio_info(r.path, self.max_missing_ms)
         self._rates[rate] += 1
         if num_samples == 0:
             raise DataError(

@@ -35,6 +35,8 @@ class AudioManifestData(SplitData):
             ``wave_augment.enabled``), or None.
         cache: keep computed features in memory (fp16) after their first load.
         pad_ms: silence added before and after every recording (ms); 0 = none.
+        max_missing_ms: a WAV at most this much shorter than its header declares is read as the audio it
+            holds (Mboshi's corpus); 0 = any shortfall is a truncated file.
         alphabet: optional alphabet file (one symbol per line); default: the train transcripts.
         batch_size, num_workers, pin_memory, persistent_workers: loader settings (:class:`SplitData`).
     """
@@ -59,6 +61,7 @@ class AudioManifestData(SplitData):
         wave_augment: WaveAugment | None = None,
         cache: bool = False,
         pad_ms: float = 0.0,
+        max_missing_ms: float = 0.0,
         alphabet: str | None = None,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -79,6 +82,7 @@ class AudioManifestData(SplitData):
         self.wave_augment = wave_augment if wave_augment is not None and wave_augment.enabled else None
         self.cache = cache
         self.pad_ms = pad_ms
+        self.max_missing_ms = max_missing_ms
 
     @property
     def train_augment(self) -> Callable[[Batch], Batch] | None:
@@ -104,6 +108,7 @@ class AudioManifestData(SplitData):
             cache=self.cache,
             pad_ms=self.pad_ms,
             augment=self.wave_augment if split == "train" else None,  # the train loader applies it
+            max_missing_ms=self.max_missing_ms,
         )
         if len(records) < len(everything):  # reported with the audit's counts of this split
             dataset.filtered = {"duration": len(everything) - len(records)}
@@ -199,6 +204,8 @@ class AudioFolderData(AudioManifestData):
         audio_ext: the recordings' extension (``.wav``, ``.flac``, ...).
         transcript_ext: the transcripts' extension: ``.txt`` for ``NAME.wav`` + ``NAME.txt``,
             ``.mb.cleaned`` for Mboshi's ``NAME.wav`` + ``NAME.mb.cleaned``.
+        root: a folder that relative ``train``/``val``/``test`` paths are under (a corpus checkout,
+            ``conf/data/mboshi.yaml``), or None: they are used as given.
         Other arguments: as in :class:`AudioManifestData`.
     """
 
@@ -209,8 +216,11 @@ class AudioFolderData(AudioManifestData):
         test: str | None = None,
         audio_ext: str = ".wav",
         transcript_ext: str = ".txt",
+        root: str | None = None,
         **kwargs,
     ) -> None:
+        if root is not None:  # an absolute split path stays as it is (Path's join keeps it)
+            train, val, test = (None if p is None else str(Path(root) / p) for p in (train, val, test))
         super().__init__(train, val, test, **kwargs)
         self.audio_ext = audio_ext
         self.transcript_ext = transcript_ext
@@ -219,7 +229,7 @@ class AudioFolderData(AudioManifestData):
         source = self.sources.get(split)
         if source is None:
             raise DataError(f"no {split} data configured: set data.{split}=FOLDER of recordings and transcripts")
-        return read_sidecar_folder(source, self.audio_ext, self.transcript_ext)
+        return read_sidecar_folder(source, self.audio_ext, self.transcript_ext, self.max_missing_ms)
 
 
 class FSDDData(AudioManifestData):
