@@ -71,9 +71,7 @@ def watch(folder: Path, start: float, validations: list[Validation], stop: threa
             if match is None or path.name in seen:
                 continue
             seen.add(path.name)
-            epoch, acc = int(match["epoch"]), float(match["acc"])
-            if epoch == 0 and acc == 0.0:
-                continue  # ketos's checkpoint before the first epoch
+            epoch, acc = int(match["epoch"]), float(match["acc"])  # written after each epoch (00 = the first)
             found = Validation(epoch, time.perf_counter() - start, 1.0 - acc)
             validations.append(found)
             print(f"  epoch {found.epoch:3d}  {found.seconds:8.1f} s  CER {found.cer:.4f}", flush=True)
