@@ -62,6 +62,16 @@ def test_unknown_symbol_error_names_sample():
     assert "'z'" in msg
 
 
+def test_unknown_symbol_under_drop_policy_says_which_key_to_set():
+    """audit_policy=drop is already set: the message must point at stability.unknown, not at the policy."""
+    with pytest.raises(AuditError) as e:
+        audit(["s1", "has-z"], ["ab", "abz"], [40, 40], policy="drop")
+    msg = str(e.value)
+    assert msg.startswith("the train data has symbols outside the alphabet (stability.unknown=error):\n")
+    assert msg.endswith("Add them to the alphabet, or set stability.unknown=drop (skip those samples) or =unk.")
+    assert "audit_policy=drop" not in msg
+
+
 def test_unknown_symbol_drop():
     # unknown=drop drops the sample even under policy=error
     report = audit(["s1", "has-z"], ["ab", "abz"], [40, 40], unknown="drop")

@@ -131,6 +131,7 @@ def audit_split(
     max_label_length: int | None = None,
     load_input: Callable[[int], Tensor] | None = None,
     drop_hint: str = "set stability.audit_policy=drop to train without these samples",
+    unknown_key: str = "stability.unknown",
     unreadable: Mapping[int, DataError] | None = None,
 ) -> AuditReport:
     """Audit one split.
@@ -147,6 +148,8 @@ def audit_split(
         load_input: if given, ``load_input(i)`` returns sample ``i``'s input; every input is then
             loaded once to check for non-finite values and to collect value statistics.
         drop_hint: how the caller's user turns on ``drop`` (the end of the error message).
+        unknown_key: the key that sets ``unknown`` for the caller's user (named when it alone stops a
+            ``drop`` audit).
         unreadable: samples whose input the reader already found unusable from its header
             (index → the reader's error, which names the file and carries the reason); their
             ``widths`` entries are ignored.
@@ -223,6 +226,11 @@ def audit_split(
         bad = {sample for reason in INPUT_REASONS for sample in violations.get(reason, [])}
         kept = [i for i in kept if ids[i] not in bad]
     report = AuditReport(split, len(ids), kept, violations, details, stats)
+    if fatal and policy == "drop":  # under drop only stability.unknown=error stops the run
+        raise AuditError(
+            f"the {split} data has symbols outside the alphabet ({unknown_key}=error):\n{report.summary()}\n"
+            f"Add them to the alphabet, or set {unknown_key}=drop (skip those samples) or =unk."
+        )
     if fatal:
         raise AuditError(
             f"the {split} data breaks the CTC contract (policy=error):\n{report.summary()}\n"
