@@ -101,10 +101,12 @@ class RecordDataset(Dataset):
     the padded axis, read from its header without decoding; a :class:`DataError` with a reason
     when the header says the input is unusable) and ``load(i)``. The audit reads
     ``header_widths`` and ``unreadable`` and loads every kept input once; the loaders rely on
-    ``header_widths`` and ``load``.
+    ``header_widths`` and ``load``. A subclass that augments per sample sets ``self.augment`` (applied
+    to items asked for by a :class:`~recognizer.data.batching.SampleKey`).
     """
 
     records: Sequence[Any]
+    augment: Any = None  # the per-sample augmentation of the train split, or None
     _widths: list[int] | None = None
     _unreadable: dict[int, DataError]
     #: samples a reader's filter removed before the audit (reason → count, e.g. ``{"duration": 3}``)
@@ -160,7 +162,7 @@ class RecordDataset(Dataset):
     def augmented(self) -> bool:
         """Whether items asked for by a :class:`~recognizer.data.batching.SampleKey` are augmented
         (the train loader then yields such keys)."""
-        return False
+        return self.augment is not None
 
 
 class SplitData:

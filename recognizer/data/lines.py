@@ -229,10 +229,6 @@ class LineDataset(RecordDataset):
             return self.load(index)
         return torch.from_numpy(np.ascontiguousarray(arr)).unsqueeze(0)
 
-    @property
-    def augmented(self) -> bool:
-        return self.augment is not None
-
     def __getitem__(self, key: int | SampleKey) -> dict:
         """``{"id", "input": (1, height, W'), "text"}``; a :class:`SampleKey` augments (``W' >= W``)."""
         index = key.index if isinstance(key, SampleKey) else key

@@ -209,10 +209,6 @@ class AudioDataset(RecordDataset):
             self._waves[index] = wave
         return wave
 
-    @property
-    def augmented(self) -> bool:
-        return self.augment is not None
-
     def __getitem__(self, key: int | SampleKey) -> dict:
         """``{"id", "input": (1, n_mels, frames'), "text"}``; a :class:`SampleKey` augments (frames' >= frames)."""
         index = key.index if isinstance(key, SampleKey) else key
