@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
 from recognizer.data.base import DataError
 from recognizer.data.speech_modules import AudioFolderData, FSDDData
 from recognizer.data.spoken_digits import WORDS
+from recognizer.stability.audit import AuditError
 from tests.conftest import compose_config
 
 
@@ -144,7 +146,7 @@ def test_mboshi_config_reads_the_corpus_as_published(tmp_path: Path) -> None:
     for split in ("val", "test"):  # the corpus has no test split: dev is both
         assert data.dataset(split).texts == ["mbá ngώ"]
     with pytest.raises(DataError, match=r"Part3_181\.wav is truncated: .*set data\.max_missing_ms \(now 0\)"):
-        instantiate(cfg.data, max_missing_ms=0).dataset("train")
+        instantiate(cfg.data, max_missing_ms=0).dataset("train").widths  # listed; the header read names it
 
 
 def test_audio_folder_root_prefixes_relative_split_paths_only(tmp_path: Path) -> None:
@@ -152,6 +154,60 @@ def test_audio_folder_root_prefixes_relative_split_paths_only(tmp_path: Path) ->
     dev = root / "full_corpus_newsplit" / "dev"
     data = AudioFolderData("full_corpus_newsplit/train", str(dev), root=str(root), transcript_ext=".mb.cleaned")
     assert data.sources == {"train": str(root / "full_corpus_newsplit/train"), "val": str(dev), "test": None}
+
+
+def test_bad_recordings_in_a_folder_are_dropped_and_counted_under_drop(tmp_path: Path) -> None:
+    """A corrupt, truncated or silent file in an audio folder does not stop the listing: the audit decides."""
+    from recognizer.train import train
+
+    folder = tmp_path / "speech"
+    folder.mkdir()
+    for i, text in enumerate(["one two", "three", "four one"]):
+        sf.write(folder / f"u{i}.wav", tone(1.0, 16000, 300 + 100 * i, seed=i), 16000, subtype="PCM_16")
+        (folder / f"u{i}.txt").write_text(text, encoding="utf-8")
+    (folder / "corrupt.wav").write_bytes(b"RIFF not really a wave file" * 40)
+    sf.write(folder / "cut.wav", tone(1.0, 16000), 16000, subtype="PCM_16")
+    (folder / "cut.wav").write_bytes((folder / "cut.wav").read_bytes()[:-8000])  # 250 ms short of its header
+    sf.write(folder / "quiet.wav", np.zeros(16000, np.float32), 16000, subtype="PCM_16")
+    for name in ("corrupt", "cut", "quiet"):
+        (folder / f"{name}.txt").write_text("two", encoding="utf-8")
+    records = {r.id: r.duration for r in read_sidecar_folder(folder)}
+    assert np.isnan(records["corrupt"]) and np.isnan(records["cut"]) and records["quiet"] == 1.0
+    out = tmp_path / "run"
+    overrides = [
+        "data=audio_folder",
+        f"data.train={folder}",
+        f"data.val={folder}",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "model=conformer",
+        "model.d_model=16",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.ffn_dim=32",
+        "model.subsampling_channels=4",
+        "trainer.max_epochs=1",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "scheduler.warmup_steps=1",
+        f"paths.output_dir={out}",
+    ]
+    assert "val/cer" in train(compose_config("train", [*overrides, "stability.audit_policy=drop"]))
+    report = json.loads((out / "audit.json").read_text())[0]
+    assert report["kept"] == 3 and report["dropped"] == 3
+    assert {k: v["count"] for k, v in report["violations"].items()} == {"unreadable": 1, "truncated": 1, "silent": 1}
+    with pytest.raises(AuditError, match=r"corrupt\.wav"):
+        train(compose_config("train", [*overrides, "stability.audit_policy=error"]))
+
+
+def test_fsdd_lists_a_corrupt_recording_for_the_audit_to_name(tmp_path: Path) -> None:
+    root = write_fsdd(tmp_path / "fsdd")
+    (root / "recordings" / "3_bob_10.wav").write_bytes(b"\x00" * 100)
+    data = FSDDData(str(root), sample_rate=8000, resample=False, spec_augment=None)
+    train = data.dataset("train")
+    bad = train.ids.index("3_bob_10")
+    assert np.isnan(train.records[bad].duration) and list(train.unreadable) == [bad]
+    assert train.unreadable[bad].reason == "unreadable" and "3_bob_10.wav" in str(train.unreadable[bad])
 
 
 # --- FSDD ---------------------------------------------------------------------------------------

@@ -64,6 +64,20 @@ def audio_info(path: Path, max_missing_ms: float = 0.0) -> tuple[int, int]:
     return int(info.frames), int(info.samplerate)
 
 
+def header_duration(path: Path, max_missing_ms: float = 0.0) -> float:
+    """Seconds of audio in ``path`` from its header, or NaN when the file is missing, corrupt or truncated.
+
+    Corpus readers list recordings with this: a bad file is not their call but the pre-flight
+    audit's, which re-reads it with :func:`audio_info` and drops and counts it under
+    ``stability.audit_policy=drop`` or stops with the error that names it under ``error``.
+    """
+    try:
+        num_samples, rate = audio_info(path, max_missing_ms)
+    except DataError:
+        return math.nan
+    return num_samples / rate
+
+
 def wav_missing_bytes(path: Path) -> int:
     """For a RIFF/WAVE file, how many bytes of its ``data`` chunk are missing from the file (0 otherwise).
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recognizer.data.audio import audio_info
+from recognizer.data.audio import header_duration
 from recognizer.data.base import DataError, check_unique
 from recognizer.data.speech import AudioRecord
 from recognizer.data.spoken_digits import WORDS
@@ -35,7 +35,9 @@ def read_sidecar_folder(
 
     Ids are the paths relative to ``folder`` without the audio extension; whitespace in a transcript
     (line breaks included) collapses to single spaces. Durations come from the audio headers; a WAV
-    up to ``max_missing_ms`` shorter than its header declares counts as the audio it holds.
+    up to ``max_missing_ms`` shorter than its header declares counts as the audio it holds; an
+    unreadable or truncated file gets a NaN duration and is left to the audit (dropped and counted
+    under ``stability.audit_policy=drop``).
 
     Raises:
         DataError: the folder is missing or holds no ``*{audio_ext}``, or a recording has no transcript.
@@ -53,8 +55,7 @@ def read_sidecar_folder(
                 f"data.transcript_ext to the transcripts' extension (now {transcript_ext!r})"
             )
         text = _SPACES.sub(" ", sidecar.read_text(encoding="utf-8-sig")).strip()
-        num_samples, rate = audio_info(audio, max_missing_ms)
-        records.append(AudioRecord(stem, audio, text, num_samples / rate))
+        records.append(AudioRecord(stem, audio, text, header_duration(audio, max_missing_ms)))
     if not records:
         raise DataError(
             f"folder {folder} holds no *{audio_ext} recordings: set data.audio_ext to your files' extension"
@@ -121,8 +122,7 @@ def read_fsdd(
         speakers.add(m["speaker"])
         if fsdd_split(scheme, m["speaker"], int(m["index"]), test_speaker, val) != split:
             continue
-        num_samples, rate = audio_info(wav)
-        records.append(AudioRecord(wav.stem, wav, WORDS[int(m["digit"])], num_samples / rate))
+        records.append(AudioRecord(wav.stem, wav, WORDS[int(m["digit"])], header_duration(wav)))
     if scheme == "speaker" and test_speaker not in speakers:
         raise DataError(
             f"data.test_speaker={test_speaker!r} is not an FSDD speaker; the speakers are {sorted(speakers)}"

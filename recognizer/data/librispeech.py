@@ -9,11 +9,10 @@ read with soundfile (no FFmpeg needed).
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
-from recognizer.data.audio import audio_info
+from recognizer.data.audio import header_duration
 from recognizer.data.base import check_unique
 from recognizer.data.lines import DataError
 from recognizer.data.speech import AudioRecord
@@ -60,10 +59,5 @@ def _read_chapter(trans: Path, lowercase: bool) -> list[AudioRecord]:
         audio = trans.parent / f"{utt}.flac"
         if not audio.is_file():
             raise DataError(f"{trans}:{lineno}: utterance {utt} has no audio file {audio}")
-        try:
-            num_samples, rate = audio_info(audio)
-            duration = num_samples / rate
-        except DataError:  # a corrupt file is the audit's to drop or report, with the others; NaN: unknown
-            duration = math.nan
-        records.append(AudioRecord(utt, audio, normalize_text(text, lowercase), duration))
+        records.append(AudioRecord(utt, audio, normalize_text(text, lowercase), header_duration(audio)))
     return records
