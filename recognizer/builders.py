@@ -93,13 +93,24 @@ def make_loader(
 
 
 def run_audit(
-    split: str, dataset: LineDataset, alphabet: Alphabet, model: Recognizer, stability: Any, **kwargs: Any
+    split: str,
+    dataset: LineDataset,
+    alphabet: Alphabet,
+    model: Recognizer,
+    stability: Any,
+    training: bool | None = None,
+    **kwargs: Any,
 ) -> AuditReport:
     """Audit one split with the ``stability`` config node's policies (``kwargs``: more of :func:`audit_split`'s).
 
     Samples whose headers the dataset could not use are violations of their reason; what the
     dataset's reader filtered out before (``dataset.filtered``) is carried into the report.
+    ``stability.min_frames_per_label`` guards the CTC gradient, so it applies to the samples a model
+    is trained on (``training``; by default the train split): validation and test keep every sample
+    CTC can align at all (the exact bound), so a score is never flattered by leaving hard lines out.
     """
+    if training is None:
+        training = split == "train"
     report = audit_split(
         split,
         dataset.ids,
@@ -109,7 +120,7 @@ def run_audit(
         model.output_lengths,
         policy=stability.audit_policy,
         unknown=stability.unknown,
-        min_frames_per_label=stability.min_frames_per_label,
+        min_frames_per_label=stability.min_frames_per_label if training else 0.0,
         max_label_length=stability.max_label_length,
         load_input=dataset.load if stability.scan_inputs else None,
         unreadable=dataset.unreadable,

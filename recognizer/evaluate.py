@@ -74,7 +74,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
         "these samples (they are listed in the log)"
     )
-    report = run_audit(cfg.split, dataset, alphabet, model, stability, drop_hint=drop_hint, unknown_key="unknown")
+    report = run_audit(
+        cfg.split, dataset, alphabet, model, stability, training=False, drop_hint=drop_hint, unknown_key="unknown"
+    )
     if report.dropped or report.filtered:
         log.warning("%s", report.summary())
     loader, _ = make_loader(

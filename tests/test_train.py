@@ -179,6 +179,24 @@ def test_drop_policy_trains_on_the_rest_and_counts(tmp_path: Path) -> None:
     assert set(report["violations"]) == {"below_ratio", "empty"}
 
 
+def test_the_frames_per_label_rule_guards_training_only(tmp_path: Path) -> None:
+    """A val line below the 2× rule but within the exact CTC bound is scored, not left out of the CER."""
+    train_set = write_lines(tmp_path / "train", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
+    val_set = write_lines(tmp_path / "val", {"ok": "abc", "long": "abcdabcda", "huge": "abcd" * 5})
+    out = tmp_path / "run"
+    overrides = [*lines_overrides(train_set, out, "stability.audit_policy=drop"), f"data.val={val_set}"]
+    train(compose_config("train", overrides))
+    val = json.loads((out / "audit.json").read_text())[1]
+    assert val["split"] == "val" and val["kept"] == 2  # 16 frames ≥ 9 + 0 repeats: "long" is scored
+    assert set(val["violations"]) == {"infeasible"}  # 20 labels cannot fit 16 frames at all
+    swapped = [*lines_overrides(val_set, tmp_path / "run2", "stability.audit_policy=drop"), f"data.val={train_set}"]
+    train(compose_config("train", swapped))
+    assert set(json.loads((tmp_path / "run2" / "audit.json").read_text())[0]["violations"]) == {
+        "below_ratio",
+        "infeasible",
+    }
+
+
 def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None:
     clean = write_lines(tmp_path / "lines", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
     out = tmp_path / "run"
