@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
 from recognizer.data.batching import BucketBatchSampler, Collate, EpochBatchSampler
-from recognizer.data.lines import LineDataset
+from recognizer.data.images.lines import LineDataset
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport, audit_split
 

@@ -101,7 +101,7 @@ def preprocessing_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
             "features": {k: data[k] for k in AUDIO_KEYS},
             "steps": [
                 f"read mono audio and resample to {data['sample_rate']} Hz",
-                "log-mel features exactly as recognizer.data.features.LogMel(sample_rate, n_mels, win_ms, "
+                "log-mel features exactly as recognizer.data.audio.features.LogMel(sample_rate, n_mels, win_ms, "
                 "hop_ms, n_fft, log_floor, normalize) with the values under 'features'",
                 "pad batches with 0 on the right",
             ],

@@ -10,8 +10,8 @@ Example::
     model.transcribe([pil_image, np_array])               # several at once, batched
     model.transcribe_pages(["page.xml"], out_dir="out/")  # ALTO/PAGE in, the same XML with our text out
 
-Every input goes through the data set class training used (:class:`~recognizer.data.lines.LineDataset`
-or :class:`~recognizer.data.speech.AudioDataset`) with the checkpoint's preprocessing; in-memory
+Every input goes through the data set class training used (:class:`~recognizer.data.images.lines.LineDataset`
+or :class:`~recognizer.data.audio.speech.AudioDataset`) with the checkpoint's preprocessing; in-memory
 images are handed to it as temporary PNG/NPY files, so preprocessing cannot drift from training's.
 ``recognizer-transcribe`` is a thin command-line layer over this class.
 """
@@ -33,17 +33,17 @@ from PIL import Image
 
 from recognizer import CONFIG_DIR
 from recognizer.builders import model_from_checkpoint
-from recognizer.data.audio import audio_info
+from recognizer.data.audio.features import LogMel
+from recognizer.data.audio.reading import audio_info
+from recognizer.data.audio.speech import AudioDataset, AudioRecord
 from recognizer.data.base import DataError
 from recognizer.data.batching import Collate
-from recognizer.data.features import LogMel
-from recognizer.data.lines import IMAGE_SUFFIXES, LineDataset, Record, _image_size
+from recognizer.data.images.lines import IMAGE_SUFFIXES, LineDataset, Record, _image_size
 from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.formats import parse_page
 from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_box, outline
 from recognizer.data.pages.sources import collect_xml
 from recognizer.data.pages.write import LineText, write_page
-from recognizer.data.speech import AudioDataset, AudioRecord
 from recognizer.decoding import build_decoder
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.precision import resolve_device

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from recognizer import CONFIG_DIR
-from recognizer.data.lines import IMAGE_SUFFIXES
+from recognizer.data.images.lines import IMAGE_SUFFIXES
 from recognizer.errors import user_errors
 from recognizer.inference import (  # noqa: F401 (is_audio, preprocessing, input_dataset: also used from here)
     AUDIO_SUFFIXES,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from recognizer.data.lines import read_records
+from recognizer.data.images.lines import read_records
 from recognizer.decoding import token_names, write_arpa, write_lexicon
 
 

@@ -11,12 +11,12 @@ import soundfile as sf
 import torch
 
 from recognizer.alphabet import Alphabet
-from recognizer.data.audio import read_audio, resampled_length
+from recognizer.data.audio.features import LogMel, SpecAugment
+from recognizer.data.audio.modules import AudioManifestData
+from recognizer.data.audio.reading import read_audio, resampled_length
+from recognizer.data.audio.speech import AudioDataset, filter_duration, read_audio_manifest
 from recognizer.data.batching import Collate
-from recognizer.data.features import LogMel, SpecAugment
-from recognizer.data.lines import DataError
-from recognizer.data.speech import AudioDataset, filter_duration, read_audio_manifest
-from recognizer.data.speech_modules import AudioManifestData
+from recognizer.data.images.lines import DataError
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 440.0, seed: int = 0) -> np.ndarray:

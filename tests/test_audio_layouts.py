@@ -12,11 +12,11 @@ import soundfile as sf
 import torch
 from hydra.utils import instantiate
 
-from recognizer.data.audio import audio_info, resample_wave, resampled_length
-from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.audio.layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.audio.modules import AudioFolderData, FSDDData
+from recognizer.data.audio.reading import audio_info, resample_wave, resampled_length
+from recognizer.data.audio.spoken_digits import WORDS
 from recognizer.data.base import DataError
-from recognizer.data.speech_modules import AudioFolderData, FSDDData
-from recognizer.data.spoken_digits import WORDS
 from recognizer.stability.audit import AuditError
 from tests.conftest import compose_config
 
@@ -146,7 +146,7 @@ def test_mboshi_config_reads_the_corpus_as_published(tmp_path: Path) -> None:
     for split in ("val", "test"):  # the corpus has no test split: dev is both
         assert data.dataset(split).texts == ["mbá ngώ"]
     with pytest.raises(DataError, match=r"Part3_181\.wav is truncated: .*set data\.max_missing_ms \(now 0\)"):
-        instantiate(cfg.data, max_missing_ms=0).dataset("train").widths  # listed; the header read names it
+        _ = instantiate(cfg.data, max_missing_ms=0).dataset("train").widths  # listed; the header read names it
 
 
 def test_audio_folder_root_prefixes_relative_split_paths_only(tmp_path: Path) -> None:
@@ -262,7 +262,7 @@ def test_fsdd_is_resampled_to_the_model_rate_and_logged_once_per_split(
 ) -> None:
     root = write_fsdd(tmp_path)
     data = FSDDData(str(root), sample_rate=16000, resample=True, spec_augment=None)
-    with caplog.at_level(logging.INFO, logger="recognizer.data.speech"):
+    with caplog.at_level(logging.INFO, logger="recognizer.data.audio.speech"):
         ds = data.dataset("train")
         widths = ds.widths
     said = [r.getMessage() for r in caplog.records if "resampling" in r.getMessage()]

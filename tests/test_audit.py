@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recognizer.alphabet import Alphabet
-from recognizer.data.lines import DataError
+from recognizer.data.images.lines import DataError
 from recognizer.stability.audit import FIXES, AuditError, audit_split, write_reports
 
 ALPHABET = Alphabet.from_texts(["abc "])

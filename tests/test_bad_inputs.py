@@ -16,11 +16,11 @@ from PIL import Image
 
 from recognizer.alphabet import Alphabet
 from recognizer.builders import run_audit
+from recognizer.data.audio.librispeech import read_librispeech
+from recognizer.data.audio.modules import AudioManifestData, LibriSpeechData
+from recognizer.data.audio.speech import filter_duration, read_audio_manifest
 from recognizer.data.base import RecordDataset
-from recognizer.data.librispeech import read_librispeech
-from recognizer.data.lines import LineDataset, read_records
-from recognizer.data.speech import filter_duration, read_audio_manifest
-from recognizer.data.speech_modules import AudioManifestData, LibriSpeechData
+from recognizer.data.images.lines import LineDataset, read_records
 from recognizer.doctor import AUDIT_CODES, CAUSES
 from recognizer.stability.audit import FIXES, INPUT_REASONS, AuditError
 from tests.test_audio import tone, write_manifest
@@ -250,7 +250,7 @@ def test_an_unreadable_librispeech_file_is_the_audits_to_drop(tmp_path: Path) ->
 def test_duration_filter_on_val_and_test_warns_and_is_counted(tmp_path: Path, caplog) -> None:
     manifest = write_manifest(tmp_path, {f"u{i}": (tone(0.2 * (i + 1), seed=i), 16000, "ab") for i in range(4)})
     data = AudioManifestData(str(manifest), str(manifest), str(manifest), max_duration=0.5, spec_augment=None)
-    with caplog.at_level(logging.INFO, logger="recognizer.data.speech"):
+    with caplog.at_level(logging.INFO, logger="recognizer.data.audio.speech"):
         train_set, test_set = data.dataset("train"), data.dataset("test")
     levels = {r.message.split(":")[0]: r.levelname for r in caplog.records}
     assert levels == {"train data": "INFO", "test data": "WARNING"}

@@ -199,7 +199,7 @@ def test_digit_words_decoding_keeps_fsdd_outputs_to_the_ten_words(
     """``decoding=digit_words``: a near miss of the greedy path ("sevn") becomes the digit word "seven",
     from any working directory (the lexicon ships in conf/decoding/), and recognizer-transcribe's
     ``--decoding digit_words`` composes the same node (beam's keys under its own)."""
-    from recognizer.data.spoken_digits import WORDS
+    from recognizer.data.audio.spoken_digits import WORDS
     from recognizer.decoding import build_decoder, config_file
     from recognizer.transcribe import decoding_config
 

@@ -1,4 +1,4 @@
-"""Tests for recognizer.data.lines (manifests, loading, errors) and recognizer.data.batching."""
+"""Tests for recognizer.data.images.lines (manifests, loading, errors) and recognizer.data.batching."""
 
 import json
 import re
@@ -11,7 +11,7 @@ from PIL import Image
 
 from recognizer.alphabet import Alphabet, UnknownSymbolError
 from recognizer.data.batching import Batch, Collate, EpochBatchSampler
-from recognizer.data.lines import DataError, LineDataset, Record, read_records
+from recognizer.data.images.lines import DataError, LineDataset, Record, read_records
 
 HEIGHT = 16
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from recognizer.data.librispeech import normalize_text, read_librispeech
-from recognizer.data.lines import DataError
+from recognizer.data.audio.librispeech import normalize_text, read_librispeech
+from recognizer.data.images.lines import DataError
 from recognizer.stability.audit import AuditError
 from recognizer.train import train
 from tests.conftest import compose_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from recognizer.data.spoken_digits import TEST_VARIANTS, TRAIN_VARIANTS, WORDS, ESpeak, ensure_spoken_digits
+from recognizer.data.audio.spoken_digits import TEST_VARIANTS, TRAIN_VARIANTS, WORDS, ESpeak, ensure_spoken_digits
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.train import train
@@ -115,8 +115,8 @@ def test_crnn_trains_on_spectrograms(corpus: Path, tmp_path: Path) -> None:
 
 
 def test_the_cache_knows_whether_a_setting_is_generated(tmp_path: Path) -> None:
-    from recognizer.data.speech_modules import SpokenDigitsData
-    from recognizer.data.spoken_digits import spoken_digits_manifests
+    from recognizer.data.audio.modules import SpokenDigitsData
+    from recognizer.data.audio.spoken_digits import spoken_digits_manifests
 
     data = SpokenDigitsData(str(tmp_path), num_train=4, num_val=2, num_test=0)
     assert not data.is_generated()

@@ -31,7 +31,7 @@ def images(ckpt: Path, data_root: Path) -> list[Path]:
 def eager_greedy(ckpt: Path, data_root: Path, index: int) -> str:
     """The model's greedy transcript of test line ``index``, through the test data set's own loading."""
     model, alphabet = model_from_checkpoint(load_checkpoint(ckpt))
-    from recognizer.data.lines import LineDataset, read_records
+    from recognizer.data.images.lines import LineDataset, read_records
 
     dataset = LineDataset(read_records(next(data_root.glob("digit_lines/*/test.tsv"))), height=16)
     x = dataset.load(index)

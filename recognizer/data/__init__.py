@@ -1,15 +1,17 @@
-"""Data sets: embedded handwritten digit lines and spoken digits; users' line images, ALTO/PAGE pages,
-audio manifests, audio folders with sidecar transcripts, FSDD and LibriSpeech copies."""
+"""Data sets, one folder per kind of input: ``images/`` (line-image manifests, the embedded digit
+lines), ``pages/`` (ALTO/PAGE XML with their scans) and ``audio/`` (manifests, sidecar folders, FSDD,
+LibriSpeech, the embedded spoken digits). Shared by all: ``base`` (the record data set, DataError) and
+``batching`` (length-bucketed batches, padding, keyed samples for augmentation)."""
 
-from recognizer.data.modules import DigitLinesData, LinesData
-from recognizer.data.pages import PagesData
-from recognizer.data.speech_modules import (
+from recognizer.data.audio.modules import (
     AudioFolderData,
     AudioManifestData,
     FSDDData,
     LibriSpeechData,
     SpokenDigitsData,
 )
+from recognizer.data.images.modules import DigitLinesData, LinesData
+from recognizer.data.pages import PagesData
 
 __all__ = [
     "AudioFolderData",

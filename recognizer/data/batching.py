@@ -76,7 +76,7 @@ class Collate:
 class SampleKey:
     """A train sample as a keyed sampler names it: which sample, in which epoch, of which run.
 
-    A dataset that augments per sample (:class:`~recognizer.data.lines.LineDataset` with
+    A dataset that augments per sample (:class:`~recognizer.data.images.lines.LineDataset` with
     ``augment``) draws from a generator seeded by these three numbers, so the draw is the same in
     any loader worker and after a resume. Datasets index with plain ints everywhere else.
     """

@@ -1,7 +1,7 @@
 """The page data module (``conf/data/pages.yaml``): ALTO/PAGE pages in, line images out.
 
 Lines are cut once into the line cache (:mod:`recognizer.data.pages.cache`) and then read like any
-line image set, by :class:`~recognizer.data.lines.LineDataset` (same normalisation and height
+line image set, by :class:`~recognizer.data.images.lines.LineDataset` (same normalisation and height
 scaling as ``data=lines``).
 """
 
@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from recognizer.data.augment import LineAugment
 from recognizer.data.base import DataError, SplitData, check_unique
-from recognizer.data.lines import LineDataset, Record
+from recognizer.data.images.augment import LineAugment
+from recognizer.data.images.lines import LineDataset, Record
 from recognizer.data.pages.cache import LineCache
 from recognizer.data.pages.formats import parse_page
 from recognizer.data.pages.geometry import NO_TEXT
@@ -80,7 +80,7 @@ class PagesData(SplitData):
         extract_height: store cached crops at this height (None: the scan's resolution).
         audit_policy: lines without text or usable geometry, or whose image is missing: ``error`` (stop,
             naming the XML file and line id) or ``drop`` (skip, counted by reason). None means ``error``.
-        height, invert, cache: as in :class:`~recognizer.data.modules.LinesData`.
+        height, invert, cache: as in :class:`~recognizer.data.images.modules.LinesData`.
         alphabet, batch_size, num_workers, pin_memory, persistent_workers: as in :class:`SplitData`.
         augment: augmentation of the train split's lines (``data.augment``; used only if enabled).
     """

@@ -1,6 +1,6 @@
 """Reading audio with soundfile (WAV, FLAC, OGG, ... — no FFmpeg) and checking it on the way in.
 
-Every failure raises :class:`~recognizer.data.lines.DataError` naming the file and the fix: a
+Every failure raises :class:`~recognizer.data.images.lines.DataError` naming the file and the fix: a
 missing, corrupt or unsupported file, NaN/Inf samples, empty or all-zero audio, and a sample rate
 that differs from the model's when resampling is off. Each carries the audit's reason code, so the
 pre-flight audit drops and counts such files under ``stability.audit_policy=drop``. Clipping is only
@@ -19,7 +19,7 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from recognizer.data.lines import DataError
+from recognizer.data.images.lines import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Augmentation of line images: the usual HTR set, drawn per (seed, epoch, sample).
 
-A line image here is what :class:`~recognizer.data.lines.LineDataset` loads: ``(1, H, W)`` float32
+A line image here is what :class:`~recognizer.data.images.lines.LineDataset` loads: ``(1, H, W)`` float32
 in ``[0, 1]`` with bright ink on a 0 background (the padding value). Each transform is applied with
 its own probability and draws its magnitude from the generator it is given:
 

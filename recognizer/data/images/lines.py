@@ -17,9 +17,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from recognizer.data.augment import LineAugment
 from recognizer.data.base import DataError, RecordDataset, check_unique, read_jsonl
 from recognizer.data.batching import SampleKey
+from recognizer.data.images.augment import LineAugment
 
 __all__ = ["DataError", "LineDataset", "Record", "read_records"]
 

@@ -8,7 +8,7 @@ variant, the rate, pitch, word gap, leading/trailing silence and the white-noise
 random; the test split uses voice variants that train and validation never hear.
 
 The corpus is written in the audio-manifest layout (``{split}/*.flac`` + ``{split}.jsonl`` with
-``audio_filepath``, ``duration``, ``text``) that :mod:`recognizer.data.speech` reads for users'
+``audio_filepath``, ``duration``, ``text``) that :mod:`recognizer.data.audio.speech` reads for users'
 own data. eSpeak's output depends on the history of calls in a process, so each split is
 generated in a fresh Python process in a fixed order: the same settings give the same audio.
 A finished split is marked by its manifest, written last (atomically).
@@ -119,7 +119,7 @@ def utterance_plan(rng: np.random.Generator, split: str, max_digits: int) -> dic
 
 def render(engine: ESpeak, plan: dict, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
     """Synthesise a plan to float32 samples in [-1, 1] at ``sample_rate`` with silence and noise."""
-    from recognizer.data.audio import resample_wave  # polyphase, as recognizer resamples users' files
+    from recognizer.data.audio.reading import resample_wave  # polyphase, as recognizer resamples users' files
 
     speech = engine.synth(plan["text"], plan["voice"], plan["rate"], plan["pitch"], plan["word_gap"])
     x = speech.astype(np.float32) / 32768.0

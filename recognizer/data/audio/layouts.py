@@ -8,8 +8,8 @@
   indices 0–4 of every speaker and digit in test; the held-out-speaker split tests on one speaker
   that train and validation never hear.
 
-Both return :class:`~recognizer.data.speech.AudioRecord` lists that the shared
-:class:`~recognizer.data.speech.AudioDataset` turns into features, with every audio check it makes.
+Both return :class:`~recognizer.data.audio.speech.AudioRecord` lists that the shared
+:class:`~recognizer.data.audio.speech.AudioDataset` turns into features, with every audio check it makes.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recognizer.data.audio import header_duration
+from recognizer.data.audio.reading import header_duration
+from recognizer.data.audio.speech import AudioRecord
+from recognizer.data.audio.spoken_digits import WORDS
 from recognizer.data.base import DataError, check_unique
-from recognizer.data.speech import AudioRecord
-from recognizer.data.spoken_digits import WORDS
 
 _SPACES = re.compile(r"\s+")
 FSDD_NAME = re.compile(r"^(?P<digit>[0-9])_(?P<speaker>[A-Za-z0-9-]+)_(?P<index>[0-9]+)\.wav$")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recognizer.data.augment import LineAugment
 from recognizer.data.base import SplitData
-from recognizer.data.digit_lines import ensure_digit_lines
-from recognizer.data.lines import DataError, LineDataset, read_records
+from recognizer.data.images.augment import LineAugment
+from recognizer.data.images.digit_lines import ensure_digit_lines
+from recognizer.data.images.lines import DataError, LineDataset, read_records
 
 
 class LinesData(SplitData):

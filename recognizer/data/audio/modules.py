@@ -1,6 +1,6 @@
 """Speech data modules (``conf/data/{spoken_digits,audio_manifest,audio_folder,fsdd,librispeech}.yaml``).
 
-They follow the contract of :mod:`recognizer.data.modules`; ``height`` is the number of mel bins,
+They follow the contract of :mod:`recognizer.data.images.modules`; ``height`` is the number of mel bins,
 so any model that reads ``${data.height}`` (the CRNN too) takes spectrograms with time as width.
 """
 
@@ -9,15 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from recognizer.data.audio_augment import WaveAugment
-from recognizer.data.audio_layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.audio.augment import WaveAugment
+from recognizer.data.audio.features import LogMel, SpecAugment
+from recognizer.data.audio.layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.audio.librispeech import read_librispeech
+from recognizer.data.audio.speech import AudioDataset, AudioRecord, filter_duration, read_audio_manifest
+from recognizer.data.audio.spoken_digits import ensure_spoken_digits, spoken_digits_manifests
 from recognizer.data.base import SplitData
 from recognizer.data.batching import Batch
-from recognizer.data.features import LogMel, SpecAugment
-from recognizer.data.librispeech import read_librispeech
-from recognizer.data.lines import DataError
-from recognizer.data.speech import AudioDataset, AudioRecord, filter_duration, read_audio_manifest
-from recognizer.data.spoken_digits import ensure_spoken_digits, spoken_digits_manifests
+from recognizer.data.images.lines import DataError
 
 
 class AudioManifestData(SplitData):

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from recognizer.data.audio import audio_info, read_audio, resampled_length
-from recognizer.data.audio_augment import WaveAugment
+from recognizer.data.audio.augment import WaveAugment
+from recognizer.data.audio.features import LogMel
+from recognizer.data.audio.reading import audio_info, read_audio, resampled_length
 from recognizer.data.base import RecordDataset, check_unique, read_jsonl
 from recognizer.data.batching import SampleKey
-from recognizer.data.features import LogMel
-from recognizer.data.lines import DataError
+from recognizer.data.images.lines import DataError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class AudioDataset(RecordDataset):
             augmented. With ``cache`` the waveforms are cached too (fp32: 64 kB per second of audio),
             and the features of augmented items are computed anew at every epoch.
         max_missing_ms: a WAV at most this much shorter than its header declares is read as the
-            audio it holds instead of being a truncated file (see :func:`~recognizer.data.audio.audio_info`).
+            audio it holds instead of being a truncated file (see :func:`~recognizer.data.audio.reading.audio_info`).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """Augmentation of training recordings on the waveform, drawn per (seed, epoch, sample).
 
-Two perturbations that SpecAugment (masking on the features, :mod:`recognizer.data.features`)
+Two perturbations that SpecAugment (masking on the features, :mod:`recognizer.data.audio.features`)
 cannot make:
 
 - **speed**: the recording played faster or slower by resampling (tempo, pitch and formants move
@@ -17,7 +17,7 @@ back as silence (split at random between its two ends, a small time shift), so i
 never below the one the pre-flight audit checked from the header. A slowed-down one is longer, which
 only gives CTC more frames.
 
-The generator is :func:`~recognizer.data.augment.augment_rng` ``(seed, epoch, index)``: the same
+The generator is :func:`~recognizer.data.images.augment.augment_rng` ``(seed, epoch, index)``: the same
 utterance in the same epoch of the same run gets the same draw in whichever loader worker loads it,
 and a resumed run repeats the interrupted one. Only numpy and scipy (single-threaded) compute.
 """
@@ -29,7 +29,7 @@ import math
 import numpy as np
 from scipy.signal import resample_poly
 
-from recognizer.data.augment import augment_rng
+from recognizer.data.images.augment import augment_rng
 
 __all__ = ["SPEED_STEPS", "WaveAugment", "change_speed"]
 
@@ -86,7 +86,7 @@ class WaveAugment:
         Args:
             wave: ``(N,)`` float32 samples at the model's rate, not padded.
             pad: silence (samples) on each side, as the dataset pads unaugmented recordings.
-            seed, epoch, index: the draw's key (:func:`~recognizer.data.augment.augment_rng`).
+            seed, epoch, index: the draw's key (:func:`~recognizer.data.images.augment.augment_rng`).
 
         Returns:
             ``(M,)`` float32 samples, ``M >= N + 2 * pad``.

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from recognizer.data.audio import header_duration
+from recognizer.data.audio.reading import header_duration
+from recognizer.data.audio.speech import AudioRecord
 from recognizer.data.base import check_unique
-from recognizer.data.lines import DataError
-from recognizer.data.speech import AudioRecord
+from recognizer.data.images.lines import DataError
 
 _SPACES = re.compile(r"\s+")
 

@@ -5,7 +5,7 @@ split once, per class, into disjoint train / val / test pools, so validation and
 digit images never seen in training. Each line holds 1..``max_digits`` digits, each upscaled to a
 random size, slightly sheared, placed with random gaps and vertical jitter, then rendered as dark
 ink on light paper with a little noise — the same look as a scanned line, written in the same
-layout (PNG files + ``{split}.tsv`` manifests) that :mod:`recognizer.data.lines` reads for users'
+layout (PNG files + ``{split}.tsv`` manifests) that :mod:`recognizer.data.images.lines` reads for users'
 own data. Generation is deterministic for a seed and is cached: a finished split is marked by its
 manifest, which is written last (atomically).
 """
