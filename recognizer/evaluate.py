@@ -55,6 +55,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
                 data_cfg[key] = trained["data"][key]
         if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
             data_cfg.char_map = ckpt["char_map"]
+        if "audit_policy" in data_cfg:  # a reader's own bad-line policy (pages) follows the scoring policy
+            data_cfg.audit_policy = cfg.audit_policy or trained["stability"]["audit_policy"]
     data = instantiate(data_cfg)
     dataset = data.dataset(cfg.split)
     model, alphabet = model_from_checkpoint(ckpt)

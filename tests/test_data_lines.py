@@ -472,7 +472,7 @@ def test_parallel_jobs_generate_the_embedded_lines_once(tmp_path: Path, monkeypa
     import threading
     import time
 
-    from recognizer.data import digit_lines
+    from recognizer.data.images import digit_lines
 
     calls: list[str] = []
     real = digit_lines.generate_split

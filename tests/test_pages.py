@@ -406,6 +406,7 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
             "trainer.progress_bar=false",
             "scheduler.warmup_steps=1",
             "stability.min_frames_per_label=0",
+            "stability.audit_policy=drop",
             *common,
         ],
     )
@@ -413,20 +414,25 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     saved = load_checkpoint(ckpt)
     assert saved["char_map"] == {"ſ": "s"} and "ſ" not in saved["alphabet"]
-    eval_cfg = compose_config(
-        "eval",
-        [
-            f"checkpoint={ckpt}",
-            "data=pages",
-            f"data.test={tmp_path / 'val'}",
-            *common[:2],
-            f"paths.output_dir={tmp_path / 'eval'}",
-        ],
-    )
+    eval_cfg_args = [
+        f"checkpoint={ckpt}",
+        "data=pages",
+        f"data.test={tmp_path / 'val'}",
+        *common[:2],
+        f"paths.output_dir={tmp_path / 'eval'}",
+    ]
+    eval_cfg = compose_config("eval", eval_cfg_args)
     metrics = evaluate_checkpoint(eval_cfg)  # the eval config names no char_map: the checkpoint's applies
     assert metrics["test/samples"] == 4
     references = (tmp_path / "eval" / "predictions_test.tsv").read_text(encoding="utf-8").splitlines()[1:]
     assert [r.split("\t")[1] for r in references] == ["s", "sasa", "sss", "sasasasa"]
+    # a test page with a line without text: the checkpoint's audit_policy=drop applies unless eval says otherwise
+    empty = page_line("blank", "", "0,80 120,80 120,90 0,90")
+    write(tmp_path / "test" / "p.xml", page_xml("\n".join([*lines, empty]), image="../page.png", height=90))
+    with_empty = [f"data.test={tmp_path / 'test'}" if o.startswith("data.test=") else o for o in eval_cfg_args]
+    assert evaluate_checkpoint(compose_config("eval", with_empty))["test/samples"] == 4
+    with pytest.raises(DataError, match=r"line blank: no text \(empty\)\..*\(recognizer-eval: audit_policy=drop\)"):
+        evaluate_checkpoint(compose_config("eval", [*with_empty, "audit_policy=error"]))
 
     from recognizer.inference import Transcriber
 

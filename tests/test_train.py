@@ -182,13 +182,13 @@ def test_drop_policy_trains_on_the_rest_and_counts(tmp_path: Path) -> None:
 def test_the_frames_per_label_rule_guards_training_only(tmp_path: Path) -> None:
     """A val line below the 2× rule but within the exact CTC bound is scored, not left out of the CER."""
     train_set = write_lines(tmp_path / "train", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
-    val_set = write_lines(tmp_path / "val", {"ok": "abc", "long": "abcdabcda", "huge": "abcd" * 5})
+    val_set = write_lines(tmp_path / "val", {"ok": "abc", "long": "abcabcabc", "huge": "abc" * 7})
     out = tmp_path / "run"
     overrides = [*lines_overrides(train_set, out, "stability.audit_policy=drop"), f"data.val={val_set}"]
     train(compose_config("train", overrides))
     val = json.loads((out / "audit.json").read_text())[1]
     assert val["split"] == "val" and val["kept"] == 2  # 16 frames ≥ 9 + 0 repeats: "long" is scored
-    assert set(val["violations"]) == {"infeasible"}  # 20 labels cannot fit 16 frames at all
+    assert set(val["violations"]) == {"infeasible"}  # 21 labels cannot fit 16 frames at all
     swapped = [*lines_overrides(val_set, tmp_path / "run2", "stability.audit_policy=drop"), f"data.val={train_set}"]
     train(compose_config("train", swapped))
     assert set(json.loads((tmp_path / "run2" / "audit.json").read_text())[0]["violations"]) == {
@@ -201,8 +201,9 @@ def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None
     clean = write_lines(tmp_path / "lines", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
     out = tmp_path / "run"
     train(compose_config("train", lines_overrides(clean, out)))  # trained with audit_policy=error
-    # t2: too long for its width; t3: a symbol the model never saw
-    bad = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abcabcabc", "t3": "abd"})
+    # t2: too long for its width (21 labels, 16 frames); t3: a symbol the model never saw; t4: under the
+    # 2× training rule (9 labels, 16 frames) but alignable, so it is scored
+    bad = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abc" * 7, "t3": "abd", "t4": "abcabcabc"})
     scoring = [f"checkpoint={out}/checkpoints/best.ckpt", "data=lines", f"data.test={bad}", "device=cpu"]
     with pytest.raises(AuditError, match=r"Fix the data, or set audit_policy=drop \(and unknown=drop for symbols"):
         evaluate_checkpoint(compose_config("eval", [*scoring, f"paths.output_dir={tmp_path}/e1"]))
@@ -214,7 +215,7 @@ def test_evaluation_audits_the_scored_split_and_can_drop(tmp_path: Path) -> None
     both = ["audit_policy=drop", "unknown=drop", f"paths.output_dir={tmp_path}/e3"]
     metrics = evaluate_checkpoint(compose_config("eval", [*scoring, *both]))
     rows = (tmp_path / "e3" / "predictions_test.tsv").read_text().splitlines()
-    assert "test/cer" in metrics and [r.split("\t")[0] for r in rows[1:]] == ["t1.png"]
+    assert "test/cer" in metrics and [r.split("\t")[0] for r in rows[1:]] == ["t1.png", "t4.png"]
 
 
 def test_missing_image_is_named_before_training(tmp_path: Path) -> None:

@@ -172,8 +172,9 @@ class PagesData(SplitData):
                     where = f"{xml}: line {line.id}: {reason} ({detail})"
                     if self.audit_policy == "error":
                         raise DataError(
-                            f"{where}. Fix the XML or the image, or set stability.audit_policy=drop to skip "
-                            "such lines (they are counted by reason in the log)"
+                            f"{where}. Fix the XML or the image, or set stability.audit_policy=drop "
+                            "(recognizer-eval: audit_policy=drop) to skip such lines (they are counted by reason "
+                            "in the log)"
                         )
                     drops[reason] += 1
                     examples.setdefault(reason, where)
