@@ -45,6 +45,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(cfg.checkpoint)
     trained = ckpt["config"]
+    stability = OmegaConf.create(trained["stability"])
+    for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data
+        if cfg[key] is not None:
+            stability[key] = cfg[key]
     data_cfg = cfg.data.copy()
     with open_dict(data_cfg):
         for key in PREPROCESSING_KEYS:
@@ -56,17 +60,13 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
             data_cfg.char_map = ckpt["char_map"]
         if "audit_policy" in data_cfg:  # a reader's own bad-line policy (pages) follows the scoring policy
-            data_cfg.audit_policy = cfg.audit_policy or trained["stability"]["audit_policy"]
+            data_cfg.audit_policy = stability.audit_policy
     data = instantiate(data_cfg)
     dataset = data.dataset(cfg.split)
     model, alphabet = model_from_checkpoint(ckpt)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, model.bf16_on_cpu)
     model.to(device)
-    stability = OmegaConf.create(trained["stability"])
-    for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data
-        if cfg[key] is not None:
-            stability[key] = cfg[key]
     if cfg.unknown == "unk" and not alphabet.has_unk:
         raise ValueError(
             f"unknown=unk: {cfg.checkpoint} was trained without <unk> in its alphabet (stability.unknown="
