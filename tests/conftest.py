@@ -44,6 +44,29 @@ def tiny_overrides(data_root: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+def tiny_speech_overrides(data: str, train: Path, val: Path, out: Path, *extra: str) -> list[str]:
+    """A one-epoch run of a 1-layer, 16-wide Conformer on ``data`` (a config name) in seconds on CPU."""
+    return [
+        f"data={data}",
+        f"data.train={train}",
+        f"data.val={val}",
+        "data.num_workers=0",
+        "data.batch_size=2",
+        "model=conformer",
+        "model.d_model=16",
+        "model.num_layers=1",
+        "model.num_heads=2",
+        "model.ffn_dim=32",
+        "model.subsampling_channels=4",
+        "trainer.max_epochs=1",
+        "trainer.device=cpu",
+        "trainer.progress_bar=false",
+        "scheduler.warmup_steps=1",
+        f"paths.output_dir={out}",
+        *extra,
+    ]
+
+
 @pytest.fixture
 def tiny_cfg(data_root: Path, tmp_path: Path) -> DictConfig:
     return compose_config("train", tiny_overrides(data_root, tmp_path / "run"))

@@ -181,7 +181,7 @@ def test_height_must_equal_n_mels() -> None:
 
 def test_user_manifest_trains_and_the_audit_drops_nan_and_silent_files(tmp_path: Path) -> None:
     from recognizer.train import train
-    from tests.conftest import compose_config
+    from tests.conftest import compose_config, tiny_speech_overrides
 
     bad = tone(1.0, seed=3)
     bad[10] = np.inf
@@ -190,25 +190,7 @@ def test_user_manifest_trains_and_the_audit_drops_nan_and_silent_files(tmp_path:
     bad_items = {"bad": (bad, 16000, "two"), "quiet": (silent, 16000, "one")}
     manifest = write_manifest(tmp_path, items | bad_items, fmt="wav", subtype="FLOAT")
     out = tmp_path / "run"
-    overrides = [
-        "data=audio_manifest",
-        f"data.train={manifest}",
-        f"data.val={manifest}",
-        "data.num_workers=0",
-        "data.batch_size=2",
-        "model=conformer",
-        "model.d_model=16",
-        "model.num_layers=1",
-        "model.num_heads=2",
-        "model.ffn_dim=32",
-        "model.subsampling_channels=4",
-        "trainer.max_epochs=1",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "scheduler.warmup_steps=1",
-        "stability.audit_policy=drop",
-        f"paths.output_dir={out}",
-    ]
+    overrides = tiny_speech_overrides("audio_manifest", manifest, manifest, out, "stability.audit_policy=drop")
     assert "val/cer" in train(compose_config("train", overrides))
     train_report = json.loads((out / "audit.json").read_text())[0]
     assert train_report["kept"] == 3 and train_report["dropped"] == 2

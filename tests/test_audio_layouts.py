@@ -18,7 +18,7 @@ from recognizer.data.audio.reading import audio_info, resample_wave, resampled_l
 from recognizer.data.audio.spoken_digits import WORDS
 from recognizer.data.base import DataError
 from recognizer.stability.audit import AuditError
-from tests.conftest import compose_config
+from tests.conftest import compose_config, tiny_speech_overrides
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, seed: int = 0) -> np.ndarray:
@@ -174,24 +174,7 @@ def test_bad_recordings_in_a_folder_are_dropped_and_counted_under_drop(tmp_path:
     records = {r.id: r.duration for r in read_sidecar_folder(folder)}
     assert np.isnan(records["corrupt"]) and np.isnan(records["cut"]) and records["quiet"] == 1.0
     out = tmp_path / "run"
-    overrides = [
-        "data=audio_folder",
-        f"data.train={folder}",
-        f"data.val={folder}",
-        "data.num_workers=0",
-        "data.batch_size=2",
-        "model=conformer",
-        "model.d_model=16",
-        "model.num_layers=1",
-        "model.num_heads=2",
-        "model.ffn_dim=32",
-        "model.subsampling_channels=4",
-        "trainer.max_epochs=1",
-        "trainer.device=cpu",
-        "trainer.progress_bar=false",
-        "scheduler.warmup_steps=1",
-        f"paths.output_dir={out}",
-    ]
+    overrides = tiny_speech_overrides("audio_folder", folder, folder, out)
     assert "val/cer" in train(compose_config("train", [*overrides, "stability.audit_policy=drop"]))
     report = json.loads((out / "audit.json").read_text())[0]
     assert report["kept"] == 3 and report["dropped"] == 3
