@@ -80,14 +80,23 @@ class JsonlLogger:
 class WandbLogger:
     """Weights & Biases run. ``mode`` is ``online``, ``offline`` (sync later) or ``disabled``.
 
+    A resumed training continues the wandb run it started (one curve, not one run per restart): the
+    run's id is kept in ``save_dir/wandb-run-id`` and passed back to wandb with ``resume="allow"``.
+    Steps logged again after a crash carry the values logged before it (a resumed run repeats them
+    exactly), so wandb's refusal to log a step twice loses nothing.
+
     Args:
         project: wandb project.
         mode: ``online`` | ``offline`` | ``disabled``.
         name: run name (default: wandb's).
         group: groups runs, e.g. the jobs of one sweep.
         tags: run tags.
-        save_dir: folder for wandb's files (the run directory).
+        save_dir: folder for wandb's files and the run id (the run directory).
+        resume: continue the run whose id ``save_dir`` holds (set by ``recognizer-train`` when it
+            resumes from a checkpoint); without an id there, a new run.
     """
+
+    ID_FILE = "wandb-run-id"
 
     def __init__(
         self,
@@ -97,11 +106,14 @@ class WandbLogger:
         group: str | None = None,
         tags: list[str] | None = None,
         save_dir: str | None = None,
+        resume: bool = False,
     ) -> None:
         import wandb
 
         if mode not in ("online", "offline", "disabled"):
             raise ValueError(f"wandb mode must be online, offline or disabled, got {mode!r}")
+        id_file = Path(save_dir or ".") / self.ID_FILE
+        run_id = id_file.read_text(encoding="utf-8").strip() if resume and id_file.is_file() else None
         self.run = wandb.init(
             project=project,
             mode=mode,  # type: ignore[arg-type]  # validated just above
@@ -110,7 +122,14 @@ class WandbLogger:
             tags=list(tags or []),
             dir=save_dir,
             reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
+        if run_id:
+            log.info("wandb: continuing run %s (its id is kept in %s)", run_id, id_file)
+        elif mode != "disabled":
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(self.run.id + "\n", encoding="utf-8")
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)

@@ -299,7 +299,11 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     if dist.is_main:  # the other ranks log nothing
         if ckpt is not None:  # after a crash the file runs ahead of the checkpoint: no step twice
             rewind_jsonl(run_dir / "metrics.jsonl", state.step)
-        loggers = [JsonlLogger(run_dir / "metrics.jsonl"), *(instantiate(n) for n in (cfg.logger or {}).values())]
+        trackers = (cfg.logger or {}).values()  # a tracker with a `resume` key continues its run when we do
+        loggers = [
+            JsonlLogger(run_dir / "metrics.jsonl"),
+            *(instantiate(n, **({"resume": True} if ckpt is not None and "resume" in n else {})) for n in trackers),
+        ]
     logger = MultiLogger(loggers)
     logger.log_config(config)
     # the character mapping's content, not its file name: eval and transcribe then need no file of this machine

@@ -62,6 +62,18 @@ def test_resume_reproduces_the_uninterrupted_run(data_root: Path, tmp_path: Path
     assert sorted(step_losses(parts)) == list(range(1, 13))
 
 
+def test_a_resumed_run_continues_its_wandb_run(data_root: Path, tmp_path: Path) -> None:
+    out, wandb = tmp_path / "run", ["logger=wandb", "logger.wandb.mode=offline"]
+    train(compose_config("train", tiny_overrides(data_root, out, "trainer.max_steps=4", *wandb)))
+    run_id = (out / "wandb-run-id").read_text().strip()
+    train(compose_config("train", tiny_overrides(data_root, out, "trainer.resume=auto", *wandb)))
+    runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(name.endswith(f"-{run_id}") for name in runs)  # one wandb run, two sessions
+    other = tmp_path / "other"  # a new training in another directory is a new wandb run
+    train(compose_config("train", tiny_overrides(data_root, other, "trainer.max_steps=1", *wandb)))
+    assert (other / "wandb-run-id").read_text().strip() != run_id
+
+
 def test_evaluate_needs_only_checkpoint_and_data(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     trained = train(compose_config("train", tiny_overrides(data_root, out)))
