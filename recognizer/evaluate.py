@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.utils import instantiate
@@ -20,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recognizer import CONFIG_DIR
 from recognizer.builders import make_loader, model_from_checkpoint, run_audit, write_predictions
 from recognizer.ctc import CTCLoss
+from recognizer.data.audio.features import FEATURE_KEYS
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import evaluate
@@ -35,8 +38,21 @@ log = logging.getLogger(__name__)
 PREPROCESSING_KEYS = (
     *("height", "invert"),
     *("baseline_above", "baseline_below", "extract_height", "hyphen"),
-    *("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize"),
+    *FEATURE_KEYS,
 )
+#: Preprocessing keys newer than some checkpoints, with the value those checkpoints were trained with.
+PREDATING_DEFAULTS = {"top_db": None}
+
+
+def checkpoint_preprocessing(trained: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing settings of a checkpoint's data config ``trained``, which eval must use.
+
+    An audio checkpoint older than a front-end key was trained without it: that key's old value.
+    """
+    settings = {key: trained[key] for key in PREPROCESSING_KEYS if key in trained}
+    if "n_mels" in trained:
+        settings = {**PREDATING_DEFAULTS, **settings}
+    return settings
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
@@ -51,12 +67,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             stability[key] = cfg[key]
     data_cfg = cfg.data.copy()
     with open_dict(data_cfg):
-        for key in PREPROCESSING_KEYS:
-            if key in trained["data"] and key in data_cfg and data_cfg[key] != trained["data"][key]:
-                log.info(
-                    "data.%s=%s from the checkpoint (the eval config said %s)", key, trained["data"][key], data_cfg[key]
-                )
-                data_cfg[key] = trained["data"][key]
+        for key, value in checkpoint_preprocessing(trained["data"]).items():
+            if key in data_cfg and data_cfg[key] != value:
+                log.info("data.%s=%s from the checkpoint (the eval config said %s)", key, value, data_cfg[key])
+                data_cfg[key] = value
         if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
             data_cfg.char_map = ckpt["char_map"]
         if "audit_policy" in data_cfg:  # a reader's own bad-line policy (pages) follows the scoring policy

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from recognizer.builders import model_from_checkpoint
 from recognizer.ctc import BLANK
+from recognizer.data.audio.features import FEATURE_KEYS
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.errors import user_errors
 from recognizer.transcribe import is_audio, preprocessing
@@ -87,9 +88,6 @@ def export_onnx(module: Exportable, example: tuple[Tensor, Tensor], path: Path) 
     return path
 
 
-AUDIO_KEYS = ("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize")
-
-
 def preprocessing_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
     """What a caller must do to an input before the exported model sees it (saved as JSON)."""
     if is_audio(ckpt["config"]):
@@ -98,11 +96,11 @@ def preprocessing_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
             "input": "inputs: float32 (batch, 1, n_mels, frames) log-mel features, zero-padded on the right; "
             "input_lengths: int64 (batch,) real frames",
             "height": int(data["n_mels"]),
-            "features": {k: data[k] for k in AUDIO_KEYS},
+            "features": {k: data.get(k) for k in FEATURE_KEYS},  # top_db: null in checkpoints before it
             "steps": [
                 f"read mono audio and resample to {data['sample_rate']} Hz",
                 "log-mel features exactly as recognizer.data.audio.features.LogMel(sample_rate, n_mels, win_ms, "
-                "hop_ms, n_fft, log_floor, normalize) with the values under 'features'",
+                "hop_ms, n_fft, log_floor, normalize, top_db) with the values under 'features'",
                 "pad batches with 0 on the right",
             ],
             **_common_spec(ckpt),

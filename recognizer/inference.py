@@ -123,8 +123,7 @@ def input_dataset(config: dict[str, Any], paths: Sequence[Path]) -> tuple[LineDa
     """
     if is_audio(config):
         data = config["data"]
-        keys = ("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize")
-        features = LogMel(*(data[k] for k in keys))  # the front end the model was trained on
+        features = LogMel.from_config(data)  # the front end the model was trained on
         records = [AudioRecord(str(p), p, "", 0.0) for p in paths]
         extents = [n / rate for n, rate in map(audio_info, paths)]
         return AudioDataset(records, features, data["sample_rate"], resample=data.get("resample", True)), extents

@@ -70,6 +70,38 @@ def test_features_are_normalised_per_mel_bin_in_fp32_under_autocast() -> None:
     torch.testing.assert_close(x.mean(dim=1), torch.zeros(80), atol=1e-4, rtol=0)
 
 
+def padded_word(gain: float) -> torch.Tensor:
+    """A 0.3 s tone between 0.2 s of digital silence (how FSDD's trimmed clips are padded)."""
+    silence = np.zeros(3200, np.float32)
+    return torch.from_numpy(np.concatenate([silence, gain * tone(0.3), silence]))
+
+
+def test_top_db_makes_features_independent_of_the_recording_gain() -> None:
+    loud, quiet = padded_word(1.0), padded_word(0.05)  # 26 dB apart, as FSDD's loudest and quietest speakers
+    plain = LogMel()
+    assert (plain(loud) - plain(quiet)).abs().max() > 0.5  # the step to the padding's floor differs
+    limited = LogMel(top_db=60.0)
+    torch.testing.assert_close(limited(loud), limited(quiet), atol=1e-3, rtol=0)
+    raw = LogMel(top_db=60.0, normalize="none")(quiet)
+    assert raw.max() - raw.min() == pytest.approx(60 * np.log(10) / 10, rel=1e-5)  # 60 dB in natural-log units
+
+
+def test_top_db_must_be_positive() -> None:
+    with pytest.raises(ValueError, match=r"data.top_db must be > 0 dB or null, got 0"):
+        LogMel(top_db=0)
+
+
+def test_checkpoints_older_than_top_db_keep_their_front_end() -> None:
+    from recognizer.evaluate import checkpoint_preprocessing
+
+    old = {"sample_rate": 16000, "n_mels": 40, "win_ms": 25.0, "hop_ms": 10.0, "n_fft": None}
+    old |= {"log_floor": 1e-6, "normalize": "per_feature"}
+    assert LogMel.from_config(old).top_range is None and LogMel.from_config(old).mel.n_mels == 40
+    assert checkpoint_preprocessing(old) == {**old, "top_db": None}  # eval must not apply data.top_db
+    assert checkpoint_preprocessing({**old, "top_db": 60.0})["top_db"] == 60.0
+    assert "top_db" not in checkpoint_preprocessing({"height": 32, "invert": True})  # images have no front end
+
+
 def test_spec_augment_masks_train_batches_within_each_length(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, {"x": (tone(1.0), 16000, "a"), "y": (tone(0.4), 16000, "b")})
     data = AudioManifestData(str(manifest), str(manifest), spec_augment=SpecAugment(2, 20, 2, 20, 0.2))

@@ -82,6 +82,7 @@ def test_audio_model_export_documents_its_features(tmp_path: Path) -> None:
     export(ckpt, tmp_path / "out", ["torchscript"])
     spec = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
     assert spec["height"] == 32 and spec["features"]["n_mels"] == 32 and spec["features"]["sample_rate"] == 16000
+    assert spec["features"]["top_db"] is None  # every LogMel argument is named, the dynamic range too
     model, _ = model_from_checkpoint(load_checkpoint(ckpt))
     x, lengths = example_inputs(32, [90, 41])
     with torch.no_grad():

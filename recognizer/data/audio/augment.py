@@ -10,7 +10,8 @@ cannot make:
   too), for other microphones and rooms.
 
 Gain is left out: the per-utterance normalisation of the log-mel features (``data.normalize``)
-removes a constant gain exactly.
+removes a constant gain exactly, except where the power is under ``data.log_floor`` (digital
+silence, e.g. ``data.pad_ms`` padding); ``data.top_db`` makes that floor follow the gain too.
 
 The width never shrinks, as for augmented line images: a sped-up recording gets the samples it lost
 back as silence (split at random between its two ends, a small time shift), so its frame count is

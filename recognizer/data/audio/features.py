@@ -7,7 +7,9 @@ spectrum of loud audio (a known source of NaN losses).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchaudio.transforms as T
@@ -17,6 +19,10 @@ if TYPE_CHECKING:
     from recognizer.data.batching import Batch
 
 NORMALIZE = ("per_feature", "utterance", "none")
+
+#: The data settings that define the front end, in :class:`LogMel`'s argument order. Checkpoints
+#: store them under ``data``; a key missing there (a checkpoint older than the key) takes its default.
+FEATURE_KEYS = ("sample_rate", "n_mels", "win_ms", "hop_ms", "n_fft", "log_floor", "normalize", "top_db")
 
 
 class LogMel(nn.Module):
@@ -31,6 +37,11 @@ class LogMel(nn.Module):
         log_floor: the power is clamped to at least this before the log (digital silence).
         normalize: ``per_feature`` (each mel bin to zero mean, unit variance over the utterance),
             ``utterance`` (one mean/std per utterance) or ``none``. Padding with 0 then equals the mean.
+        top_db: dynamic range kept below the utterance's loudest mel bin, in dB (``None``: no limit).
+            Quieter bins, digital silence included, are raised to that level, so the features no
+            longer depend on the recording's gain: without it, the step from a quiet voice to
+            zero padding (``log_floor``) is ~20 dB smaller than from a loud one (FSDD's speakers).
+            Whisper keeps 80 dB this way.
     """
 
     def __init__(
@@ -42,10 +53,13 @@ class LogMel(nn.Module):
         n_fft: int | None = None,
         log_floor: float = 1e-6,
         normalize: str = "per_feature",
+        top_db: float | None = None,
     ) -> None:
         super().__init__()
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if top_db is not None and not top_db > 0:
+            raise ValueError(f"data.top_db must be > 0 dB or null, got {top_db}")
         self.win_length = round(sample_rate * win_ms / 1000)
         self.hop_length = round(sample_rate * hop_ms / 1000)
         if self.hop_length < 1 or self.win_length < self.hop_length:
@@ -65,6 +79,12 @@ class LogMel(nn.Module):
         )
         self.log_floor = log_floor
         self.normalize = normalize
+        self.top_range = None if top_db is None else top_db * math.log(10) / 10  # in natural-log units
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any]) -> LogMel:
+        """The front end a (checkpoint's) data config describes; keys it lacks take their defaults."""
+        return cls(**{key: data[key] for key in FEATURE_KEYS if key in data})
 
     def num_frames(self, num_samples: int) -> int:
         """Exact frame count for ``num_samples`` samples (centred frames)."""
@@ -83,6 +103,8 @@ class LogMel(nn.Module):
                 x = torch.log(self.mel(wave.float()).clamp(min=self.log_floor))
         finally:
             torch.set_num_threads(threads)
+        if self.top_range is not None:
+            x = torch.maximum(x, x.max() - self.top_range)
         if self.normalize == "per_feature":
             x = (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True, unbiased=False) + 1e-5)
         elif self.normalize == "utterance":

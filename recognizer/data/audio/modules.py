@@ -26,7 +26,7 @@ class AudioManifestData(SplitData):
     Args:
         train, val, test: a ``.jsonl`` manifest per split (or None).
         sample_rate: the model's audio rate (Hz); other rates are resampled when ``resample``.
-        n_mels, win_ms, hop_ms, n_fft, log_floor, normalize: the log-mel front end (:class:`LogMel`).
+        n_mels, win_ms, hop_ms, n_fft, log_floor, normalize, top_db: the log-mel front end (:class:`LogMel`).
         height: must equal ``n_mels`` (the configs set it by interpolation; models read it).
         resample: resample files at another rate; False makes such a file an error.
         min_duration, max_duration: keep utterances within these durations (seconds; None = no limit).
@@ -53,6 +53,7 @@ class AudioManifestData(SplitData):
         n_fft: int | None = None,
         log_floor: float = 1e-6,
         normalize: str = "per_feature",
+        top_db: float | None = None,
         height: int | None = None,
         resample: bool = True,
         min_duration: float | None = None,
@@ -74,7 +75,7 @@ class AudioManifestData(SplitData):
         super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
         self.sample_rate = sample_rate
         self.height = n_mels
-        self.features = LogMel(sample_rate, n_mels, win_ms, hop_ms, n_fft, log_floor, normalize)
+        self.features = LogMel(sample_rate, n_mels, win_ms, hop_ms, n_fft, log_floor, normalize, top_db)
         self.resample = resample
         self.min_duration = min_duration
         self.max_duration = max_duration
