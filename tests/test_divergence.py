@@ -84,6 +84,21 @@ def test_val_signal_needs_a_rise_without_improvement() -> None:
     assert monitor.update_val(500, 500.0, improved=False) is None  # within 1.2 × best: no count
 
 
+def test_a_small_val_loss_creeping_up_is_not_divergence() -> None:
+    """The late FSDD run that was flagged: best 0.0214, then 0.0276, 0.0285, 0.0282 without improvement."""
+    monitor = DivergenceMonitor()  # val_factor 1.2, val_patience 2, val_min_rise 0.1
+    assert monitor.update_val(3621, 0.0214, improved=True) is None
+    assert [monitor.update_val(s, v, improved=False) for s, v in [(3834, 0.0285), (3905, 0.0282)]] == [None, None]
+    assert monitor.healthy
+    strict = DivergenceMonitor(val_min_rise=0.0)  # the ratio alone flags it
+    strict.update_val(3621, 0.0214, improved=True)
+    strict.update_val(3834, 0.0285, improved=False)
+    assert strict.update_val(3905, 0.0282, improved=False) is not None
+    rising = DivergenceMonitor()  # a real rise, back towards the untrained loss, is flagged
+    rising.update_val(100, 0.4, improved=True)
+    assert [rising.update_val(s, v, improved=False) for s, v in [(200, 0.9), (300, 1.6)]][1] is not None
+
+
 def test_state_round_trips() -> None:
     monitor = DivergenceMonitor(patience_steps=3, window=4)
     feed(monitor, [5.0, 4.0, 3.0, 2.0, 9.0])
@@ -100,6 +115,7 @@ def test_state_round_trips() -> None:
         ({"factor": 1.0}, "stability.divergence_factor must be > 1, got 1.0"),
         ({"window": 0}, "stability.divergence_patience_steps and divergence_window must be >= 1, got 50, 0"),
         ({"val_factor": 0.5}, "need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0"),
+        ({"val_min_rise": -0.1}, "stability.divergence_val_min_rise must be >= 0, got -0.1"),
     ],
 )
 def test_bad_settings_are_named(kwargs: dict, message: str) -> None:

@@ -11,8 +11,10 @@ monitor the run ends "fine". Two signals, either one enough:
   an excursion do not enter the window, so a lasting rise cannot become the new normal; each
   excursion is reported once.
 - **val**: ``val_patience`` validations in a row whose loss exceeds the best validation loss by
-  the factor ``val_factor`` *and* that did not improve the monitored metric (a loss that rises while
-  the CER still falls is overconfidence, not divergence).
+  the factor ``val_factor`` and by at least ``val_min_rise``, *and* that did not improve the
+  monitored metric (a loss that rises while the CER still falls is overconfidence, not divergence;
+  a loss of 0.02 nats per label rising to 0.03 near the end of a run is overfitting, not divergence:
+  a diverging run climbs back towards the untrained loss, several nats per label).
 
 The monitor only judges; the loop warns with the figures and, under
 ``stability.nonfinite_policy=rollback``, rolls back to the last good state with a lower learning
@@ -50,6 +52,8 @@ class DivergenceMonitor:
         min_steps: healthy steps before the train signal judges at all (>= 1; at most ``window``).
         val_factor: val signal: val loss / best val loss above which a validation counts (>= 1).
         val_patience: val signal: that many diverging validations in a row flag the run (0 = off).
+        val_min_rise: val signal: the rise over the best val loss must also be at least this (>= 0;
+            the loss's units: CTC nats per label).
         lr_factor: a rise during the warmup: new peak rate = this × the rate at the rise, in (0, 1].
     """
 
@@ -62,6 +66,7 @@ class DivergenceMonitor:
         val_factor: float = 1.2,
         val_patience: int = 2,
         lr_factor: float = 0.03,
+        val_min_rise: float = 0.1,
     ) -> None:
         if factor <= 1.0:
             raise ValueError(f"stability.divergence_factor must be > 1, got {factor}")
@@ -77,11 +82,13 @@ class DivergenceMonitor:
                 f"need stability.divergence_val_factor >= 1 and divergence_val_patience >= 0, got {val_factor}, "
                 f"{val_patience}"
             )
+        if val_min_rise < 0:
+            raise ValueError(f"stability.divergence_val_min_rise must be >= 0, got {val_min_rise}")
         if not 0.0 < lr_factor <= 1.0:
             raise ValueError(f"stability.divergence_lr_factor must be in (0, 1], got {lr_factor}")
         self.lr_factor = lr_factor
         self.factor, self.patience_steps, self.min_steps = factor, patience_steps, min(min_steps, window)
-        self.val_factor, self.val_patience = val_factor, val_patience
+        self.val_factor, self.val_patience, self.val_min_rise = val_factor, val_patience, val_min_rise
         self.losses: deque[float] = deque(maxlen=window)
         self.seen = 0  # healthy steps seen (the window holds the last `window` of them)
         self.reference = float("inf")  # lowest running median so far
@@ -137,7 +144,8 @@ class DivergenceMonitor:
         """Record a validation (``improved``: the monitored metric improved); a message when diverged."""
         if self.val_patience == 0:
             return None
-        diverging = not improved and val_loss > self.val_factor * self.best_val_loss
+        threshold = max(self.val_factor * self.best_val_loss, self.best_val_loss + self.val_min_rise)
+        diverging = not improved and val_loss > threshold
         self.best_val_loss = min(self.best_val_loss, val_loss)
         self.bad_validations = self.bad_validations + 1 if diverging else 0
         if self.bad_validations < self.val_patience:

@@ -66,4 +66,5 @@ def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
             val_factor=stability.divergence_val_factor,
             val_patience=stability.divergence_val_patience,
             lr_factor=stability.divergence_lr_factor,
+            val_min_rise=stability.divergence_val_min_rise,
         )
