@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from recognizer import CONFIG_DIR
 from recognizer.builders import make_loader, model_from_checkpoint, run_audit, write_predictions
 from recognizer.ctc import CTCLoss
-from recognizer.data.audio.features import FEATURE_KEYS
+from recognizer.data.audio.features import FEATURE_KEYS, feature_settings
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import evaluate
@@ -40,18 +40,16 @@ PREPROCESSING_KEYS = (
     *("baseline_above", "baseline_below", "extract_height", "hyphen"),
     *FEATURE_KEYS,
 )
-#: Preprocessing keys newer than some checkpoints, with the value those checkpoints were trained with.
-PREDATING_DEFAULTS = {"top_db": None}
 
 
 def checkpoint_preprocessing(trained: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing settings of a checkpoint's data config ``trained``, which eval must use.
 
-    An audio checkpoint older than a front-end key was trained without it: that key's old value.
+    An audio checkpoint older than a front-end key was trained without it: that key's default.
     """
     settings = {key: trained[key] for key in PREPROCESSING_KEYS if key in trained}
-    if "n_mels" in trained:
-        settings = {**PREDATING_DEFAULTS, **settings}
+    if "n_mels" in trained:  # audio
+        settings |= feature_settings(trained)
     return settings
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from recognizer.builders import model_from_checkpoint
 from recognizer.ctc import BLANK
-from recognizer.data.audio.features import FEATURE_KEYS
+from recognizer.data.audio.features import feature_settings
 from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.errors import user_errors
 from recognizer.transcribe import is_audio, preprocessing
@@ -96,7 +96,7 @@ def preprocessing_spec(ckpt: dict[str, Any]) -> dict[str, Any]:
             "input": "inputs: float32 (batch, 1, n_mels, frames) log-mel features, zero-padded on the right; "
             "input_lengths: int64 (batch,) real frames",
             "height": int(data["n_mels"]),
-            "features": {k: data.get(k) for k in FEATURE_KEYS},  # top_db: null in checkpoints before it
+            "features": feature_settings(data),  # top_db: null in checkpoints before it
             "steps": [
                 f"read mono audio and resample to {data['sample_rate']} Hz",
                 "log-mel features exactly as recognizer.data.audio.features.LogMel(sample_rate, n_mels, win_ms, "

@@ -7,6 +7,7 @@ spectrum of loud audio (a known source of NaN losses).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -83,8 +84,8 @@ class LogMel(nn.Module):
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any]) -> LogMel:
-        """The front end a (checkpoint's) data config describes; keys it lacks take their defaults."""
-        return cls(**{key: data[key] for key in FEATURE_KEYS if key in data})
+        """The front end a (checkpoint's) data config describes (see :func:`feature_settings`)."""
+        return cls(**feature_settings(data))
 
     def num_frames(self, num_samples: int) -> int:
         """Exact frame count for ``num_samples`` samples (centred frames)."""
@@ -110,6 +111,13 @@ class LogMel(nn.Module):
         elif self.normalize == "utterance":
             x = (x - x.mean()) / (x.std(unbiased=False) + 1e-5)
         return x
+
+
+def feature_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Every :data:`FEATURE_KEYS` setting of a (checkpoint's) data config; a key it lacks (a checkpoint
+    older than the key) takes :class:`LogMel`'s default, the value that checkpoint was trained with."""
+    defaults = inspect.signature(LogMel).parameters
+    return {key: data[key] if key in data else defaults[key].default for key in FEATURE_KEYS}
 
 
 class SpecAugment(nn.Module):
