@@ -16,8 +16,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from recognizer.builders import model_from_checkpoint
-from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.errors import user_errors
 from recognizer.plots import align_sample
 from recognizer.transcribe import input_dataset
@@ -27,7 +26,7 @@ def align_image(checkpoint: str | Path, image: str | Path, reference: str | None
     """Preprocess ``image`` (a line image, or audio for a speech model) as the checkpoint's model
     expects and write the alignment PNG to ``out`` (audio: the log-mel features are drawn)."""
     ckpt = load_checkpoint(checkpoint)
-    model, alphabet = model_from_checkpoint(ckpt)
+    model, alphabet = build_model(ckpt)
     if not Path(image).is_file():
         raise FileNotFoundError(f"input {image} does not exist")
     dataset, _ = input_dataset(ckpt["config"], [Path(image)])

@@ -7,9 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
@@ -139,15 +137,6 @@ def check_head(model: Recognizer, alphabet: Alphabet) -> None:
             f"{model.num_classes - alphabet.num_classes}. Do not set num_classes by hand; it is "
             "derived from the alphabet."
         )
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[Recognizer, Alphabet]:
-    """Rebuild the model and alphabet a checkpoint describes, with its weights loaded."""
-    alphabet = Alphabet(ckpt["alphabet"])
-    model_cfg = OmegaConf.create(ckpt["config"]["model"])
-    model = hydra.utils.instantiate(model_cfg, num_classes=alphabet.num_classes)
-    model.load_state_dict(ckpt["model"])
-    return model, alphabet
 
 
 def write_predictions(rows: list[tuple[str, str, str]], path: Path) -> Path:

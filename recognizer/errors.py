@@ -35,9 +35,9 @@ from hydra.errors import HydraException, InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
 from recognizer.alphabet import UnknownSymbolError
+from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError
 from recognizer.ctc import FeasibilityError, LabelError
 from recognizer.data.base import DataError
-from recognizer.engine.checkpoint import CheckpointError, CheckpointNotFoundError
 from recognizer.stability.audit import AuditError
 from recognizer.stability.guard import NonFiniteStepError
 from recognizer.sweeps import in_multirun

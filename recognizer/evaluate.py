@@ -11,46 +11,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from recognizer import CONFIG_DIR
-from recognizer.builders import make_loader, model_from_checkpoint, run_audit, write_predictions
+from recognizer.builders import make_loader, run_audit, write_predictions
+from recognizer.checkpoint import build_model, load_checkpoint, preprocessing_settings
 from recognizer.ctc import CTCLoss
-from recognizer.data.audio.features import FEATURE_KEYS, feature_settings
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.loop import evaluate
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.errors import run_hydra_main
 from recognizer.metrics import ErrorRates
 
 log = logging.getLogger(__name__)
-
-#: Data settings that define what the model sees; taken from the checkpoint, not the eval config.
-#: Images: height, invert. Pages: how lines are cut and hyphens read. Audio: the log-mel front end
-#: (height equals n_mels).
-PREPROCESSING_KEYS = (
-    *("height", "invert"),
-    *("baseline_above", "baseline_below", "extract_height", "hyphen"),
-    *FEATURE_KEYS,
-)
-
-
-def checkpoint_preprocessing(trained: Mapping[str, Any]) -> dict[str, Any]:
-    """The preprocessing settings of a checkpoint's data config ``trained``, which eval must use.
-
-    An audio checkpoint older than a front-end key was trained without it: that key's default.
-    """
-    settings = {key: trained[key] for key in PREPROCESSING_KEYS if key in trained}
-    if "n_mels" in trained:  # audio
-        settings |= feature_settings(trained)
-    return settings
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
@@ -65,7 +42,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             stability[key] = cfg[key]
     data_cfg = cfg.data.copy()
     with open_dict(data_cfg):
-        for key, value in checkpoint_preprocessing(trained["data"]).items():
+        for key, value in preprocessing_settings(ckpt).items():
             if key in data_cfg and data_cfg[key] != value:
                 log.info("data.%s=%s from the checkpoint (the eval config said %s)", key, value, data_cfg[key])
                 data_cfg[key] = value
@@ -75,7 +52,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             data_cfg.audit_policy = stability.audit_policy
     data = instantiate(data_cfg)
     dataset = data.dataset(cfg.split)
-    model, alphabet = model_from_checkpoint(ckpt)
+    model, alphabet = build_model(ckpt, cfg.checkpoint)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, model.bf16_on_cpu)
     model.to(device)

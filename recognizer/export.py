@@ -24,10 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from recognizer.builders import model_from_checkpoint
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.ctc import BLANK
 from recognizer.data.audio.features import feature_settings
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.errors import user_errors
 from recognizer.transcribe import is_audio, preprocessing
 
@@ -138,7 +137,7 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
     if bad:
         raise ValueError(f"unknown export format(s) {bad}: choose from {list(FORMATS)}")
     ckpt = load_checkpoint(checkpoint)
-    model, _ = model_from_checkpoint(ckpt)
+    model, _ = build_model(ckpt)
     module = Exportable(model)
     spec = preprocessing_spec(ckpt)
     example = example_inputs(spec["height"], [64, 48])

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from recognizer import CONFIG_DIR
-from recognizer.builders import model_from_checkpoint
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.data.audio.features import LogMel
 from recognizer.data.audio.reading import audio_info
 from recognizer.data.audio.speech import AudioDataset, AudioRecord
@@ -45,7 +45,6 @@ from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_bo
 from recognizer.data.pages.sources import collect_xml
 from recognizer.data.pages.write import LineText, write_page
 from recognizer.decoding import build_decoder
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.precision import resolve_device
 
 log = logging.getLogger(__name__)
@@ -146,7 +145,7 @@ class Transcriber:
         self, checkpoint: dict[str, Any], decoding: DictConfig | None = None, device: str = "auto", batch_size: int = 16
     ) -> None:
         self.config: dict[str, Any] = checkpoint["config"]
-        self.model, self.alphabet = model_from_checkpoint(checkpoint)
+        self.model, self.alphabet = build_model(checkpoint)
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         if decoding is None:

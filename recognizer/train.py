@@ -39,9 +39,9 @@ from torch.utils.data import DataLoader
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
+from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed
-from recognizer.engine.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from recognizer.builders import make_loader, model_from_checkpoint
+from recognizer.builders import make_loader
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.decoding import (
     BeamDecoder,
     GreedyDecoder,
@@ -28,7 +29,6 @@ from recognizer.decoding import (
     write_arpa,
     write_lexicon,
 )
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.precision import resolve_precision
 from recognizer.metrics import ErrorRates
 
@@ -39,7 +39,7 @@ WORD_SCORES = (0.0, 1.0, 2.0)
 def main(argv: list[str]) -> None:
     checkpoint, out = argv[0], Path(argv[1] if len(argv) > 1 else "outputs/beam_vs_greedy")
     out.mkdir(parents=True, exist_ok=True)
-    model, alphabet = model_from_checkpoint(load_checkpoint(checkpoint))
+    model, alphabet = build_model(load_checkpoint(checkpoint))
     precision = resolve_precision("32", torch.device("cpu"))
     data = instantiate(load_checkpoint(checkpoint)["config"]["data"])
     texts = data.dataset("train").texts

@@ -92,14 +92,18 @@ def test_top_db_must_be_positive() -> None:
 
 
 def test_checkpoints_older_than_top_db_keep_their_front_end() -> None:
-    from recognizer.evaluate import checkpoint_preprocessing
+    from recognizer.checkpoint import preprocessing_settings
 
     old = {"sample_rate": 16000, "n_mels": 40, "win_ms": 25.0, "hop_ms": 10.0, "n_fft": None}
     old |= {"log_floor": 1e-6, "normalize": "per_feature"}
     assert LogMel.from_config(old).top_range is None and LogMel.from_config(old).mel.n_mels == 40
-    assert checkpoint_preprocessing(old) == {**old, "top_db": None}  # eval must not apply data.top_db
-    assert checkpoint_preprocessing({**old, "top_db": 60.0})["top_db"] == 60.0
-    assert "top_db" not in checkpoint_preprocessing({"height": 32, "invert": True})  # images have no front end
+
+    def settings(data: dict) -> dict:
+        return preprocessing_settings({"config": {"data": data}})
+
+    assert settings(old) == {**old, "top_db": None}  # eval must not apply data.top_db
+    assert settings({**old, "top_db": 60.0})["top_db"] == 60.0
+    assert "top_db" not in settings({"height": 32, "invert": True})  # images have no front end
 
 
 def test_spec_augment_masks_train_batches_within_each_length(tmp_path: Path) -> None:

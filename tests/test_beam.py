@@ -10,7 +10,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recognizer.builders import make_loader, model_from_checkpoint
+from recognizer.builders import make_loader
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.decoding import (
     BeamDecoder,
     GreedyDecoder,
@@ -19,7 +20,6 @@ from recognizer.decoding import (
     write_arpa,
     write_lexicon,
 )
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.precision import resolve_precision
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.train import train
@@ -172,7 +172,7 @@ def test_lexicon_and_lm_do_not_lose_to_greedy_on_the_embedded_test_split(
     assert lexicon.read_text().splitlines()[:2] == ["0 0", "1 1"]
 
     ckpt = load_checkpoint(out / "checkpoints" / "best.ckpt")
-    model, alphabet = model_from_checkpoint(ckpt)
+    model, alphabet = build_model(ckpt)
     val = instantiate(ckpt["config"]["data"]).dataset("val")
     loader, _ = make_loader(val, list(range(len(val))), alphabet, 64, False, 0, "error")
     precision = resolve_precision("32", torch.device("cpu"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from recognizer.checkpoint import load_checkpoint
 from recognizer.data.batching import BucketBatchSampler, EpochBatchSampler, padding_cells
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.train import order_changes, train
 from tests.conftest import compose_config, tiny_overrides
 

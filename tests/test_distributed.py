@@ -16,10 +16,10 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
+from recognizer.checkpoint import load_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import BucketBatchSampler, EpochBatchSampler
 from recognizer.engine import distributed
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.engine.distributed import Dist
 from recognizer.engine.loop import train_step
 from recognizer.evaluate import evaluate_checkpoint

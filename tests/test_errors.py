@@ -124,7 +124,7 @@ def test_checkpoint_and_argument_errors_of_the_other_scripts(tmp_path: Path) -> 
     assert_clean(done, 6, "recognizer-eval", f"cannot load checkpoint {fake} (not a PyTorch file): give a .ckpt")
     debug = run_script(*args, cwd=tmp_path, full_error=True)  # the switch for the traceback
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
-    assert "recognizer.engine.checkpoint.CheckpointError: cannot load checkpoint" in debug.stderr
+    assert "recognizer.checkpoint.CheckpointError: cannot load checkpoint" in debug.stderr
     done = run_script("recognizer-transcribe", str(fake), "line.png", cwd=tmp_path)
     assert_clean(done, 6, "recognizer-transcribe", "cannot load checkpoint")
     done = run_script("recognizer-score", str(tmp_path / "missing.tsv"), cwd=tmp_path)

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognizer.builders import model_from_checkpoint
-from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.export import example_inputs, export, main
 from tests.tiny_checkpoint import tiny_checkpoint, untrained_audio_checkpoint
 
@@ -28,7 +27,7 @@ def exported(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 
 def eager(ckpt: Path, widths: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    model, _ = build_model(load_checkpoint(ckpt))
     x, lengths = example_inputs(16, widths)
     with torch.no_grad():
         logits, out_lengths = model.eval()(x, lengths)
@@ -83,7 +82,7 @@ def test_audio_model_export_documents_its_features(tmp_path: Path) -> None:
     spec = json.loads((tmp_path / "out" / "preprocessing.json").read_text())
     assert spec["height"] == 32 and spec["features"]["n_mels"] == 32 and spec["features"]["sample_rate"] == 16000
     assert spec["features"]["top_db"] is None  # every LogMel argument is named, the dynamic range too
-    model, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    model, _ = build_model(load_checkpoint(ckpt))
     x, lengths = example_inputs(32, [90, 41])
     with torch.no_grad():
         logits, out_lengths = model.eval()(x, lengths)

@@ -377,7 +377,7 @@ def test_char_map_file_and_dataset(tmp_path):
 @pytest.mark.slow
 def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     """recognizer-train with data=pages stores the mapping's content; recognizer-eval applies it."""
-    from recognizer.engine.checkpoint import load_checkpoint
+    from recognizer.checkpoint import load_checkpoint
     from recognizer.evaluate import evaluate_checkpoint
     from recognizer.train import train
     from tests.conftest import compose_config

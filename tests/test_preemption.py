@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.checkpoint import load_checkpoint
 from recognizer.engine.loop import Preempted, preemption_handlers
 from tests.conftest import compose_config, tiny_overrides
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from recognizer.checkpoint import load_checkpoint
 from recognizer.data.audio.spoken_digits import TEST_VARIANTS, TRAIN_VARIANTS, WORDS, ESpeak, ensure_spoken_digits
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.train import train
 from tests.conftest import compose_config

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
+from recognizer.checkpoint import load_checkpoint, save_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
-from recognizer.engine.checkpoint import load_checkpoint, save_checkpoint
 from recognizer.engine.loop import TrainState, evaluate, train_step
 from recognizer.engine.precision import resolve_precision
 from recognizer.engine.schedulers import constant

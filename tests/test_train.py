@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from recognizer.alphabet import Alphabet
-from recognizer.engine.checkpoint import load_checkpoint
+from recognizer.checkpoint import load_checkpoint
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.stability.audit import AuditError
 from recognizer.train import init_alphabet, train

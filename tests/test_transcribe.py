@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognizer.builders import model_from_checkpoint
+from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.decoding import greedy_decode
-from recognizer.engine.checkpoint import load_checkpoint
 from recognizer.transcribe import collect_inputs, main
 from tests.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
 
@@ -30,7 +29,7 @@ def images(ckpt: Path, data_root: Path) -> list[Path]:
 
 def eager_greedy(ckpt: Path, data_root: Path, index: int) -> str:
     """The model's greedy transcript of test line ``index``, through the test data set's own loading."""
-    model, alphabet = model_from_checkpoint(load_checkpoint(ckpt))
+    model, alphabet = build_model(load_checkpoint(ckpt))
     from recognizer.data.images.lines import LineDataset, read_records
 
     dataset = LineDataset(read_records(next(data_root.glob("digit_lines/*/test.tsv"))), height=16)

@@ -41,10 +41,10 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from recognizer.alphabet import Alphabet
+from recognizer.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
 from recognizer.ctc import CTCLoss, check_feasible, check_targets
 from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
-from recognizer.engine.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
 from recognizer.engine.distributed import Dist, sync_buffers
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.precision import Precision

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from recognizer.checkpoint import save_checkpoint
 from recognizer.data.batching import Batch
-from recognizer.engine.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 
