@@ -131,6 +131,26 @@ def input_dataset(config: dict[str, Any], paths: Sequence[Path]) -> tuple[LineDa
     return dataset, [float(_width(p)) for p in paths]
 
 
+def checkpoint_image_dirs(dirs: Sequence[str]) -> list[str]:
+    """The checkpoint's ``data.image_dirs`` that stay inside an XML's folder (relative, no ``..``).
+
+    The others (``../jpg``, absolute folders) would let a stranger's checkpoint choose folders to read:
+    they are left out and logged with the ``--image-dir`` that uses them.
+    """
+    kept = []
+    for d in dirs:
+        if not Path(d).is_absolute() and ".." not in Path(d).parts:
+            kept.append(str(d))
+        else:
+            log.warning(
+                "the checkpoint's data.image_dirs entry %r is outside the XML's folder: not used (give "
+                "--image-dir %s to look there)",
+                d,
+                d,
+            )
+    return kept
+
+
 class Transcriber:
     """A trained model ready to transcribe: built once, called many times.
 
@@ -242,6 +262,7 @@ class Transcriber:
         pages: str | Path | Sequence[str | Path],
         out_dir: str | Path,
         image_dirs: Sequence[str] | None = None,
+        allow_outside_images: bool = False,
     ) -> list[Path]:
         """Transcribe every line of ALTO/PAGE files and write each XML, with our text, into ``out_dir``.
 
@@ -251,8 +272,12 @@ class Transcriber:
 
         Args:
             pages: XML files, folders, globs or list files (as ``data.train`` of ``data=pages``).
-            out_dir: the output folder; each page keeps its file name. It must not be an input's folder.
-            image_dirs: more folders to find page images in (None: the checkpoint's ``data.image_dirs``).
+            out_dir: the output folder; each page keeps its file name. It must not be an input's folder,
+                and no output may be an input through a link. Each file is written atomically.
+            image_dirs: more folders to find page images in (None: those of the checkpoint's ``data.image_dirs``
+                that lie inside each XML's folder; a checkpoint never widens where recognizer reads).
+            allow_outside_images: follow image paths the XML names outside its folder and ``image_dirs``
+                (only for XML you trust; never taken from the checkpoint).
 
         Returns:
             The written files, in input order.
@@ -262,7 +287,7 @@ class Transcriber:
         data = self.config["data"]
         band = {k: data.get(k, v) for k, v in pages_defaults().items()}  # how training cut the lines
         height = data.get("extract_height")
-        dirs = list(image_dirs if image_dirs is not None else data.get("image_dirs") or [])
+        dirs = list(image_dirs) if image_dirs is not None else checkpoint_image_dirs(data.get("image_dirs") or [])
         out = Path(out_dir)
         xmls = collect_xml([str(p) for p in pages] if not isinstance(pages, (str, Path)) else str(pages))
         names = [x.name for x in xmls]
@@ -271,17 +296,33 @@ class Transcriber:
             raise ValueError(f"several input pages are named {dupes[0]}: transcribe them into separate output folders")
         if any(x.parent.resolve() == out.resolve() for x in xmls):
             raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
+        inputs = {x.resolve(): x for x in xmls}
+        for xml in xmls:  # a link in out_dir to an input, or an input that is a link into out_dir
+            if (hit := inputs.get((out / xml.name).resolve())) is not None:
+                raise ValueError(
+                    f"output {out / xml.name} would overwrite the input {hit} (one is a link to the other): "
+                    "choose another --out-dir (inputs are never overwritten)"
+                )
         above, below = band["baseline_above"], band["baseline_below"]
-        return [self._transcribe_page(xml, out / xml.name, dirs, above, below, height) for xml in xmls]
+        return [
+            self._transcribe_page(xml, out / xml.name, dirs, above, below, height, allow_outside_images) for xml in xmls
+        ]
 
     def _transcribe_page(
-        self, xml: Path, out: Path, image_dirs: list[str], above: float, below: float, height: int | None
+        self,
+        xml: Path,
+        out: Path,
+        image_dirs: list[str],
+        above: float,
+        below: float,
+        height: int | None,
+        allow_outside_images: bool = False,
     ) -> Path:
-        page = parse_page(xml, image_dirs=image_dirs)
+        page = parse_page(xml, image_dirs=image_dirs, allow_outside_images=allow_outside_images)
         image = page.image
         if image is None:
-            tried = ", ".join(str(p) for p in page.images[:3])
-            raise DataError(f"{xml}: page image not found (tried {tried}); pass --image-dir DIR")
+            why = page.missing_image("--image-dir", "--allow-outside-images")
+            raise DataError(f"{xml}: page image not found ({why}); pass --image-dir DIR")
         pixels = load_page_image(image)
         scale = page.scale_to((pixels.shape[1], pixels.shape[0]))
         crops: list[np.ndarray] = []

@@ -13,7 +13,10 @@ Inputs are files, folders (their images or audio files, sorted) or glob patterns
 preprocessing the model was trained with, read from the checkpoint's config: images are grayscale,
 inverted and resized to ``data.height``; audio is resampled to ``data.sample_rate`` and turned into
 the same log-mel features. XML inputs are pages: their lines are cut as in ``data=pages`` and each
-file is written to ``--out-dir`` with our text (and confidence) in every line.
+file is written to ``--out-dir`` with our text (and confidence) in every line, atomically, never over
+an input (links included). An image path the XML names is read only inside the XML's folder and the
+``--image-dir`` folders (``--allow-outside-images`` lifts this for XML you trust); see
+:mod:`recognizer.data.pages.safety` for what an XML file can and cannot do.
 
 A thin layer over :class:`recognizer.inference.Transcriber`, the Python API.
 """
@@ -131,7 +134,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         metavar="DIR",
         help="XML pages: another folder with the page images "
-        "(relative to each XML's folder; repeatable; default: the checkpoint's data.image_dirs)",
+        "(relative to each XML's folder; repeatable; default: the checkpoint's data.image_dirs that lie inside "
+        "the XML's folder)",
+    )
+    p.add_argument(
+        "--allow-outside-images",
+        action="store_true",
+        help="XML pages: follow image paths the XML names outside its folder and the --image-dir folders "
+        "(symlinks resolved); only for XML you trust (default: such a path is not read)",
     )
     p.add_argument("--timings", action="store_true", help="add per-token frame and x position to the JSONL")
     p.add_argument("--batch-size", type=int, default=16, help="lines per forward pass (default 16)")
@@ -159,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             if len(pages) != len(args.inputs) or not args.out_dir or args.jsonl:
                 raise ValueError("XML pages are transcribed alone, into --out-dir DIR (no --jsonl, no other inputs)")
             model = Transcriber.from_checkpoint(args.checkpoint, decoding, args.device, args.batch_size)
-            for path in model.transcribe_pages(pages, args.out_dir, args.image_dir):
+            for path in model.transcribe_pages(pages, args.out_dir, args.image_dir, args.allow_outside_images):
                 print(path)
             return
         results = transcribe(args.checkpoint, args.inputs, decoding, args.batch_size, args.device)

@@ -67,7 +67,7 @@ def test_page_textequiv_index_and_fallback(tmp_path):
 def test_page_text_is_nfc_and_image_is_resolved_relative_to_the_xml(tmp_path):
     write_page_image(tmp_path / "scans" / "img 1.png")
     xml = write(tmp_path / "xml" / "p.xml", page_xml(page_line("l1", "e\u0301t\u00e9"), image="../scans/img 1.png"))
-    page = parse_page(xml)
+    page = parse_page(xml, image_dirs=["../scans"])  # ../scans is outside the XML's folder: it must be named
     assert page.lines[0].text == "\u00e9t\u00e9"
     assert page.image == tmp_path / "xml" / ".." / "scans" / "img 1.png"
 
@@ -285,7 +285,9 @@ def test_pages_split_never_shares_a_page(tmp_path):
             tmp_path / "pages" / f"p{i}.xml",
             page_xml(page_line(f"l{i}", f"t{i}", "1,1 30,1 30,10"), image="../page.png"),
         )
-    data = pages_data(tmp_path, pages=str(tmp_path / "pages"), split={"train": 0.6, "val": 0.2, "test": 0.2})
+    data = pages_data(
+        tmp_path, pages=str(tmp_path / "pages"), split={"train": 0.6, "val": 0.2, "test": 0.2}, image_dirs=[".."]
+    )
     ids = {s: {r.id.split("/")[0] for r in data.records(s)} for s in ("train", "val", "test")}
     assert [len(ids[s]) for s in ("train", "val", "test")] == [6, 2, 2]
     assert set().union(*ids.values()) == {f"p{i}" for i in range(10)}
@@ -391,7 +393,12 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     for name in ("train", "val"):
         write(tmp_path / name / "p.xml", page_xml("\n".join(lines), image="../page.png", height=90))
     mapping = write(tmp_path / "map.tsv", "ſ\ts\n")
-    common = [f"data.cache_dir={tmp_path / 'cache'}", "data.height=32", f"paths.output_dir={tmp_path / 'run'}"]
+    common = [
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.height=32",
+        f"paths.output_dir={tmp_path / 'run'}",
+        "data.image_dirs=['..']",  # the page image is beside the XML folders: an allowed folder must name it
+    ]
     cfg = compose_config(
         "train",
         [
@@ -419,6 +426,7 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
         "data=pages",
         f"data.test={tmp_path / 'val'}",
         *common[:2],
+        common[3],
         f"paths.output_dir={tmp_path / 'eval'}",
     ]
     eval_cfg = compose_config("eval", eval_cfg_args)
@@ -437,8 +445,11 @@ def test_train_and_eval_on_pages_keep_the_char_map(tmp_path):
     from recognizer.inference import Transcriber
 
     model = Transcriber.from_checkpoint(ckpt, device="cpu")  # cuts lines at the trained extract_height (32)
-    [out] = model.transcribe_pages(str(tmp_path / "val"), tmp_path / "transcribed")
-    crops = [png(r.path) for r in pages_data(tmp_path, train=str(tmp_path / "val"), extract_height=32).records("train")]
+    with pytest.raises(DataError, match=r"page image not found .*outside the XML's folder and --image-dir"):
+        model.transcribe_pages(str(tmp_path / "val"), tmp_path / "refused")  # the checkpoint's '..' is not trusted
+    [out] = model.transcribe_pages(str(tmp_path / "val"), tmp_path / "transcribed", image_dirs=[".."])
+    val = pages_data(tmp_path, train=str(tmp_path / "val"), extract_height=32, image_dirs=[".."])
+    crops = [png(r.path) for r in val.records("train")]
     assert {c.shape[0] for c in crops} == {32}  # the cache holds crops at data.height
     written = parse_page(out)
     assert [line.text for line in written.lines] == [t.text for t in model.transcribe(crops)]

@@ -12,10 +12,17 @@ Text conventions:
   with nothing between them) is one space; a line-end ``HYP`` contributes its ``CONTENT`` (the hyphen as
   written) or the replacement given by ``hyphen``.
 Text is NFC-normalised and its whitespace collapsed; a line without any text element has ``text=None``.
+
+Files from strangers are read under the rules of :mod:`recognizer.data.pages.safety`: a size limit, no
+entities, and image paths confined to the XML's folder and ``image_dirs`` (see :func:`image_candidates`).
+A number that is not a number (``imageWidth="abc"``, letters in ``points``) is named with its file,
+element and attribute: a page-level one stops with a DataError, a line's makes that line's geometry
+degenerate (``PageLine.problem``), which the audit policy then reports or drops.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 import xml.etree.ElementTree as ET
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recognizer.data.base import DataError
+from recognizer.data.pages.safety import read_xml, within
 
 __all__ = ["Page", "PageLine", "local_name", "parse_page", "parse_points"]
 
@@ -45,12 +53,14 @@ class PageLine:
         text: the transcript (NFC, whitespace collapsed), or None when the line has no text element.
         polygon: the line's outline in page pixels (>= 1 point), or None.
         baseline: the baseline in page pixels, or None.
+        problem: why the line's geometry could not be read (its element and attribute), or None.
     """
 
     id: str
     text: str | None
     polygon: tuple[Point, ...] | None
     baseline: tuple[Point, ...] | None
+    problem: str | None = None
 
 
 @dataclass
@@ -60,10 +70,14 @@ class Page:
     Attributes:
         xml: the XML file.
         format: ``"alto"`` or ``"page"``.
-        images: where the image may be, in order of preference (the first that exists is used).
+        images: where the image may be, in order of preference (the first that exists is used); only
+            paths inside the allowed folders (see :func:`image_candidates`).
         declared_size: ``(width, height)`` the XML declares for the page in its own units, or None.
         unit: the coordinate unit (``pixel``, ``mm10``, ``inch1200``).
         lines: the text lines in document order (coordinates in the XML's units until scaled).
+        image_name: the image path as the XML writes it, or None.
+        refused: a candidate left out because its real path lies outside the allowed folders (the path
+            the XML names, else an existing file that is a link to elsewhere); it is never opened.
     """
 
     xml: Path
@@ -72,11 +86,26 @@ class Page:
     declared_size: tuple[float, float] | None
     unit: str = "pixel"
     lines: list[PageLine] = field(default_factory=list)
+    image_name: str | None = None
+    refused: Path | None = None
 
     @property
     def image(self) -> Path | None:
         """The page image, or None when none of :attr:`images` exists."""
         return next((p for p in self.images if p.is_file()), None)
+
+    def missing_image(self, image_dirs: str = "data.image_dirs", switch: str = "data.allow_outside_images=true") -> str:
+        """Why :attr:`image` is None: ``tried A, B, C``, and when the XML names a path outside the allowed
+        folders, that it was not read and how to allow it (``image_dirs``, ``switch``: the option names of
+        the caller, the config keys of ``data=pages`` by default)."""
+        text = f"tried {', '.join(str(p) for p in self.images[:3])}"
+        if self.refused is not None:
+            text += (
+                f"; not read: {self.refused} (the XML names {self.image_name!r}), whose real path "
+                f"{self.refused.resolve()} lies outside the XML's folder and {image_dirs}: put the image beside "
+                f"the XML, add its folder to {image_dirs}, or set {switch} if you trust this file"
+            )
+        return text
 
     def scale_to(self, size: tuple[int, int]) -> float:
         """The factor from XML coordinates to pixels of an image of ``size`` (width, height).
@@ -117,10 +146,55 @@ def parse_points(value: str) -> tuple[Point, ...]:
     Raises:
         ValueError: an odd number of coordinates or a non-number.
     """
-    numbers = [float(v) for v in re.split(r"[\s,]+", value.strip()) if v]
+    try:
+        numbers = [float(v) for v in re.split(r"[\s,]+", value.strip()) if v]
+    except ValueError:
+        raise ValueError(f"is not a list of numbers ({value[:60]!r})") from None
     if len(numbers) % 2:
-        raise ValueError(f"odd number of coordinates ({len(numbers)}) in {value[:60]!r}")
+        raise ValueError(f"has an odd number of coordinates ({len(numbers)}) in {value[:60]!r}")
     return tuple(zip(numbers[0::2], numbers[1::2]))
+
+
+def _points(element: ET.Element, attribute: str) -> tuple[Point, ...]:
+    """The points of ``element``'s ``attribute``; a ValueError names the element and attribute."""
+    try:
+        return parse_points(element.get(attribute, ""))
+    except ValueError as e:
+        raise ValueError(f"the {attribute} attribute of <{local_name(element.tag)}> {e}") from None
+
+
+def _float(element: ET.Element, attribute: str, default: str = "nan") -> float:
+    """``element``'s ``attribute`` as a number (``default`` when absent); a ValueError names both."""
+    value = element.get(attribute, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(
+            f"the {attribute} attribute of <{local_name(element.tag)}> is {value[:60]!r}, not a number"
+        ) from None
+
+
+def _page_size(xml: Path, page_el: ET.Element, width: str, height: str) -> tuple[float, float] | None:
+    """The page size the XML declares (``width``, ``height``: attribute names), or None without both.
+
+    Raises:
+        DataError: a value that is not a finite number, naming the file, element and attribute.
+    """
+    if not (page_el.get(width) and page_el.get(height)):
+        return None
+    size = []
+    for attribute in (width, height):
+        try:
+            value = _float(page_el, attribute)
+            if not math.isfinite(value):
+                raise ValueError(f"the {attribute} attribute of <Page> is {page_el.get(attribute)!r}, not a number")
+        except ValueError as e:
+            raise DataError(
+                f"{xml}: {e}; correct it to the page image's size in pixels (or its size in the file's "
+                "MeasurementUnit), or leave the file out of the page set"
+            ) from None
+        size.append(value)
+    return size[0], size[1]
 
 
 def clean_text(text: str) -> str:
@@ -129,7 +203,11 @@ def clean_text(text: str) -> str:
 
 
 def parse_page(
-    xml: Path, text_index: int | None = None, hyphen: str | None = None, image_dirs: Sequence[str | Path] = ()
+    xml: Path,
+    text_index: int | None = None,
+    hyphen: str | None = None,
+    image_dirs: Sequence[str | Path] = (),
+    allow_outside_images: bool = False,
 ) -> Page:
     """Read one ALTO or PAGE file.
 
@@ -138,28 +216,50 @@ def parse_page(
         text_index: PAGE: the ``TextEquiv/@index`` to read (None or absent: the first ``TextEquiv``).
         hyphen: ALTO: what a line-end ``HYP`` becomes; None keeps its ``CONTENT`` as written.
         image_dirs: more folders to look for the image in (relative ones: relative to the XML's folder).
+        allow_outside_images: follow an image path the XML names even outside the XML's folder and
+            ``image_dirs`` (see :func:`image_candidates`); only for files you trust.
 
     Raises:
-        DataError: the file is not well-formed XML, or neither ALTO nor PAGE (one message naming it).
+        DataError: the file is not well-formed XML, neither ALTO nor PAGE, over the size limit, declares
+            entities, or declares a page size that is not a number (one message naming it).
     """
+    source = read_xml(xml)
     try:
-        root = ET.parse(xml).getroot()
+        parser = ET.XMLParser()
+        parser.feed(source.data)
+        root = parser.close()
     except ET.ParseError as e:
         raise DataError(f"{xml}: malformed XML ({e}); fix the file or remove it from the page set") from None
-    except OSError as e:
-        raise DataError(f"cannot read {xml}: {e}") from None
     kind = local_name(root.tag)
     if kind == "alto":
-        return _parse_alto(xml, root, hyphen, image_dirs)
-    if kind == "PcGts":
-        return _parse_page_xml(xml, root, text_index, image_dirs)
-    raise DataError(f"{xml}: root element <{kind}> is neither ALTO (<alto>) nor PAGE (<PcGts>)")
+        page = _parse_alto(xml, root, hyphen)
+    elif kind == "PcGts":
+        page = _parse_page_xml(xml, root, text_index)
+    else:
+        raise DataError(f"{xml}: root element <{kind}> is neither ALTO (<alto>) nor PAGE (<PcGts>)")
+    page.images, page.refused = image_candidates(xml, page.image_name, image_dirs, allow_outside_images)
+    return page
 
 
-def image_candidates(xml: Path, name: str | None, image_dirs: Sequence[str | Path] = ()) -> list[Path]:
+def image_candidates(
+    xml: Path, name: str | None, image_dirs: Sequence[str | Path] = (), allow_outside: bool = False
+) -> tuple[list[Path], Path | None]:
     """Where the image a page names may be: the name relative to the XML (as both formats define it),
     then its base name beside the XML and in ``image_dirs`` (exports often keep a path of the machine
-    that wrote them; corpora often keep images in a sibling folder), then same-stem images there."""
+    that wrote them; corpora often keep images in a sibling folder), then same-stem images there.
+
+    Only paths whose real location lies inside the XML's folder or a folder of ``image_dirs`` are kept
+    (:func:`~recognizer.data.pages.safety.within`), unless ``allow_outside``: a name such as
+    ``../../../etc/passwd`` or ``/home/someone/scan.jpg`` is not followed (its base name is still looked
+    for in those folders). Symlinks are resolved before the check, so a link inside the folder that
+    points elsewhere is outside too: the check is on the file that would be read. (The check runs when
+    the page is parsed; it guards against what an XML file says, not against a local user who swaps
+    links while recognizer runs.)
+
+    Returns:
+        The allowed candidates in order, and the refused candidate to name in a message (the path the
+        XML names, else the first existing file left out), or None.
+    """
     folders = [xml.parent, *(xml.parent / d for d in image_dirs)]  # an absolute d stays absolute
     candidates: list[Path] = []
     if name:
@@ -167,7 +267,14 @@ def image_candidates(xml: Path, name: str | None, image_dirs: Sequence[str | Pat
         candidates.append(named if named.is_absolute() else xml.parent / named)
         candidates += [f / named.name for f in folders]
     candidates += [f / (xml.stem + s) for f in folders for s in IMAGE_SUFFIXES]
-    return list(dict.fromkeys(candidates))
+    candidates = list(dict.fromkeys(candidates))
+    if allow_outside:
+        return candidates, None
+    allowed = [c for c in candidates if within(c, folders)]
+    left_out = [c for c in candidates if c not in allowed]
+    if name and left_out and left_out[0] == candidates[0]:
+        return allowed, left_out[0]
+    return allowed, next((c for c in left_out if c.is_file()), None)
 
 
 # ---- PAGE -------------------------------------------------------------------------------------------
@@ -178,9 +285,9 @@ def _page_points(element: ET.Element | None) -> tuple[Point, ...] | None:
     if element is None:
         return None
     if element.get("points") is not None:
-        return parse_points(element.get("points", ""))
+        return _points(element, "points")
     points = _children(element, "Point")
-    return tuple((float(p.get("x", "nan")), float(p.get("y", "nan"))) for p in points) or None
+    return tuple((_float(p, "x"), _float(p, "y")) for p in points) or None
 
 
 def _page_text(line: ET.Element, text_index: int | None) -> str | None:
@@ -194,21 +301,22 @@ def _page_text(line: ET.Element, text_index: int | None) -> str | None:
     return None if unicode is None else clean_text(unicode.text or "")
 
 
-def _parse_page_xml(xml: Path, root: ET.Element, text_index: int | None, image_dirs: Sequence[str | Path]) -> Page:
+def _parse_page_xml(xml: Path, root: ET.Element, text_index: int | None) -> Page:
     page_el = _first(root, "Page")
     if page_el is None:
         raise DataError(f"{xml}: PAGE file without a <Page> element")
-    w, h = page_el.get("imageWidth"), page_el.get("imageHeight")
-    declared = (float(w), float(h)) if w and h else None
-    page = Page(xml, "page", image_candidates(xml, page_el.get("imageFilename"), image_dirs), declared)
+    declared = _page_size(xml, page_el, "imageWidth", "imageHeight")
+    page = Page(xml, "page", [], declared, image_name=page_el.get("imageFilename"))
     for n, line in enumerate(_descendants(page_el, "TextLine")):
         line_id = line.get("id") or f"line_{n}"
+        text = _page_text(line, text_index)
         try:
             polygon = _page_points(_first(line, "Coords"))
             baseline = _page_points(_first(line, "Baseline"))
-        except ValueError:
-            polygon, baseline = ((float("nan"), float("nan")),), None  # counted as degenerate geometry
-        page.lines.append(PageLine(line_id, _page_text(line, text_index), polygon, baseline))
+        except ValueError as e:  # counted as degenerate geometry, naming the element and attribute
+            page.lines.append(PageLine(line_id, text, None, None, problem=str(e)))
+            continue
+        page.lines.append(PageLine(line_id, text, polygon, baseline))
     return page
 
 
@@ -243,24 +351,24 @@ def _alto_baseline(line: ET.Element) -> tuple[Point, ...] | None:
     if value is None or not value.strip():
         return None
     if re.fullmatch(r"\s*[-+0-9.eE]+\s*", value):
-        x, w = float(line.get("HPOS", "nan")), float(line.get("WIDTH", "nan"))
-        return ((x, float(value)), (x + w, float(value)))
-    return parse_points(value)
+        x, w, y = _float(line, "HPOS"), _float(line, "WIDTH"), _float(line, "BASELINE")
+        return ((x, y), (x + w, y))
+    return _points(line, "BASELINE")
 
 
 def _alto_polygon(line: ET.Element) -> tuple[Point, ...] | None:
     shape = _first(line, "Shape")
     polygon = None if shape is None else _first(shape, "Polygon")
     if polygon is not None and polygon.get("POINTS"):
-        return parse_points(polygon.get("POINTS", ""))
-    box = [line.get(k) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")]
-    if all(v is not None for v in box):
-        x, y, w, h = (float(v) for v in box)  # type: ignore[arg-type]
+        return _points(polygon, "POINTS")
+    box = ("HPOS", "VPOS", "WIDTH", "HEIGHT")
+    if all(line.get(k) is not None for k in box):
+        x, y, w, h = (_float(line, k) for k in box)
         return ((x, y), (x + w, y), (x + w, y + h), (x, y + h))
     return None
 
 
-def _parse_alto(xml: Path, root: ET.Element, hyphen: str | None, image_dirs: Sequence[str | Path]) -> Page:
+def _parse_alto(xml: Path, root: ET.Element, hyphen: str | None) -> Page:
     description = _first(root, "Description")
     unit = "pixel"
     name = None
@@ -276,14 +384,15 @@ def _parse_alto(xml: Path, root: ET.Element, hyphen: str | None, image_dirs: Seq
     page_el = next(iter(_descendants(root, "Page")), None)
     if page_el is None:
         raise DataError(f"{xml}: ALTO file without a <Page> element")
-    w, h = page_el.get("WIDTH"), page_el.get("HEIGHT")
-    declared = (float(w), float(h)) if w and h else None
-    page = Page(xml, "alto", image_candidates(xml, name, image_dirs), declared, unit)
+    declared = _page_size(xml, page_el, "WIDTH", "HEIGHT")
+    page = Page(xml, "alto", [], declared, unit, image_name=name)
     for n, line in enumerate(_descendants(page_el, "TextLine")):
         line_id = line.get("ID") or f"line_{n}"
+        text = _alto_text(line, hyphen)
         try:
             polygon, baseline = _alto_polygon(line), _alto_baseline(line)
-        except ValueError:
-            polygon, baseline = ((float("nan"), float("nan")),), None  # counted as degenerate geometry
-        page.lines.append(PageLine(line_id, _alto_text(line, hyphen), polygon, baseline))
+        except ValueError as e:  # counted as degenerate geometry, naming the element and attribute
+            page.lines.append(PageLine(line_id, text, None, None, problem=str(e)))
+            continue
+        page.lines.append(PageLine(line_id, text, polygon, baseline))
     return page

@@ -72,6 +72,10 @@ class PagesData(SplitData):
         document_pattern: regular expression on the XML file stem whose first group names a page's
             document (pages of one document stay in one split); None: each page is a document.
         image_dirs: more folders to look for page images in (relative ones: relative to each XML's folder).
+        allow_outside_images: follow image paths the XML names even when their real path (symlinks
+            resolved) lies outside the XML's folder and ``image_dirs``; off by default, so an XML file
+            cannot make training read ``../../etc/passwd`` or another user's scan. Turn it on only for
+            files you trust (:func:`~recognizer.data.pages.formats.image_candidates`).
         cache_dir: the line cache folder.
         text_index: PAGE: which ``TextEquiv/@index`` to read (None: the first).
         hyphen: ALTO: a line-end ``HYP`` becomes this string (None: its ``CONTENT`` as written).
@@ -95,6 +99,7 @@ class PagesData(SplitData):
         split_seed: int = 0,
         document_pattern: str | None = None,
         image_dirs: Sequence[str] = (),
+        allow_outside_images: bool = False,
         cache_dir: str = "data/page_lines",
         text_index: int | None = None,
         hyphen: str | None = None,
@@ -129,6 +134,7 @@ class PagesData(SplitData):
         self.augment = augment if augment is not None and augment.enabled else None
         self.document_pattern = document_pattern
         self.image_dirs = list(image_dirs)
+        self.allow_outside_images = bool(allow_outside_images)
         self.text_index, self.hyphen = text_index, hyphen
         self.char_map = load_char_map(char_map)
         self.line_cache = LineCache(cache_dir, baseline_above, baseline_below, extract_height)
@@ -163,7 +169,7 @@ class PagesData(SplitData):
         files = self.files(split)
         self.line_cache.reset_counters()
         for xml in files:
-            page = parse_page(xml, self.text_index, self.hyphen, self.image_dirs)
+            page = parse_page(xml, self.text_index, self.hyphen, self.image_dirs, self.allow_outside_images)
             for line, cached in zip(page.lines, self.line_cache.lines(page)):
                 reason, detail = cached.reason, cached.detail
                 if reason is None and not line.text:

@@ -1,8 +1,8 @@
 """Write transcriptions back into the ALTO or PAGE file they came from, keeping everything else.
 
-The file is parsed with its comments and processing instructions and written with its namespace
-prefixes, after its own prolog (XML declaration, comments, DOCTYPE) and in its declared encoding, so
-only each text line's text changes:
+The file is parsed with its comments and processing instructions and written with its own namespace
+prefixes (whatever they are, ``ns0:`` included), after its own XML declaration and the comments and
+processing instructions before its root, in its declared encoding, so only each text line's text changes:
 - PAGE: the line's ``TextEquiv`` elements are replaced by one ``TextEquiv conf=".."`` holding
   ``Unicode`` (at the place of the first one, else before ``TextStyle``/``UserDefined``/``Labels``).
   ``Word``/``Glyph`` elements are left as they were.
@@ -10,17 +10,23 @@ only each text line's text changes:
   (``CONTENT``, ``WC`` and a box estimated from where the model emitted the word's symbols) with
   ``SP`` between words.
 Lines without a transcription (geometry that gave no image) are left untouched.
+
+A DOCTYPE is not written back (a page needs none, and one that declares entities is refused when the
+file is read: :mod:`recognizer.data.pages.safety`). The output is written atomically (a temporary file
+renamed over the target) and never over the input itself.
 """
 
 from __future__ import annotations
 
-import re
+import codecs
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from recognizer.data.base import DataError
 from recognizer.data.pages.formats import local_name
+from recognizer.data.pages.safety import XmlSource, read_xml, write_atomic
 
 __all__ = ["LineText", "write_page"]
 
@@ -45,16 +51,89 @@ class LineText:
     chars: tuple[tuple[str, float, float], ...] = ()
 
 
-def _register_namespaces(xml: Path) -> None:
-    """Keep the document's prefixes (ElementTree would otherwise write ``ns0:``)."""
-    for _, (prefix, uri) in ET.iterparse(xml, events=("start-ns",)):
-        ET.register_namespace(prefix, uri)
+XML_NS = "http://www.w3.org/XML/1998/namespace"
 
 
-def _read(xml: Path) -> ET.ElementTree[ET.Element]:
-    _register_namespaces(xml)
-    parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
-    return ET.parse(xml, parser)
+class _Builder(ET.TreeBuilder):
+    """A tree with comments and processing instructions that also records the namespace declarations."""
+
+    def __init__(self) -> None:
+        super().__init__(insert_comments=True, insert_pis=True)
+        self.bindings: list[tuple[str, str]] = []
+
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self.bindings.append((prefix, uri))
+
+
+def _read(source: XmlSource) -> tuple[ET.Element, list[tuple[str, str]]]:
+    """The root element and the document's ``(prefix, uri)`` declarations in document order."""
+    builder = _Builder()
+    parser = ET.XMLParser(target=builder)
+    try:
+        parser.feed(source.data)
+        root = parser.close()
+    except ET.ParseError as e:
+        raise DataError(f"{source.path}: malformed XML ({e}); fix the file or remove it from the page set") from None
+    return root, builder.bindings
+
+
+def _keep_prefixes(root: ET.Element, bindings: Sequence[tuple[str, str]]) -> None:
+    """Rename ``{uri}name`` to ``prefix:name`` with the document's own prefixes and declare them on the root.
+
+    ElementTree would otherwise invent ``ns0``, ``ns1``... (and its global prefix registry refuses
+    ``ns0``-style names and is shared by every file written). A prefix bound to two namespaces in one
+    document gets a fresh name for the second; a namespace used by attributes but bound only as the
+    default namespace gets a prefix (attributes take none from the default).
+    """
+    elements = [e for e in root.iter() if isinstance(e.tag, str)]  # not comments or processing instructions
+    prefix_of: dict[str, str] = {XML_NS: "xml"}
+    used = {"xml"}
+
+    def fresh() -> str:
+        n = 0
+        while f"ns{n}" in used:
+            n += 1
+        return f"ns{n}"
+
+    def bind(uri: str, prefix: str) -> str:
+        prefix = fresh() if prefix in used else prefix
+        prefix_of[uri] = prefix
+        used.add(prefix)
+        return prefix
+
+    for prefix, uri in bindings:
+        if uri and uri not in prefix_of:  # xmlns="" (no namespace from here on) binds nothing
+            bind(uri, prefix)
+    if "" in used and any(not e.tag.startswith("{") for e in elements):
+        default = next(u for u, p in prefix_of.items() if p == "")  # unqualified elements need the default free
+        used.discard("")
+        bind(default, fresh())
+    attribute_prefix: dict[str, str] = {}
+
+    def qname(name: str, attribute: bool = False) -> str:
+        if not name.startswith("{"):
+            return name
+        uri, local = name[1:].split("}", 1)
+        prefix = prefix_of.get(uri)
+        if prefix is None:
+            prefix = bind(uri, fresh())
+        if attribute and prefix == "":
+            prefix = attribute_prefix.get(uri) or attribute_prefix.setdefault(uri, fresh())
+            used.add(prefix)
+        return f"{prefix}:{local}" if prefix else local
+
+    for e in elements:
+        e.tag = qname(e.tag)
+        if any(k.startswith("{") for k in e.attrib):
+            renamed = {qname(k, attribute=True): v for k, v in e.attrib.items()}
+            e.attrib.clear()
+            e.attrib.update(renamed)
+    declared = [(p, u) for u, p in prefix_of.items() if u != XML_NS]
+    declared += [(p, u) for u, p in attribute_prefix.items()]
+    xmlns = {("xmlns:" + p if p else "xmlns"): u for p, u in declared}
+    own = dict(root.attrib)
+    root.attrib.clear()
+    root.attrib.update(xmlns | own)
 
 
 def _ns(tag: str) -> str:
@@ -138,11 +217,17 @@ def write_page(xml: Path, results: Sequence[LineText | None], out: Path) -> Path
     Args:
         xml: an ALTO or PAGE file (as read by :func:`~recognizer.data.pages.formats.parse_page`).
         results: one entry per TextLine; None leaves that line as it was.
-        out: the file to write (its folder is created).
+        out: the file to write (its folder is created), atomically; an existing link there is replaced.
+
+    Raises:
+        DataError: ``xml`` cannot be read safely (see :func:`~recognizer.data.pages.safety.read_xml`).
+        ValueError: ``out`` is ``xml`` itself (also through a link), or a count of results that does not
+            match the file's lines.
     """
-    tree = _read(xml)
-    root = tree.getroot()
-    assert root is not None
+    if out.resolve() == xml.resolve():
+        raise ValueError(f"{out} is the input {xml} (or a link to it): write the transcription elsewhere")
+    source = read_xml(xml)
+    root, bindings = _read(source)
     lines = _text_lines(root)
     if len(lines) != len(results):
         raise ValueError(f"{xml}: {len(lines)} text lines but {len(results)} transcriptions")
@@ -150,21 +235,37 @@ def write_page(xml: Path, results: Sequence[LineText | None], out: Path) -> Path
     for line, result in zip(lines, results):
         if result is not None:
             setter(line, result)
+    _keep_prefixes(root, bindings)
+    encoding = _encoding(source)
+    # a CR in the tree came from a &#13; (the parser turns literal ones into LF); ElementTree writes it raw
+    body = ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
+    text = "\n".join([*_prolog(source, encoding), body])
+    data = (text + ("\n" if source.data.rstrip(b"\0").endswith(b"\n") else "")).encode(encoding, "xmlcharrefreplace")
+    if source.data.startswith(codecs.BOM_UTF8) and codecs.lookup(encoding).name == "utf-8":
+        data = codecs.BOM_UTF8 + data
     out.parent.mkdir(parents=True, exist_ok=True)
-    original = xml.read_bytes()
-    prolog = _prolog(original)
-    declared = re.match(rb"""(?:\xef\xbb\xbf)?<\?xml[^>]*encoding=["']([A-Za-z0-9._-]+)""", prolog)
-    encoding = declared.group(1).decode("ascii") if declared else "utf-8"
-    body = ET.tostring(root, encoding="unicode").encode(encoding, "xmlcharrefreplace")
-    out.write_bytes(prolog + body + (b"\n" if original.endswith(b"\n") else b""))
+    write_atomic(out, data)
     return out
 
 
-def _prolog(data: bytes) -> bytes:
-    """The bytes before the root element (declaration, comments, processing instructions, DOCTYPE), which
-    ElementTree does not keep: they are written back as they were."""
-    pos = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    item = re.compile(rb"\s*(?:<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^\[>]*(?:\[.*?\])?\s*>)", re.S)
-    while match := item.match(data, pos):
-        pos = match.end()
-    return data[: pos + len(data[pos:]) - len(data[pos:].lstrip())]
+def _encoding(source: XmlSource) -> str:
+    """The encoding the file declares (if Python knows it as a text encoding), else UTF-8."""
+    declared = source.declaration[1] if source.declaration else None
+    if declared:
+        try:
+            "".encode(declared)  # a LookupError for names Python does not know or that are no text encoding
+            return declared
+        except LookupError:
+            pass
+    return "utf-8"
+
+
+def _prolog(source: XmlSource, encoding: str) -> list[str]:
+    """What comes before the root element, which ElementTree does not keep: the XML declaration (with the
+    encoding the output is written in) and the comments and processing instructions. Never the DOCTYPE."""
+    items = list(source.prolog)
+    if source.declaration is not None:
+        version, _, standalone = source.declaration
+        alone = {0: ' standalone="no"', 1: ' standalone="yes"'}.get(standalone, "")
+        items.insert(0, f'<?xml version="{version}" encoding="{encoding}"{alone}?>')
+    return items
