@@ -1,4 +1,11 @@
-"""Charset ↔ label ids. Id 0 is reserved for the CTC blank; symbols are ids 1..len(symbols)."""
+"""Charset ↔ label ids. Id 0 is reserved for the CTC blank; symbols are ids 1..len(symbols).
+
+Invisible format characters (Unicode category Cf: zero-width space U+200B, ZWNJ/ZWJ U+200C/D, the
+direction marks U+200E/F, the BOM U+FEFF, the soft hyphen U+00AD, ...) show nothing in an image, so
+they are never taken into an alphabet built from transcripts: the pre-flight audit reports them
+(reason ``invisible``), and :func:`strip_format_chars` removes them (``stability.strip_format_chars``).
+A script that needs one (ZWNJ in Persian) lists it in an alphabet file.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from pathlib import Path
 from recognizer.ctc import BLANK, num_classes_for
 
 UNK = "<unk>"
+FORMAT_CATEGORY = "Cf"  # Unicode "Other, format": invisible characters that only steer rendering
 
 
 class UnknownSymbolError(ValueError):
@@ -35,8 +43,12 @@ class Alphabet:
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], with_unk: bool = False) -> Alphabet:
-        """The sorted set of characters seen in ``texts`` (``<unk>`` last when asked for)."""
-        chars = sorted({c for t in texts for c in normalize(t)})
+        """The sorted set of characters seen in ``texts`` (``<unk>`` last when asked for).
+
+        Invisible format characters (:func:`is_format_char`) are left out: no image shows them, so they
+        would be symbols the model can only guess. The audit names the transcripts that hold them.
+        """
+        chars = sorted({c for t in texts for c in normalize(t) if not is_format_char(c)})
         return cls(chars + ([UNK] if with_unk else []))
 
     @classmethod
@@ -45,8 +57,9 @@ class Alphabet:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"alphabet file {path} does not exist")
-        # split on "\n" only: str.splitlines() also breaks on U+2028, U+0085, ... which are symbols
-        lines = [s.removesuffix("\r") for s in path.read_text(encoding="utf-8").split("\n")]
+        # split on "\n" only: str.splitlines() also breaks on U+2028, U+0085, ... which are symbols;
+        # utf-8-sig: a BOM that an editor put at the start is not part of the first symbol
+        lines = [s.removesuffix("\r") for s in path.read_text(encoding="utf-8-sig").split("\n")]
         return cls(" " if s == "<space>" else s for s in lines if s != "")
 
     def save(self, path: str | Path) -> None:
@@ -104,3 +117,20 @@ class Alphabet:
 def normalize(text: str) -> str:
     """Unicode NFC, so that composed and decomposed accents are the same symbol."""
     return unicodedata.normalize("NFC", text)
+
+
+def is_format_char(char: str) -> bool:
+    """Whether ``char`` is an invisible format character (Unicode category Cf, e.g. U+200B, U+FEFF)."""
+    return unicodedata.category(char) == FORMAT_CATEGORY
+
+
+def describe_char(char: str) -> str:
+    """``U+200B ZERO WIDTH SPACE``: a character named so that an invisible one can be found."""
+    name = unicodedata.name(char, "")
+    return f"U+{ord(char):04X}" + (f" {name}" if name else "")
+
+
+def strip_format_chars(text: str, keep: Iterable[str] = ()) -> str:
+    """``text`` without its invisible format characters, except those in ``keep`` (an alphabet's symbols)."""
+    kept = set(keep)
+    return "".join(c for c in text if c in kept or not is_format_char(c))

@@ -67,20 +67,23 @@ CAUSES: dict[str, tuple[str, str]] = {
         "or set stability.audit_policy=drop",
     ),
     "empty_labels": (
-        "empty labels: the loss only teaches blank and pushes the model towards blank collapse",
+        "empty labels (or labels of only spaces): the loss only teaches blank (or a space) and pushes the model "
+        "towards blank collapse",
         "fix or remove the empty transcripts, or set stability.audit_policy=drop",
     ),
     "unknown_symbols": (
-        "symbols outside the alphabet would be encoded as wrong ids",
-        "add them to the alphabet file, or set stability.unknown=unk or =drop",
+        "symbols outside the alphabet would be encoded as wrong ids; invisible format characters (U+200B, "
+        "U+200F, U+FEFF, ...) are symbols no image shows",
+        "add them to the alphabet file, or set stability.unknown=unk or =drop; invisible ones: remove them or set "
+        "stability.strip_format_chars=true",
     ),
     "non_finite_inputs": (
         "non-finite inputs (NaN/Inf values) make every loss of their batch NaN",
         "fix or remove the files the audit names",
     ),
     "unreadable_inputs": (
-        "unusable input files (corrupt, truncated, empty, silent, missing, out of range or at the wrong "
-        "sample rate) would stop training when they are loaded",
+        "unusable input files (corrupt, truncated, empty, silent, missing, out of range, too large to decode "
+        "or at the wrong sample rate) would stop training when they are loaded",
         "fix or remove the files the audit names (each message says how), or set stability.audit_policy=drop",
     ),
     "inputs_not_normalised": (
@@ -111,6 +114,8 @@ CAUSES: dict[str, tuple[str, str]] = {
 
 AUDIT_CODES = {
     "empty": "empty_labels",
+    "whitespace_only": "empty_labels",
+    "invisible": "unknown_symbols",
     "unknown_symbol": "unknown_symbols",
     "too_long": "labels_too_long",
     "infeasible": "labels_too_long",
@@ -123,6 +128,7 @@ AUDIT_CODES = {
     "wrong_rate": "unreadable_inputs",
     "missing_file": "unreadable_inputs",
     "out_of_range": "unreadable_inputs",
+    "too_large": "unreadable_inputs",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,7 +28,7 @@ class DataError(ValueError):
         message: what is wrong, with the file or sample and the fix.
         reason: for a problem of one sample's input, the audit's reason code (``unreadable``,
             ``empty_input``, ``truncated``, ``silent``, ``wrong_rate``, ``missing_file``,
-            ``out_of_range``, ``non_finite``; see :data:`recognizer.stability.audit.FIXES`): the
+            ``out_of_range``, ``non_finite``, ``too_large``; see :data:`recognizer.stability.audit.FIXES`): the
             pre-flight audit then drops and counts the sample under ``stability.audit_policy=drop``
             instead of stopping. None for errors of a whole manifest or configuration.
     """
@@ -157,6 +158,22 @@ class RecordDataset(Dataset):
     @property
     def texts(self) -> list[str]:
         return [r.text for r in self.records]
+
+    def map_texts(self, fn: Callable[[str], str]) -> int:
+        """Replace every record's transcript by ``fn(transcript)``; returns how many changed.
+
+        Records are dataclasses (frozen ones too): each changed one is replaced by a copy.
+        """
+        changed = 0
+        records = list(self.records)
+        for i, r in enumerate(records):
+            text = fn(r.text)
+            if text != r.text:
+                records[i] = dataclasses.replace(r, text=text)
+                changed += 1
+        if changed:
+            self.records = records
+        return changed
 
     @property
     def augmented(self) -> bool:

@@ -1,12 +1,14 @@
 """Pre-flight audit: every sample is checked against the CTC contract before the first step.
 
 Checks, per sample: an input the reader cannot use (unreadable, empty, silent, missing, at the
-wrong sample rate: found in the headers, or when the input is loaded); empty transcript; symbols
-outside the alphabet; transcript longer than ``max_label_length``; the exact CTC bound
-``T_out >= L + adjacent repeats``; the safety rule ``T_out >= ratio * L``; non-finite or
-out-of-range input values. ``T_out`` comes from the model's ``output_lengths``, so nothing needs a
-forward pass. Violations are either fatal (``error``: the message lists offending samples and says
-what to change) or dropped and counted by reason (``drop``).
+wrong sample rate, or too large to decode: found in the headers, or when the input is loaded); empty
+transcript; a transcript of only whitespace; invisible format characters (Unicode Cf: zero-width
+space, direction marks, BOM, soft hyphen) that the alphabet does not list; symbols outside the
+alphabet; transcript longer than ``max_label_length``; the exact CTC bound ``T_out >= L + adjacent
+repeats``; the safety rule ``T_out >= ratio * L``; non-finite or out-of-range input values.
+``T_out`` comes from the model's ``output_lengths``, so nothing needs a forward pass. Violations are
+either fatal (``error``: the message lists offending samples and says what to change) or dropped and
+counted by reason (``drop``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from recognizer.alphabet import Alphabet, normalize
+from recognizer.alphabet import Alphabet, describe_char, is_format_char, normalize
 from recognizer.ctc import min_output_length
 from recognizer.data.base import DataError
 
@@ -29,6 +31,11 @@ log = logging.getLogger(__name__)
 
 FIXES = {
     "empty": "remove the empty transcripts or fix them",
+    "whitespace_only": "remove the transcripts that hold only spaces or fix them (a label of spaces teaches the "
+    "model to read a space into any line)",
+    "invisible": "remove the invisible format characters (Unicode Cf: zero-width space, direction marks, BOM, soft "
+    "hyphen) from the transcripts, set stability.strip_format_chars=true to remove them when the data is read, or "
+    "list them in the alphabet file (data.alphabet) if the script needs them (ZWNJ/ZWJ in Persian or Indic text)",
     "unknown_symbol": "add the symbols to the alphabet, or set stability.unknown=unk or =drop",
     "too_long": "raise stability.max_label_length or remove the long lines",
     "infeasible": "(exact CTC bound: label length + adjacent repeats) use wider inputs, a larger "
@@ -48,6 +55,8 @@ FIXES = {
     "stability.audit_policy=drop to train without them",
     "missing_file": "fix the paths in the manifest (relative paths are relative to it) or remove those lines",
     "out_of_range": "scale float images to [0, 1], or save them as 8- or 16-bit images",
+    "too_large": "downscale these images; if they are genuine scans, raise the pixel limit with the environment "
+    "variable RECOGNIZER_MAX_IMAGE_PIXELS=N; or set stability.audit_policy=drop to train without them",
 }
 # Reasons of the inputs themselves (not the transcripts): they are counted under these names.
 INPUT_REASONS = (
@@ -59,6 +68,7 @@ INPUT_REASONS = (
     "missing_file",
     "out_of_range",
     "non_finite",
+    "too_large",
 )
 
 
@@ -187,6 +197,14 @@ def audit_split(
         text = normalize(text)
         if not text:
             flag("empty", i, "empty transcript", policy == "error")
+            continue
+        if not text.strip():
+            flag("whitespace_only", i, f"transcript of only whitespace {text!r}", policy == "error")
+            continue
+        invisible = [c for c in alphabet.unknown(text) if is_format_char(c)]
+        if invisible:
+            where = ", ".join(f"{describe_char(c)} at {text.index(c)}" for c in invisible)
+            flag("invisible", i, f"invisible format character {where} in {text!r}", policy == "error")
             continue
         missing = alphabet.unknown(text)
         if missing and unknown != "unk":

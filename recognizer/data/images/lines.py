@@ -3,12 +3,18 @@
 Images are read as grayscale, optionally inverted so that ink is bright and the background 0
 (padding is then background), scaled to ``[0, 1]`` and resized to a fixed height keeping the
 aspect ratio. Widths are known from the image headers without decoding, so the pre-flight audit
-can check every sample before the first step.
+can check every sample before the first step. A header that promises more than
+:data:`MAX_IMAGE_PIXELS` pixels is refused before any pixel is decoded (:func:`open_image`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
+import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +27,19 @@ from recognizer.data.base import DataError, RecordDataset, check_unique, read_js
 from recognizer.data.batching import SampleKey
 from recognizer.data.images.augment import LineAugment
 
-__all__ = ["DataError", "LineDataset", "Record", "read_records"]
+__all__ = ["MAX_IMAGE_PIXELS", "DataError", "LineDataset", "Record", "open_image", "read_records"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+
+#: The largest image, in pixels (width × height), that recognizer decodes: line images and page scans.
+#: A header that promises more is refused before any pixel is decoded: a few kilobytes of PNG can announce
+#: 30000 × 30000 pixels and inflate to gigabytes (a decompression bomb). The default is PIL's own warning
+#: threshold (about 89.5 million pixels, 0.25 GiB as 8-bit RGB), far above any line and most page scans.
+#: A genuine larger scan: set the environment variable :data:`MAX_PIXELS_ENV` (read at every check), or
+#: this constant from Python.
+MAX_IMAGE_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "RECOGNIZER_MAX_IMAGE_PIXELS"
+_PIL_LOCK = threading.Lock()  # guards the rare scoped raise of PIL's global limit (see _pil_allows)
 
 
 @dataclass(frozen=True)
@@ -100,30 +116,115 @@ def _read_kraken(folder: Path) -> list[Record]:
     return records
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+def max_image_pixels() -> int:
+    """The pixel limit in force: ``$RECOGNIZER_MAX_IMAGE_PIXELS`` if set, else :data:`MAX_IMAGE_PIXELS`."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip().replace("_", "")
+    if not value:
+        return MAX_IMAGE_PIXELS
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}={os.environ[MAX_PIXELS_ENV]!r}: expected a positive number of pixels")
+    return int(value)
+
+
+def too_large(
+    path: Path,
+    pixels: int,
+    limit: int,
+    size: tuple[int, int] | None = None,
+    what: str = "image",
+    sample: str | None = None,
+) -> DataError:
+    """The error for an image whose header promises more than ``limit`` pixels (reason ``too_large``)."""
+    dims = f"{size[0]}x{size[1]} = {pixels:,} pixels" if size else f"{pixels:,} pixels"
+    name = f"{what} {path}" + (f" (sample {sample})" if sample is not None else "")
+    return DataError(
+        f"{name} is {dims}, over the limit of {limit:,} pixels: refused before decoding (a decompression "
+        f"bomb, or a scan far larger than needed). If it is a genuine scan, downscale it, or raise the limit with "
+        f"the environment variable {MAX_PIXELS_ENV}={pixels} (recognizer.data.images.lines.MAX_IMAGE_PIXELS from "
+        "Python)",
+        "too_large",
+    )
+
+
+@contextlib.contextmanager
+def _pil_allows(limit: int) -> Iterator[None]:
+    """Let PIL open images of up to ``limit`` pixels while inside.
+
+    PIL refuses images over twice its global ``Image.MAX_IMAGE_PIXELS`` (and warns over it) when it opens
+    them. Our own limit is checked on the header size, so PIL's global is left alone unless a user raised
+    our limit above it; then it is raised for this open only, under a lock, and restored after.
+    """
+    pil = Image.MAX_IMAGE_PIXELS
+    if pil is None or limit <= pil:
+        yield
+        return
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = limit if saved is not None else None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def open_image(path: Path, what: str = "image", limit: int | None = None, sample: str | None = None) -> Image.Image:
+    """``Image.open(path)`` (lazy: nothing decoded yet), refused when its header promises too many pixels.
+
+    Args:
+        path: the image file.
+        what: how messages name it (``image``, ``page image``).
+        limit: the pixel limit (None: :func:`max_image_pixels`).
+        sample: the id of the sample it belongs to, named in the message (None: none).
+
+    Raises:
+        DataError: reason ``too_large``: width × height above :func:`max_image_pixels`, naming the file,
+            its size, the limit and how to raise it.
+        OSError, UnidentifiedImageError, ValueError: as PIL raises them for a file it cannot read.
+    """
+    limit = max_image_pixels() if limit is None else limit
+    try:
+        with _pil_allows(limit):
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:  # over PIL's own hard limit: its message holds the pixel count
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise too_large(path, int(found.group(1)) if found else limit + 1, limit, None, what, sample) from None
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise too_large(path, w * h, limit, (w, h), what, sample)
+    return im
+
+
+def _image_size(path: Path, limit: int | None = None, sample: str | None = None) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels (a DataError above the pixel limit)."""
+    limit = max_image_pixels() if limit is None else limit
     if path.suffix == ".npy":
         shape = np.load(path, mmap_mode="r").shape
         if len(shape) != 2:
             raise DataError(f"{path}: expected a 2-D (height, width) array, got shape {shape}")
+        if shape[0] * shape[1] > limit:
+            raise too_large(path, int(shape[0] * shape[1]), limit, (int(shape[1]), int(shape[0])), sample=sample)
         return int(shape[1]), int(shape[0])
-    with Image.open(path) as im:
+    with open_image(path, limit=limit, sample=sample) as im:
         return im.size
 
 
-def _load_gray(path: Path) -> np.ndarray:
+def _load_gray(path: Path, sample: str | None = None) -> np.ndarray:
     """Grayscale pixels scaled to [0, 1] (float32, (H, W)); raises DataError naming the file."""
+    limit = max_image_pixels()
     try:
         if path.suffix == ".npy":
             arr = np.asarray(np.load(path), dtype=np.float32)
         else:
-            with Image.open(path) as im:
+            with open_image(path, limit=limit, sample=sample) as im:  # the size is checked before decoding
                 if im.mode in ("F", "I", "I;16"):
                     arr = np.asarray(im, dtype=np.float32)
                     if im.mode != "F":
                         arr = arr / 65535.0 if im.mode == "I;16" else arr
                 else:
                     arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    except DataError:  # too many pixels: already names the file, the limit and the fix
+        raise
     except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:  # EOFError: a truncated .npy
         raise DataError(
             f"cannot read image {path}: {e}. Re-export it or remove it from the manifest", "unreadable"
@@ -174,8 +275,11 @@ class LineDataset(RecordDataset):
                 "from the manifest",
                 "empty_input",
             )
+        limit = max_image_pixels()  # outside the try: a bad RECOGNIZER_MAX_IMAGE_PIXELS is a config error
         try:
-            w, h = _image_size(r.path)
+            w, h = _image_size(r.path, limit, r.id)
+        except DataError:  # too many pixels (a decompression bomb): names the file, sample, limit and fix
+            raise
         except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:
             raise DataError(
                 f"cannot read image {r.path} (sample {r.id}): {e}. Re-export it or remove it from the manifest",
@@ -196,7 +300,7 @@ class LineDataset(RecordDataset):
         if cached is not None:
             return torch.from_numpy(cached).float().div_(255.0).unsqueeze(0)
         r = self.records[index]
-        arr = _load_gray(r.path)
+        arr = _load_gray(r.path, r.id)
         if not np.isfinite(arr).all():
             n = int((~np.isfinite(arr)).sum())
             raise DataError(

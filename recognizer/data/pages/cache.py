@@ -3,32 +3,40 @@ read only those.
 
 A page's folder is named by a hash of the XML bytes, the image bytes and the extraction settings, so an
 edited XML (or image) re-extracts that page alone and a change of settings never reuses stale crops.
-Its ``lines.json`` (written last, atomically) lists each line's file or why it has none; a folder
-without it is an interrupted extraction and is redone. Texts are not cached: they are read from the
-XML on every run (cheap), so text options apply without re-extracting.
+Its ``lines.json`` (written last, atomically) lists each line's file, with its size and hash, or why it
+has none; a folder without it is an interrupted extraction and is redone. Every file is written to a
+temporary name, synced to disk and renamed, and the folder synced, so a power loss leaves old or new
+files, never half of one. Each use of a cached page checks its crops' sizes and hashes: a crop that is
+missing, truncated or changed (or an index that cannot be read) is logged and the page extracted again.
+Texts are not cached: they are read from the XML on every run (cheap), so text options apply without
+re-extracting.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from recognizer.data.base import DataError, generation_lock
+from recognizer.data.images.lines import open_image
 from recognizer.data.pages.formats import Page
-from recognizer.data.pages.geometry import MISSING_IMAGE, LineGeometryError, crop_line, outline
+from recognizer.data.pages.geometry import MISSING_IMAGE, REFUSED_IMAGE, LineGeometryError, crop_line, outline
 
 log = logging.getLogger(__name__)
 
 #: Bump when the extraction code changes what it writes: old cache folders are then ignored.
-EXTRACTION_VERSION = 1
+#: 2: crops written durably with their size and hash in lines.json; bow-tie outlines are cut, not degenerate.
+EXTRACTION_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,12 +50,64 @@ class CachedLine:
 
 
 def load_page_image(path: Path) -> np.ndarray:
-    """The page as grayscale uint8 (H, W); a DataError names an unreadable file."""
+    """The page as grayscale uint8 (H, W); a DataError names an unreadable file, or one whose header
+    promises more pixels than :data:`recognizer.data.images.lines.MAX_IMAGE_PIXELS` (never decoded)."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, "page image") as im:
             return np.asarray(im.convert("L"))
+    except DataError:  # too many pixels: names the file, the limit and how to raise it
+        raise
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read page image {path}: {e}; re-export it or remove its XML") from None
+
+
+def _file_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, sync it to disk and rename it over ``path``
+    (readers see the old file or the new one, never part of one). The caller syncs the folder."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    # imported here: recognizer.checkpoint imports recognizer.data, which imports this module
+    from recognizer.checkpoint import fsync_dir
+
+    fsync_dir(folder)
+
+
+def _untrusted(folder: Path, entries: Any) -> str | None:
+    """Why a cached page's entries cannot be used (a crop missing, truncated or changed), or None."""
+    if not isinstance(entries, list):
+        return "its index lists no lines"
+    for e in entries:
+        if not isinstance(e, dict) or "id" not in e:
+            return "its index holds an entry without a line id"
+        if "file" not in e:
+            continue
+        path = folder / str(e["file"])
+        if not isinstance(e.get("size"), int) or not isinstance(e.get("hash"), str):
+            return f"{path} (line {e['id']}) has no size and hash in the index"
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            return f"{path} (line {e['id']}) cannot be read ({err.strerror or err})"
+        if len(data) != e["size"]:
+            return f"{path} (line {e['id']}) is {len(data)} bytes, the index says {e['size']} (truncated or replaced)"
+        if _file_hash(data) != e["hash"]:
+            return f"{path} (line {e['id']}) does not match its hash in the index (changed on disk)"
+    return None
 
 
 def _digest(*paths: Path, extra: str = "") -> str:
@@ -93,35 +153,52 @@ class LineCache:
         """One :class:`CachedLine` per line of ``page``, in order; extracts the page on first use."""
         image = page.image
         if image is None:
-            tried = ", ".join(str(p) for p in page.images[:3])
-            return [CachedLine(line.id, None, MISSING_IMAGE, f"no image found (tried {tried})") for line in page.lines]
+            reason = MISSING_IMAGE if page.refused is None else REFUSED_IMAGE
+            detail = f"no image found ({page.missing_image()})"
+            return [CachedLine(line.id, None, reason, detail) for line in page.lines]
         start = time.perf_counter()
         folder = self.folder(page, image)
         index = folder / "lines.json"
-        if not index.is_file():
+        entries = self._trusted(index, page) if index.is_file() else None
+        if entries is None:
             with generation_lock(folder):  # parallel jobs: one extracts, the others then read
-                if not index.is_file():
+                entries = self._trusted(index, page, log_problem=False) if index.is_file() else None
+                if entries is None:
                     entries = self._extract(page, image, folder)
-                    tmp = index.with_suffix(f".tmp{os.getpid()}")
-                    tmp.write_text(json.dumps({"xml": str(page.xml), "lines": entries}), encoding="utf-8")
-                    tmp.replace(index)
+                    payload = json.dumps({"xml": str(page.xml), "lines": entries}).encode("utf-8")
+                    _write_durably(index, payload)  # last: its presence marks the page's crops complete
+                    _fsync_dir(folder)
                     self.extracted += len(page.lines)
                     self.extract_seconds += time.perf_counter() - start
-                    return self._read(index, page)
-        lines = self._read(index, page)
+                    return self._lines(folder, entries)
+        lines = self._lines(folder, entries)
         self.cached += len(lines)
         self.cached_seconds += time.perf_counter() - start
         return lines
 
-    def _read(self, index: Path, page: Page) -> list[CachedLine]:
-        entries = json.loads(index.read_text(encoding="utf-8"))["lines"]
-        folder = index.parent
+    def _trusted(self, index: Path, page: Page, log_problem: bool = True) -> list[dict] | None:
+        """The entries of ``index`` if every crop they list is as extracted (size and hash); else None (logged)."""
+        try:
+            entries = json.loads(index.read_text(encoding="utf-8"))["lines"]
+        except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: JSON or UTF-8 damaged
+            problem: str | None = f"its index {index} cannot be read ({e})"
+        else:
+            problem = _untrusted(index.parent, entries)
+        if problem is None:
+            return entries
+        if log_problem:
+            log.warning("line cache: %s: extracting page %s again", problem, page.xml)
+        return None
+
+    @staticmethod
+    def _lines(folder: Path, entries: list[dict]) -> list[CachedLine]:
         return [
             CachedLine(e["id"], folder / e["file"] if "file" in e else None, e.get("reason"), e.get("detail", ""))
             for e in entries
         ]
 
     def _extract(self, page: Page, image: Path, folder: Path) -> list[dict]:
+        """Cut every line of ``page`` into ``folder`` (each crop written durably); the index entries."""
         pixels = load_page_image(image)
         scale = page.scale_to((pixels.shape[1], pixels.shape[0]))
         entries: list[dict] = []
@@ -132,8 +209,12 @@ class LineCache:
                 entries.append({"id": line.id, "reason": e.reason, "detail": str(e).split(": ", 1)[-1]})
                 continue
             name = f"{n:04d}.png"
-            Image.fromarray(crop, mode="L").save(folder / name)
-            entries.append({"id": line.id, "file": name})
+            buffer = io.BytesIO()
+            Image.fromarray(crop, mode="L").save(buffer, format="PNG")
+            data = buffer.getvalue()
+            _write_durably(folder / name, data)
+            entries.append({"id": line.id, "file": name, "size": len(data), "hash": _file_hash(data)})
+        _fsync_dir(folder)  # the crops' renames are on disk before the index that lists them
         return entries
 
     def throughput(self) -> str:

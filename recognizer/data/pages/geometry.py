@@ -21,8 +21,9 @@ NO_GEOMETRY = "no geometry"
 DEGENERATE = "degenerate geometry"
 OUT_OF_PAGE = "outside the page"
 MISSING_IMAGE = "missing image"
+REFUSED_IMAGE = "image outside the allowed folders"
 #: Why a line yields no sample, in the order they are checked.
-REASONS = (MISSING_IMAGE, NO_TEXT, NO_GEOMETRY, DEGENERATE, OUT_OF_PAGE)
+REASONS = (REFUSED_IMAGE, MISSING_IMAGE, NO_TEXT, NO_GEOMETRY, DEGENERATE, OUT_OF_PAGE)
 
 
 class LineGeometryError(ValueError):
@@ -44,9 +45,11 @@ def outline(line: PageLine, scale: float, above: float, below: float) -> list[Po
     """The line's outline in page pixels: its polygon, else the band around its baseline.
 
     Raises:
-        LineGeometryError: no polygon (>= 3 points) and no baseline (>= 2 points), or a non-finite
-            coordinate.
+        LineGeometryError: no polygon (>= 3 points) and no baseline (>= 2 points), a non-finite
+            coordinate, or an attribute that is not a number (``line.problem``).
     """
+    if line.problem is not None:
+        raise LineGeometryError(DEGENERATE, line.problem)
     polygon = [(x * scale, y * scale) for x, y in line.polygon or ()]
     baseline = [(x * scale, y * scale) for x, y in line.baseline or ()]
     if any(not (math.isfinite(x) and math.isfinite(y)) for x, y in polygon + baseline):
@@ -63,14 +66,43 @@ def outline(line: PageLine, scale: float, above: float, below: float) -> list[Po
 
 
 def polygon_area(points: Sequence[Point]) -> float:
-    """The shoelace area (absolute) of a closed polygon."""
+    """The shoelace area (absolute) of a closed polygon.
+
+    A self-intersecting outline (a bow-tie) has lobes of opposite orientation whose areas cancel here:
+    :func:`line_box` then judges it by :func:`painted_area`.
+    """
     xs = np.array([p[0] for p in points])
     ys = np.array([p[1] for p in points])
     return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
 
 
+def outline_mask(points: Sequence[Point], box: tuple[int, int, int, int]) -> np.ndarray:
+    """The outline painted into its box ``(x0, y0, x1, y1)``: bool (y1 - y0, x1 - x0), True inside or on it.
+
+    PIL fills by the even-odd rule, so both lobes of a self-intersecting outline are inside.
+    """
+    x0, y0, x1, y1 = box
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+    ImageDraw.Draw(mask).polygon([(x - x0, y - y0) for x, y in points], fill=1, outline=1)
+    return np.asarray(mask) == 1
+
+
+def painted_area(points: Sequence[Point], box: tuple[int, int, int, int]) -> int:
+    """Pixels of the painted outline (:func:`outline_mask`) that are not on its edges: the area a crop
+    keeps, whatever the outline's orientation. A zero-width outline (collinear points) paints its edge only: 0."""
+    x0, y0, x1, y1 = box
+    edges = Image.new("L", (x1 - x0, y1 - y0), 0)
+    shifted = [(x - x0, y - y0) for x, y in points]
+    ImageDraw.Draw(edges).line([*shifted, shifted[0]], fill=1, width=1)
+    return int((outline_mask(points, box) & (np.asarray(edges) == 0)).sum())
+
+
 def line_box(shape: tuple[int, ...], points: Sequence[Point]) -> tuple[int, int, int, int]:
     """The outline's bounding box ``(x0, y0, x1, y1)`` clipped to a page of ``shape`` (H, W).
+
+    The area is the shoelace area, or where that is below one pixel, the painted area
+    (:func:`painted_area`): a self-intersecting (bow-tie) outline around a readable line has a shoelace
+    area of about 0 but paints its whole box.
 
     Raises:
         LineGeometryError: the outline lies outside the page, or encloses (almost) no area.
@@ -82,8 +114,11 @@ def line_box(shape: tuple[int, ...], points: Sequence[Point]) -> tuple[int, int,
         raise LineGeometryError(OUT_OF_PAGE, f"{box} on a {page_w}x{page_h} page")
     x0, y0 = max(0, math.floor(min(xs))), max(0, math.floor(min(ys)))
     x1, y1 = min(page_w, math.ceil(max(xs))), min(page_h, math.ceil(max(ys)))
-    if x1 - x0 < 2 or y1 - y0 < 2 or polygon_area(points) < 1.0:
-        raise LineGeometryError(DEGENERATE, f"a {x1 - x0}x{y1 - y0} pixel box, area {polygon_area(points):g}")
+    area = polygon_area(points)
+    if x1 - x0 >= 2 and y1 - y0 >= 2 and area < 1.0:  # lobes that cancel (a bow-tie), or really no area
+        area = painted_area(points, (x0, y0, x1, y1))
+    if x1 - x0 < 2 or y1 - y0 < 2 or area < 1.0:
+        raise LineGeometryError(DEGENERATE, f"a {x1 - x0}x{y1 - y0} pixel box, area {area:g}")
     return x0, y0, x1, y1
 
 
@@ -104,9 +139,7 @@ def crop_line(page: np.ndarray, points: Sequence[Point], height: int | None = No
     """
     x0, y0, x1, y1 = line_box(page.shape, points)
     crop = page[y0:y1, x0:x1]
-    mask_im = Image.new("L", (x1 - x0, y1 - y0), 0)
-    ImageDraw.Draw(mask_im).polygon([(x - x0, y - y0) for x, y in points], fill=1, outline=1)
-    outside = np.asarray(mask_im) == 0
+    outside = ~outline_mask(points, (x0, y0, x1, y1))
     if outside.any():
         paper = np.median(crop[outside]) if not outside.all() else np.median(crop)
         crop = np.where(outside, np.uint8(round(float(paper))), crop)
