@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import logging
+import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from recognizer.alphabet import Alphabet
+from recognizer.alphabet import Alphabet, describe_char, is_format_char, strip_format_chars
 from recognizer.data.batching import BucketBatchSampler, Collate, EpochBatchSampler
 from recognizer.data.images.lines import LineDataset
 from recognizer.models.base import Recognizer
@@ -86,8 +88,15 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_interrupt if num_workers > 0 else None,
     )
     return loader, sampler
+
+
+def ignore_interrupt(worker_id: int) -> None:
+    """Loader workers ignore Ctrl-C: the terminal sends SIGINT to the whole process group, and the main
+    process turns the first one into a checkpoint at the next step boundary, which needs its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_audit(
@@ -106,9 +115,16 @@ def run_audit(
     ``stability.min_frames_per_label`` guards the CTC gradient, so it applies to the samples a model
     is trained on (``training``; by default the train split): validation and test keep every sample
     CTC can align at all (the exact bound), so a score is never flattered by leaving hard lines out.
+
+    With ``stability.strip_format_chars``, invisible format characters the alphabet does not list are
+    first removed from the dataset's transcripts (logged), so training, scoring and the audit all see
+    the cleaned text; otherwise the audit reports them (reason ``invisible``).
     """
     if training is None:
         training = split == "train"
+    # getattr: a checkpoint's config from before the key (recognizer-eval reuses it) did not strip
+    if getattr(stability, "strip_format_chars", False):
+        strip_invisible(split, dataset, alphabet)
     report = audit_split(
         split,
         dataset.ids,
@@ -126,6 +142,29 @@ def run_audit(
     )
     report.filtered = dict(dataset.filtered)
     return report
+
+
+def strip_invisible(split: str, dataset: LineDataset, alphabet: Alphabet) -> int:
+    """Remove invisible format characters that ``alphabet`` does not list from ``dataset``'s transcripts.
+
+    Returns:
+        How many transcripts changed (the characters removed are logged by code point).
+    """
+    keep = [s for s in alphabet.symbols if len(s) == 1]
+    removed: Counter[str] = Counter()
+    for text in dataset.texts:
+        removed.update(c for c in text if is_format_char(c) and c not in keep)
+    changed = dataset.map_texts(lambda text: strip_format_chars(text, keep))
+    if changed:
+        chars = ", ".join(f"{describe_char(c)} ×{n}" for c, n in removed.most_common())
+        log.info(
+            "%s: removed %d invisible format characters from %d transcripts (stability.strip_format_chars=true): %s",
+            split,
+            sum(removed.values()),
+            changed,
+            chars,
+        )
+    return changed
 
 
 def check_head(model: Recognizer, alphabet: Alphabet) -> None:

@@ -14,7 +14,10 @@ code  meaning
 3     data: an input file or folder missing, unreadable or malformed
 4     audit: samples break the CTC contract or the alphabet (``stability.audit_policy=error``)
 5     non-finite: training diverged (``stability.nonfinite_policy``, its skip or rollback limits)
-6     checkpoint: not a ``recognizer-train`` checkpoint, missing, or not resumable by this run
+6     checkpoint: not a ``recognizer-train`` checkpoint, refused (it holds more than plain data), missing,
+      or not resumable by this run; a run directory in use or holding another run
+7     file system: a file or folder cannot be written (permissions, read-only, full disk, a file where a
+      folder should be)
 ====  ===========================================================================================
 
 ``HYDRA_FULL_ERROR=1`` shows the traceback instead, for every console script (Hydra's own switch).
@@ -25,6 +28,7 @@ Only errors this package raises on purpose are known: a ``ValueError`` or ``OSEr
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -45,14 +49,18 @@ from recognizer.sweeps import in_multirun
 log = logging.getLogger(__name__)
 
 #: Exit code and title per kind of known error (the table of the module docstring).
-EXIT_CODES = {"config": 2, "data": 3, "audit": 4, "nonfinite": 5, "checkpoint": 6}
+EXIT_CODES = {"config": 2, "data": 3, "audit": 4, "nonfinite": 5, "checkpoint": 6, "io": 7}
 TITLES = {
     "config": "configuration error",
     "data": "data error",
     "audit": "audit failed",
     "nonfinite": "training diverged",
     "checkpoint": "checkpoint error",
+    "io": "file system error",
 }
+#: ``OSError`` numbers that mean "cannot write here", whoever raised them (Hydra creating the run
+#: directory, torch.save, the loggers): the user's disk, not a bug.
+WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR})
 DEBUG_SWITCH = "HYDRA_FULL_ERROR"
 T = TypeVar("T")
 
@@ -89,6 +97,8 @@ def classify(error: BaseException) -> str | None:
         return "audit"
     if isinstance(error, DataError):
         return "data"
+    if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+        return "io"
     if isinstance(error, (HydraException, OmegaConfBaseException)):
         return "config"  # an unknown override, a missing config group option, a `???` value left unset
     if not raised_here(error):
@@ -114,6 +124,12 @@ def raised_here(error: BaseException) -> bool:
 def message_block(prog: str, kind: str, error: BaseException) -> str:
     """``prog: error: <message>`` (continuation lines indented), then the kind and the exit code."""
     text = str(error).strip()
+    if kind == "io" and isinstance(error, OSError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        text = (
+            f"{where}{error.strerror.lower()}. Check the folder's permissions and free space (df -h), or write "
+            "elsewhere (hydra.run.dir=..., --out-dir ...); files already written are left as they were"
+        )
     if isinstance(error, HydraException) and isinstance(error.__cause__, OmegaConfBaseException):
         text += f"\n{error.__cause__}"  # e.g. which key is not in the config (Hydra prints it too)
     lines = text.splitlines() or [type(error).__name__]

@@ -23,15 +23,21 @@ their shards and take part in validation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+import shlex
+import signal
+import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -41,9 +47,10 @@ from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
 from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.ctc import CTCLoss
-from recognizer.engine import distributed
+from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
-from recognizer.engine.loop import Preempted, TrainState, evaluate, fit
+from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights
+from recognizer.engine.loop import Preempted, TrainerOptions, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.errors import run_hydra_main
 from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
@@ -122,44 +129,6 @@ def check_world_size(ckpt: dict[str, Any], world_size: int, path: Path) -> None:
         )
 
 
-def init_alphabet(ckpt: dict[str, Any], path: str, texts: list[str], configured: Alphabet | None) -> Alphabet:
-    """The alphabet of a run initialised from ``ckpt`` (``trainer.init_from``): the checkpoint's own.
-
-    Its model's output layer was trained for those symbols in that order, so the run keeps them.
-
-    Raises:
-        ValueError: ``data.alphabet`` names another alphabet, or train transcripts use symbols the
-            checkpoint's alphabet lacks; the message lists them and what to do.
-    """
-    alphabet = Alphabet(ckpt["alphabet"])
-    if configured is not None and configured != alphabet:
-        raise ValueError(
-            f"trainer.init_from={path} was trained with alphabet {alphabet!r} but data.alphabet gives "
-            f"{configured!r}: unset data.alphabet (the checkpoint's alphabet is used) or start from another checkpoint"
-        )
-    missing = list(dict.fromkeys(c for t in texts for c in alphabet.unknown(t)))
-    if missing:
-        raise ValueError(
-            f"trainer.init_from={path}: the train transcripts use {len(missing)} symbol(s) outside its alphabet "
-            f"{alphabet!r}: {missing[:20]}. Its output layer has no class for them: start from a checkpoint "
-            "whose alphabet covers the data, or train from scratch (trainer.init_from=null)"
-        )
-    return alphabet
-
-
-def init_weights(model: torch.nn.Module, ckpt: dict[str, Any], path: str) -> None:
-    """Load ``ckpt``'s model weights into ``model`` (nothing else: the optimizer and schedule start fresh)."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:  # torch lists every mismatching tensor: keep the first few lines
-        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:4])
-        raise ValueError(
-            f"trainer.init_from={path}: its weights do not fit this model ({detail}). Use the checkpoint's "
-            f"model settings (model=... as in its config) and the same data.n_mels/height"
-        ) from None
-    log.info("initialised the model's weights from %s (optimizer, schedule and step start fresh)", path)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Audit the data, train, then evaluate the best checkpoint. Returns the final metrics.
 
@@ -179,17 +148,43 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     run_dir = Path(dist.broadcast(str(cfg.paths.output_dir)))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():  # one run per directory
+        return _train_locked(cfg, dist, run_dir)
+
+
+def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distributed.Dist) -> tuple[Any, Path | None]:
+    """The checkpoint to resume (or None for a fresh run), checked before anything is read or written.
+
+    A fresh run needs a directory without another run's checkpoints; a resume needs the same number of
+    processes and the same training settings as the run that wrote the checkpoint (:mod:`rundir`).
+    """
+    ckpt_path = resume_path(opts.resume, run_dir)
+    if ckpt_path is None:
+        if dist.is_main:
+            rundir.check_fresh(run_dir, opts.overwrite)
+            rundir.accept_hydra(run_dir)
+        return None, None
+    ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
+    check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    changes = rundir.training_changes(ckpt["config"], config, list(opts.resume_allow))
+    if changes:
+        raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
+    if dist.is_main:
+        rundir.accept_hydra(run_dir)
+    return ckpt, ckpt_path
+
+
+def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dict[str, float]:
     distributed.quiet_other_ranks(dist)  # one voice: rank 0 logs progress
     seed_everything(cfg.seed + dist.rank)  # own dropout/augmentation stream per rank; DDP syncs the weights
 
     opts = instantiate(cfg.trainer)
     if opts.num_threads:  # on a busy CPU fewer threads can be several times faster
         torch.set_num_threads(opts.num_threads)
-    ckpt_path = resume_path(opts.resume, run_dir)
-    ckpt = None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
-        check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
+    ckpt, ckpt_path = _open_run(cfg, opts, run_dir, dist)
+    # the checkpoints this run may report: its own (older checkpoints carry no id: None, as they do)
+    run_id = ckpt.get("run_id") if ckpt is not None else uuid.uuid4().hex
     init = None
     if opts.init_from and ckpt is not None:
         log.info("resuming from %s: trainer.init_from=%s is not applied again", ckpt_path, opts.init_from)
@@ -200,14 +195,20 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
         splits = [split for split in ("train", "val", "test") if split != "test" or data.has(split)]
         datasets = {split: data.dataset(split) for split in splits}
     train_set = datasets["train"]
-    if init is not None:
-        alphabet = init_alphabet(init, opts.init_from, train_set.texts, data.alphabet())
+    with_unk = cfg.stability.unknown == "unk"
+    if ckpt is not None:  # the run being resumed: its data and settings are unchanged (rundir.training_changes)
+        alphabet = Alphabet(ckpt["alphabet"])
+    elif init is not None:
+        alphabet = init_alphabet(
+            init, opts.init_from, train_set.texts, data.alphabet(), opts.init_alphabet, with_unk=with_unk
+        )
     else:
-        alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=cfg.stability.unknown == "unk")
+        alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=with_unk)
     model = instantiate(cfg.model, num_classes=alphabet.num_classes)
     check_head(model, alphabet)
-    if init is not None:
-        init_weights(model, init, opts.init_from)
+    initialised = init_weights(model, init, alphabet, opts.init_from) if init is not None else None
+    if ckpt is not None:
+        initialised = ckpt.get("initialised")  # what the run being resumed started from
     log.info(
         "alphabet: %d symbols + blank %r; model: %s with %.2fM parameters",
         len(alphabet),
@@ -264,17 +265,16 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     wrapped = distributed.wrap(model, dist, device)
     if opts.ema_decay is not None:  # after the wrap: DDP has given every rank rank 0's initial weights
         state.ema = WeightAverage(model, opts.ema_decay)
+    if opts.freeze_backbone_steps:
+        if dist.enabled:  # DDP fixes the parameters that take gradients when it wraps the model
+            raise ValueError("trainer.freeze_backbone_steps does not work under torchrun (DDP); run on one process")
+        state.freeze = BackboneFreeze(model, opts.freeze_backbone_steps)
     forward = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
         forward = torch.compile(forward)
     state.train_forward = None if forward is model else forward
     attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
     if ckpt is not None:
-        if Alphabet(ckpt["alphabet"]) != alphabet:
-            raise CheckpointError(
-                f"cannot resume from {ckpt_path}: it was trained with alphabet "
-                f"{Alphabet(ckpt['alphabet'])!r}, the data gives {alphabet!r}"
-            )
         state.load_state_dict(ckpt)
         changed = order_changes(ckpt["config"], cfg)
         if changed and state.batch_in_epoch:
@@ -307,7 +307,8 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     logger = MultiLogger(loggers)
     logger.log_config(config)
     # the character mapping's content, not its file name: eval and transcribe then need no file of this machine
-    describe = {"config": config, "alphabet": alphabet.symbols, "char_map": data.char_map}
+    describe = {"config": config, "alphabet": alphabet.symbols, "char_map": data.char_map, "run_id": run_id}
+    describe["initialised"] = initialised  # init_from: the checkpoint and the symbols kept, added, dropped
     try:
         fit(
             state,
@@ -333,7 +334,7 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
                 val_loader = eval_loader("val")
             test_loader = eval_loader("test") if "test" in datasets else None
             loaders = {"val": val_loader, "test": test_loader}
-            metrics = final_evaluation(state, run_dir, ctc, alphabet, loaders, reports)
+            metrics = final_evaluation(state, run_dir, ctc, alphabet, loaders, reports, run_id)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
     finally:
@@ -348,8 +349,12 @@ def final_evaluation(
     alphabet: Alphabet,
     loaders: dict[str, DataLoader | None],
     reports: dict[str, AuditReport],
+    run_id: str | None = None,
 ) -> dict[str, float]:
     """Evaluate the best checkpoint on each split with a loader; write predictions and ``metrics.json``.
+
+    Only a ``best.ckpt`` this run wrote (its ``run_id``) is evaluated; without one, the weight average or
+    the last weights are.
 
     Args:
         loaders: split → loader over its audited samples (None: the split is not configured).
@@ -357,9 +362,13 @@ def final_evaluation(
             (``<split>/dropped``, ``<split>/dropped/<reason>``, ``<split>/filtered/<reason>``), so a
             score over fewer samples than the manifest lists says so.
     """
-    best = run_dir / "checkpoints" / "best.ckpt"
-    if best.is_file():
-        state.model.load_state_dict(load_checkpoint(best, map_location=state.precision.device)["model"])
+    best_path = run_dir / "checkpoints" / "best.ckpt"
+    best = load_checkpoint(best_path, map_location=state.precision.device) if best_path.is_file() else None
+    if best is not None and best.get("run_id") != run_id:
+        log.warning("%s was not written by this run: not evaluated", best_path)
+        best = None
+    if best is not None:
+        state.model.load_state_dict(best["model"])
     elif state.ema is not None:
         state.model.load_state_dict(state.ema.module.state_dict())
     metrics: dict[str, float] = {}
@@ -380,6 +389,16 @@ def final_evaluation(
     return metrics
 
 
+def resume_command(cfg: DictConfig) -> str:
+    """The command line that continues this run: its overrides, its directory and ``trainer.resume=auto``."""
+    try:
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # called outside @hydra.main
+        overrides = []
+    kept = [o for o in overrides if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
+    return shlex.join(["recognizer-train", *kept, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=auto"])
+
+
 def main() -> None:
     """The ``recognizer-train`` console script: :func:`hydra_main`, known user errors as a message and an
     exit code instead of a traceback (:mod:`recognizer.errors`; ``HYDRA_FULL_ERROR=1`` shows it)."""
@@ -397,8 +416,10 @@ def hydra_main(cfg: DictConfig) -> float:
     """
     try:
         metrics = train(cfg)
-    except Preempted:
-        raise SystemExit(cfg.trainer.preempt_exit_code) from None  # fit logged where it stopped
+    except Preempted as stopped:  # fit logged where it stopped
+        if distributed.env_dist().is_main:
+            print(f"to continue: {resume_command(cfg)}", file=sys.stderr)
+        raise SystemExit(130 if stopped.signum == signal.SIGINT else cfg.trainer.preempt_exit_code) from None
     except NonFiniteStepError as error:
         if not in_multirun():
             raise

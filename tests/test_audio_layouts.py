@@ -179,8 +179,9 @@ def test_bad_recordings_in_a_folder_are_dropped_and_counted_under_drop(tmp_path:
     report = json.loads((out / "audit.json").read_text())[0]
     assert report["kept"] == 3 and report["dropped"] == 3
     assert {k: v["count"] for k, v in report["violations"].items()} == {"unreadable": 1, "truncated": 1, "silent": 1}
+    strict = tiny_speech_overrides("audio_folder", folder, folder, tmp_path / "strict_run")
     with pytest.raises(AuditError, match=r"corrupt\.wav"):
-        train(compose_config("train", [*overrides, "stability.audit_policy=error"]))
+        train(compose_config("train", [*strict, "stability.audit_policy=error"]))
 
 
 def test_fsdd_lists_a_corrupt_recording_for_the_audit_to_name(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from recognizer import checkpoint as checkpoint_module
 from recognizer.checkpoint import load_checkpoint, save_checkpoint
-from recognizer.engine import checkpoint as checkpoint_module
 from recognizer.loggers import rewind_jsonl
 from tests.conftest import compose_config, tiny_overrides
 from tests.test_preemption import SLOW, finish, start_cli, step_losses

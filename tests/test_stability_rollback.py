@@ -105,7 +105,14 @@ def test_rollback_count_and_lr_scale_survive_a_checkpoint(tmp_path: Path) -> Non
     batch, ctc = make_batch(), CTCLoss()
     train_step(state, batch, ctc, 1.0)
     train_step(state, batch, ctc, 1.0)  # rollback 1 of 1
-    save_checkpoint({**state.state_dict(), "alphabet": ["a"], "config": {}}, tmp_path / "last.ckpt")
+    save_checkpoint(
+        {
+            **state.state_dict(),
+            "alphabet": ["a"],
+            "config": {"model": {"_target_": "recognizer.models.CRNN"}, "data": {}},
+        },
+        tmp_path / "last.ckpt",
+    )
 
     resumed = make_state(NanOnCalls({1}), every=100, max_rollbacks=1)  # NaN at once after the resume
     resumed.load_state_dict(load_checkpoint(tmp_path / "last.ckpt"))

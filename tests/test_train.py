@@ -15,9 +15,10 @@ from PIL import Image
 
 from recognizer.alphabet import Alphabet
 from recognizer.checkpoint import load_checkpoint
+from recognizer.engine.finetune import init_alphabet
 from recognizer.evaluate import evaluate_checkpoint
 from recognizer.stability.audit import AuditError
-from recognizer.train import init_alphabet, train
+from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides
 
 
@@ -163,8 +164,8 @@ def test_init_from_refuses_an_incompatible_checkpoint(data_root: Path, tmp_path:
     wider = ["model.rnn_hidden=32", f"trainer.init_from={source}/checkpoints/last.ckpt"]
     with pytest.raises(
         ValueError,
-        match=r"init_from=.*last\.ckpt: its weights do not fit this model \(size "
-        r"mismatch for .*\)\. Use the checkpoint's model settings",
+        match=r"init_from=.*last\.ckpt: its weights do not fit this model \(rnn\.fwd\.0\.weight_ih_l0: "
+        r"checkpoint \(256, 128\), model \(128, 128\);.*\)\. Use the checkpoint's model settings",
     ):
         train(compose_config("train", tiny_overrides(data_root, tmp_path / "wider", *wider)))
 

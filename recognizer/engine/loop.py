@@ -15,9 +15,10 @@ it with hooks, name the first bad module) runs only when the guard fires; the ro
 a CPU copy every ``stability.rollback_every_n_steps`` steps; blank collapse is judged from the
 validation outputs.
 
-Preemption: during ``fit``, SIGTERM and SIGUSR1 (what SLURM sends before it stops a job) only raise
-a flag; the loop finishes the current step, writes ``last.ckpt`` with the mid-epoch position and
-raises :class:`Preempted`, so ``trainer.resume=auto`` continues exactly where the run stopped.
+Preemption: during ``fit``, SIGTERM and SIGUSR1 (what SLURM sends before it stops a job) and a first
+Ctrl-C (SIGINT) only raise a flag; the loop finishes the current step, writes ``last.ckpt`` with the
+mid-epoch position and raises :class:`Preempted`, so ``trainer.resume=auto`` continues exactly where
+the run stopped. A second Ctrl-C stops at once (``KeyboardInterrupt``), as it always did.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
 from recognizer.decoding import greedy_decode
 from recognizer.engine.distributed import Dist, sync_buffers
 from recognizer.engine.ema import WeightAverage
+from recognizer.engine.finetune import BackboneFreeze
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
@@ -76,7 +79,11 @@ class TrainerOptions:
     early_stopping_patience: int | None = None
     progress_bar: bool = True
     resume: str | None = None
+    resume_allow: Sequence[str] = ()
+    overwrite: bool = False
     init_from: str | None = None
+    init_alphabet: str = "strict"
+    freeze_backbone_steps: int = 0
     num_threads: int | None = None
     bucketing: bool = False
     bucket_pool_batches: int = 50
@@ -111,6 +118,7 @@ class TrainState:
     dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
     train_forward: nn.Module | None = None  # the training forward's wrapper (DDP, torch.compile) if any
     ema: WeightAverage | None = None  # averaged weights: validated and saved as the checkpoint's model
+    freeze: BackboneFreeze | None = None  # fine-tuning: only the output layer trains for the first steps
 
     @property
     def eval_model(self) -> Recognizer:
@@ -170,7 +178,7 @@ class TrainState:
             self.divergence.load_state_dict(ckpt["divergence"])
 
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
@@ -178,8 +186,13 @@ class Preempted(Exception):
 
     def __init__(self, signum: int, step: int, epoch: int, batch_in_epoch: int) -> None:
         self.signum, self.step, self.epoch, self.batch_in_epoch = signum, step, epoch, batch_in_epoch
+        how = (
+            "interrupted by Ctrl-C (SIGINT)"
+            if signum == signal.SIGINT
+            else f"preempted by {signal.Signals(signum).name}"
+        )
         super().__init__(
-            f"preempted by {signal.Signals(signum).name} at step {step} (epoch {epoch + 1}, batch "
+            f"{how} at step {step} (epoch {epoch + 1}, batch "
             f"{batch_in_epoch}): wrote checkpoints/last.ckpt; continue with trainer.resume=auto"
         )
 
@@ -193,7 +206,9 @@ class StopFlag:
 
 @contextlib.contextmanager
 def preemption_handlers() -> Iterator[StopFlag]:
-    """Turn SIGTERM/SIGUSR1 into a :class:`StopFlag` for the duration; restore the previous handlers.
+    """Turn SIGTERM/SIGUSR1/SIGINT into a :class:`StopFlag` for the duration; restore the previous handlers.
+
+    A second SIGINT raises ``KeyboardInterrupt`` (the user means it).
 
     Handlers can only be installed from the main thread of the main interpreter; elsewhere (a
     training run inside a thread) the flag never fires and the signals keep their previous meaning.
@@ -204,6 +219,10 @@ def preemption_handlers() -> Iterator[StopFlag]:
         return
 
     def handler(signum: int, frame: object) -> None:  # only set a flag: safe at any bytecode
+        if signum == signal.SIGINT and flag.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        if signum == signal.SIGINT:
+            os.write(2, b"Ctrl-C: finishing this step, then writing last.ckpt (Ctrl-C again stops at once)\n")
         flag.signum = signum
 
     previous = {s: signal.signal(s, handler) for s in PREEMPT_SIGNALS}
@@ -459,6 +478,8 @@ def fit(
         return opts.max_steps is not None and state.step >= opts.max_steps
 
     with preemption_handlers() as stop:
+        if state.freeze is not None:
+            state.freeze.update(state.step)  # also after a resume inside the frozen steps
         padded = cells = 0  # padding along the width/time axis since the last train log
         while state.epoch < opts.max_epochs and not done():
             sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
@@ -478,6 +499,8 @@ def fit(
                 with torch.autograd.set_detect_anomaly(detect_anomaly):
                     result = train_step(state, batch, ctc, opts.grad_clip)
                 state.batch_in_epoch += 1
+                if state.freeze is not None:
+                    state.freeze.update(state.step)
                 pad, total = padding_cells(batch.input_lengths, batch.inputs.shape[-1])  # CPU lengths: no sync
                 padded, cells = padded + pad, cells + total
                 if grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
