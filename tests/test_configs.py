@@ -133,3 +133,14 @@ def test_defaults_comments_list_every_option_of_their_group(config: str) -> None
     for group, comment in comments.items():
         named = {part.split()[0].rstrip(":") for part in comment.split("|") if part.strip()}
         assert named - {"null"} == set(options(group)), f"conf/{config}.yaml, {group}: {comment!r}"
+
+
+@pytest.mark.parametrize("data", ["lines", "pages", "copiste", "cremma_mss18", "hooker"])
+def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, tmp_path: Path) -> None:
+    lines_model = compose_config("train", [f"data={data}", "model=crnn_lines", f"paths.output_dir={tmp_path}"]).model
+    for config in ("train", "doctor", "lr_find"):
+        assert compose_config(config, [f"data={data}", f"paths.output_dir={tmp_path}"]).model == lines_model, config
+    chosen = compose_config("train", [f"data={data}", "model=crnn", f"paths.output_dir={tmp_path}"]).model
+    assert list(chosen.channels) == [16, 32, 64]  # the command line still picks another
+    embedded = compose_config("train", [f"paths.output_dir={tmp_path}"]).model
+    assert list(embedded.channels) == [16, 32, 64]  # the embedded digits keep the small default
