@@ -118,7 +118,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 # ---- what a checkpoint may hold ------------------------------------------------------------------------
 
-#: The model classes a checkpoint may name, by the ``_target_`` of ``conf/model/*.yaml`` (and the full
+#: The model classes a checkpoint may name, by the ``_target_`` of ``recognizer/conf/model/*.yaml`` (and the full
 #: module path, which older configs and users' own configs may spell).
 MODEL_CLASSES: dict[str, type[Recognizer]] = {
     "recognizer.models.CRNN": CRNN,

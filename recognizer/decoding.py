@@ -1,6 +1,6 @@
 """CTC decoding: greedy best path and lexicon/LM beam search. Blank is id 0 (see :mod:`recognizer.ctc`).
 
-Both decoders are built by Hydra from ``conf/decoding/*.yaml`` with the checkpoint's alphabet
+Both decoders are built by Hydra from ``recognizer/conf/decoding/*.yaml`` with the checkpoint's alphabet
 (``instantiate(cfg.decoding, symbols=alphabet.symbols)``) and map ``(B, T, C)`` logits with ``(B,)``
 lengths to one :class:`Hypothesis` per sample. Hypothesis text is always built from the label ids
 (``alphabet.decode(h.ids)``): in lexicon-free mode flashlight returns no words.
@@ -82,7 +82,7 @@ class Hypothesis:
 
 
 class GreedyDecoder:
-    """Best-path decoding (``conf/decoding/greedy.yaml``).
+    """Best-path decoding (``recognizer/conf/decoding/greedy.yaml``).
 
     Args:
         symbols: the alphabet's symbols (ids ``1..len(symbols)``); unused, accepted so that every
@@ -109,7 +109,7 @@ class GreedyDecoder:
 
 
 class BeamDecoder:
-    """Beam search with torchaudio's flashlight ``ctc_decoder`` (``conf/decoding/beam.yaml``).
+    """Beam search with torchaudio's flashlight ``ctc_decoder`` (``recognizer/conf/decoding/beam.yaml``).
 
     Args:
         symbols: the alphabet's symbols (ids ``1..len(symbols)``).
@@ -333,7 +333,7 @@ def _lower_prob(probs: list[dict[tuple, float]], backoff: list[dict[tuple, float
 
 def config_file(path: str | None) -> str | None:
     """``path`` as given if it exists (relative to the working directory), else a file of that name
-    shipped in ``conf/decoding/`` (``lexicon: digit_words.lexicon``), else ``path`` unchanged."""
+    shipped in ``recognizer/conf/decoding/`` (``lexicon: digit_words.lexicon``), else ``path`` unchanged."""
     if path is None or Path(path).is_file():
         return path
     shipped = Path(CONFIG_DIR) / "decoding" / path
@@ -349,7 +349,7 @@ def write_lexicon(words: Sequence[str], path: str | Path) -> Path:
 
 
 def build_decoder(decoding_cfg: object, symbols: Sequence[str]) -> GreedyDecoder | BeamDecoder:
-    """Instantiate a ``conf/decoding`` node for an alphabet's ``symbols``."""
+    """Instantiate a ``recognizer/conf/decoding`` node for an alphabet's ``symbols``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 

@@ -134,7 +134,7 @@ AUDIT_CODES = {
 
 @dataclass
 class DoctorOptions:
-    """Doctor settings (``conf/doctor.yaml``, node ``doctor``). See the YAML for each key's meaning."""
+    """Doctor settings (``recognizer/conf/doctor.yaml``, node ``doctor``). See the YAML for each key's meaning."""
 
     dry_run_steps: int = 3
     num_classes: int | None = None
@@ -475,7 +475,7 @@ def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
     """Run every check of the doctor on ``cfg`` (a composed ``doctor`` config).
 
     Args:
-        cfg: the composed config (``conf/doctor.yaml``).
+        cfg: the composed config (``recognizer/conf/doctor.yaml``).
         model: a model to diagnose instead of ``cfg.model`` built for the alphabet (the Python API
             for checking a hand-built or loaded model).
 

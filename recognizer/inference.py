@@ -93,7 +93,7 @@ class Transcription:
 
 
 def pages_defaults() -> dict[str, Any]:
-    """The extraction settings of ``conf/data/pages.yaml`` (for checkpoints not trained on pages)."""
+    """The extraction settings of ``recognizer/conf/data/pages.yaml`` (for checkpoints not trained on pages)."""
     cfg = OmegaConf.load(Path(CONFIG_DIR) / "data" / "pages.yaml")
     assert isinstance(cfg, DictConfig)
     return {k: cfg[k] for k in ("baseline_above", "baseline_below")}
@@ -156,7 +156,7 @@ class Transcriber:
 
     Args:
         checkpoint: a loaded checkpoint (see :meth:`from_checkpoint`).
-        decoding: a ``conf/decoding`` node (None: greedy).
+        decoding: a ``recognizer/conf/decoding`` node (None: greedy).
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         batch_size: inputs per forward pass.
     """

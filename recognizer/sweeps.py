@@ -3,7 +3,7 @@
 - :func:`in_multirun` tells a job of a ``-m`` sweep from a single run.
 - :func:`record_failure` writes ``failure.json`` (cause, step) into a diverged job's directory, so
   the sweep report can show why it failed while the sweep goes on.
-- The ``sweep_group`` resolver names the sweep (``${sweep_group:}`` in ``conf/logger/wandb.yaml``),
+- The ``sweep_group`` resolver names the sweep (``${sweep_group:}`` in ``recognizer/conf/logger/wandb.yaml``),
   so all jobs of one sweep share a wandb group; it is ``null`` in a single run and in the compose API.
 """
 

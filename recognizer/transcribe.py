@@ -73,7 +73,7 @@ def collect_inputs(patterns: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFF
 
 
 def decoding_config(name: str, **options: Any) -> DictConfig:
-    """``conf/decoding/NAME.yaml`` with the non-None ``options`` set (beam options need ``beam``)."""
+    """``recognizer/conf/decoding/NAME.yaml`` with the non-None ``options`` set (beam options need ``beam``)."""
     path = Path(CONFIG_DIR) / "decoding" / f"{name}.yaml"
     if not path.is_file():
         choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
@@ -147,7 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=16, help="lines per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument(
-        "--decoding", default="greedy", help="greedy | beam | digit_words: a file of conf/decoding (default greedy)"
+        "--decoding", default="greedy", help="greedy | beam | digit_words: a shipped decoding config (default greedy)"
     )
     p.add_argument("--beam-size", type=int, help="beam: hypotheses kept per frame")
     p.add_argument("--lexicon", help="beam: lexicon file (WORD T O K E N S per line)")

@@ -133,7 +133,7 @@ def main() -> None:
                 times[mode].append(time_steps(step(mode), args.steps, clock))
     off = statistics.median(times["off"])
     print(
-        f"CRNN (conf/model/crnn.yaml), batch {args.batch_size} × 1 × {height} × {args.width}, CPU, "
+        f"CRNN (recognizer/conf/model/crnn.yaml), batch {args.batch_size} × 1 × {height} × {args.width}, CPU, "
         f"{torch.get_num_threads()} thread(s), {args.clock} clock; {args.rounds} rounds × {args.steps} steps, "
         "median per step"
     )

@@ -23,7 +23,7 @@ from hydra.utils import instantiate
 
 from recognizer.data.base import DataError
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "recognizer" / "conf")
 
 
 def write_lists(data: object, out: Path, xml_dir: Path | None = None) -> dict[str, int]:

@@ -6,7 +6,7 @@ Usage::
     python scripts/show_augment.py --out augment.png data=lines data.train=LINES_DIR data.height=64
     python scripts/show_augment.py data=lines data.train=LINES_DIR data.augment.blur.p=1   # one transform
 
-The remaining arguments are overrides of the training config (``conf/train.yaml``), so the picture
+The remaining arguments are overrides of the training config (``recognizer/conf/train.yaml``), so the picture
 shows exactly what ``recognizer-train`` with the same overrides trains on; the augmentation is
 switched on whatever ``data.augment.enabled`` says. For each of the first ``--lines`` train lines
 the grid shows the line as loaded (top), then its augmented versions in epochs ``0..copies-1``

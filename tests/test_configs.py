@@ -132,7 +132,7 @@ def test_defaults_comments_list_every_option_of_their_group(config: str) -> None
     assert {"data", "hydra", "paths"} <= set(comments)
     for group, comment in comments.items():
         named = {part.split()[0].rstrip(":") for part in comment.split("|") if part.strip()}
-        assert named - {"null"} == set(options(group)), f"conf/{config}.yaml, {group}: {comment!r}"
+        assert named - {"null"} == set(options(group)), f"recognizer/conf/{config}.yaml, {group}: {comment!r}"
 
 
 @pytest.mark.parametrize("data", ["lines", "pages", "copiste", "cremma_mss18", "hooker"])
@@ -144,3 +144,18 @@ def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, t
     assert list(chosen.channels) == [16, 32, 64]  # the command line still picks another
     embedded = compose_config("train", [f"paths.output_dir={tmp_path}"]).model
     assert list(embedded.channels) == [16, 32, 64]  # the embedded digits keep the small default
+
+
+def test_the_config_tree_ships_in_the_package_and_every_file_is_package_data() -> None:
+    """A wheel holds what pyproject's package-data names: every file of the config tree must match it."""
+    import glob
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    package = Path(CONFIG_DIR).parent
+    assert package == Path(__file__).resolve().parents[1] / "recognizer"
+    pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["recognizer"]
+    shipped = {p for pattern in patterns for p in glob.glob(pattern, root_dir=package, recursive=True)}
+    files = {str(p.relative_to(package)) for p in Path(CONFIG_DIR).rglob("*") if p.is_file()}
+    assert files - shipped == set(), "add their suffix to [tool.setuptools.package-data] in pyproject.toml"
+    assert {"conf/train.yaml", "conf/decoding/digit_words.lexicon", "conf/hydra/launcher/slurm.yaml"} <= shipped

@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet, strip_format_chars
 from recognizer.builders import run_audit
 from recognizer.data.base import DataError
@@ -36,7 +37,7 @@ from tests.conftest import compose_config
 from tests.page_fixtures import INK, PAPER, page_line, page_xml, write, write_page_image
 
 MODEL = SimpleNamespace(output_lengths=lambda widths: widths // 4)  # subsamples the width by 4, like the CRNN
-STABILITY = OmegaConf.load(Path(__file__).parents[1] / "conf" / "stability" / "default.yaml")
+STABILITY = OmegaConf.load(Path(CONFIG_DIR) / "stability" / "default.yaml")
 
 
 def stability(**overrides: object) -> object:

@@ -1,4 +1,4 @@
-"""Recipes: every conf/experiment file composes and trains for two steps; each has a row in RESULTS.md
+"""Recipes: every recognizer/conf/experiment file composes and trains for two steps; each has a row in RESULTS.md
 that scripts/reproduce.py can check."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from recognizer import CONFIG_DIR
 from recognizer.train import train
 from tests.conftest import compose_config
 
-ROOT = Path(CONFIG_DIR).parent
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: RESULTS.md, README.md
 RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 SCRIPT = ROOT / "scripts" / "reproduce.py"
 
@@ -124,7 +124,7 @@ def test_recipe_trains_two_steps(recipe: str, tmp_path: Path, data_root: Path) -
 def test_every_recipe_has_a_results_row() -> None:
     rows = reproduce.read_table(ROOT / "RESULTS.md")
     missing = [r for r in RECIPES if r not in rows]
-    assert not missing, f"conf/experiment/{missing[0]}.yaml has no row in RESULTS.md: add one"
+    assert not missing, f"recognizer/conf/experiment/{missing[0]}.yaml has no row in RESULTS.md: add one"
     for recipe in RECIPES:
         row = rows[recipe]
         assert row["command"].startswith(f"recognizer-train experiment={recipe}"), row["command"]

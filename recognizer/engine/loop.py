@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainerOptions:
-    """Loop settings (``conf/trainer``). See the YAML for each key's meaning."""
+    """Loop settings (``recognizer/conf/trainer``). See the YAML for each key's meaning."""
 
     max_epochs: int = 30
     max_steps: int | None = None

@@ -35,7 +35,7 @@ METHODS = ("valley", "steepest", "minimum")
 
 @dataclass
 class LRFindOptions:
-    """Range-test settings (``conf/lr_find.yaml``, node ``lr_find``). See the YAML for each key."""
+    """Range-test settings (``recognizer/conf/lr_find.yaml``, node ``lr_find``). See the YAML for each key."""
 
     min_lr: float = 1e-6
     max_lr: float = 1.0

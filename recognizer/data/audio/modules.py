@@ -1,4 +1,4 @@
-"""Speech data modules (``conf/data/{spoken_digits,audio_manifest,audio_folder,fsdd,librispeech}.yaml``).
+"""Speech data modules (``recognizer/conf/data/{spoken_digits,audio_manifest,audio_folder,fsdd,librispeech}.yaml``).
 
 They follow the contract of :mod:`recognizer.data.images.modules`; ``height`` is the number of mel bins,
 so any model that reads ``${data.height}`` (the CRNN too) takes spectrograms with time as width.
@@ -21,7 +21,7 @@ from recognizer.data.images.lines import DataError
 
 
 class AudioManifestData(SplitData):
-    """A user's audio with NeMo-style JSONL manifests (``conf/data/audio_manifest.yaml``).
+    """A user's audio with NeMo-style JSONL manifests (``recognizer/conf/data/audio_manifest.yaml``).
 
     Args:
         train, val, test: a ``.jsonl`` manifest per split (or None).
@@ -165,7 +165,7 @@ class SpokenDigitsData(AudioManifestData):
 
 
 class LibriSpeechData(AudioManifestData):
-    """A LibriSpeech copy in its original layout (``conf/data/librispeech.yaml``).
+    """A LibriSpeech copy in its original layout (``recognizer/conf/data/librispeech.yaml``).
 
     Args:
         root: the ``LibriSpeech`` folder holding the subset folders.
@@ -198,7 +198,7 @@ class LibriSpeechData(AudioManifestData):
 
 
 class AudioFolderData(AudioManifestData):
-    """Folders of recordings with a sidecar transcript per file (``conf/data/audio_folder.yaml``).
+    """Folders of recordings with a sidecar transcript per file (``recognizer/conf/data/audio_folder.yaml``).
 
     Args:
         train, val, test: a folder per split (or None), searched recursively for ``*{audio_ext}``.
@@ -206,7 +206,7 @@ class AudioFolderData(AudioManifestData):
         transcript_ext: the transcripts' extension: ``.txt`` for ``NAME.wav`` + ``NAME.txt``,
             ``.mb.cleaned`` for Mboshi's ``NAME.wav`` + ``NAME.mb.cleaned``.
         root: a folder that relative ``train``/``val``/``test`` paths are under (a corpus checkout,
-            ``conf/data/mboshi.yaml``), or None: they are used as given.
+            ``recognizer/conf/data/mboshi.yaml``), or None: they are used as given.
         Other arguments: as in :class:`AudioManifestData`.
     """
 
@@ -234,7 +234,7 @@ class AudioFolderData(AudioManifestData):
 
 
 class FSDDData(AudioManifestData):
-    """The Free Spoken Digit Dataset in its own layout (``conf/data/fsdd.yaml``); transcripts are words.
+    """The Free Spoken Digit Dataset in its own layout (``recognizer/conf/data/fsdd.yaml``); transcripts are words.
 
     Args:
         root: the FSDD checkout (holding ``recordings/{digit}_{speaker}_{index}.wav``).

@@ -1,4 +1,4 @@
-"""Data modules: built by Hydra from ``conf/data/*.yaml``, they hand out the datasets of each split."""
+"""Data modules: built by Hydra from ``recognizer/conf/data/*.yaml``, they hand out the datasets of each split."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from recognizer.data.images.lines import DataError, LineDataset, read_records
 
 
 class LinesData(SplitData):
-    """A user's line images (``conf/data/lines.yaml``).
+    """A user's line images (``recognizer/conf/data/lines.yaml``).
 
     Args:
         train, val, test: a ``.tsv``/``.jsonl`` manifest or a kraken folder per split (or None).

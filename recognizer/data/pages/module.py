@@ -1,4 +1,4 @@
-"""The page data module (``conf/data/pages.yaml``): ALTO/PAGE pages in, line images out.
+"""The page data module (``recognizer/conf/data/pages.yaml``): ALTO/PAGE pages in, line images out.
 
 Lines are cut once into the line cache (:mod:`recognizer.data.pages.cache`) and then read like any
 line image set, by :class:`~recognizer.data.images.lines.LineDataset` (same normalisation and height
@@ -62,7 +62,7 @@ def apply_char_map(text: str, mapping: Mapping[str, str]) -> str:
 
 
 class PagesData(SplitData):
-    """ALTO/PAGE XML pages with their images (``conf/data/pages.yaml``).
+    """ALTO/PAGE XML pages with their images (``recognizer/conf/data/pages.yaml``).
 
     Args:
         train, val, test: per split, a folder, glob, list file or XML file, or a list of them (or None).
