@@ -1,4 +1,4 @@
-"""recognizer-doctor: diagnose a training config without training.
+"""Diagnose a training config without training (:func:`diagnose`, :func:`run_doctor`).
 
 Same Hydra config as ``recognizer-train``. It audits the data (every check of the training
 pre-flight, with histograms of label lengths and output frames), checks the model head against
@@ -6,15 +6,8 @@ the alphabet, reports input statistics, then runs a short dry run of ``doctor.dr
 forward/backward/update steps at the peak learning rate with per-layer activation and gradient
 norms. It ends with verdicts, each naming a known cause of NaN/inf CTC losses (or of a model that
 never learns) and its fix, printed and written to ``doctor.md`` and ``doctor.json`` in the run
-directory. The exit code is 1 when a blocking problem is found, so it can gate a job script.
-
-Examples::
-
-    recognizer-doctor                                            # the embedded digit lines + CRNN
-    recognizer-doctor data=lines data.train=data/iam/train.tsv data.val=data/iam/val.tsv data.height=64
-    recognizer-doctor optimizer.lr=1.0                           # is this learning rate safe?
-    recognizer-doctor doctor.num_classes=10                      # check a head of another size
-    recognizer-doctor stability.max_label_length=4               # enforce a cap and see who breaks it
+directory. The command is ``recognizer-doctor`` (:mod:`recognizer.cli.doctor`): it exits with 1
+when a blocking problem is found, so it can gate a job script.
 """
 
 from __future__ import annotations
@@ -22,30 +15,26 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet, normalize
 from recognizer.builders import check_head, make_loader, run_audit
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
-from recognizer.errors import run_hydra_main
+from recognizer.engine.seeding import seed_everything
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import FP16_MAX, localize
 from recognizer.stability.runtime import make_guard
-from recognizer.train import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -646,20 +635,3 @@ def run_doctor(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport
     print(render_text(report))
     print(f"report: {md_path} and {json_path}")
     return report
-
-
-def main() -> None:
-    """The ``recognizer-doctor`` console script (known user errors: a message and an exit code, see
-    :mod:`recognizer.errors`; a blocking verdict exits with 1)."""
-    run_hydra_main("recognizer-doctor", hydra_main)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="doctor")
-def hydra_main(cfg: DictConfig) -> None:
-    report = run_doctor(cfg)
-    if report.blocking:
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,6 @@
 """Evaluate a checkpoint: CER/WER on a data split and a predictions TSV (id, reference, hypothesis).
 
-Examples::
-
-    recognizer-eval checkpoint=outputs/train/runs/DATE/checkpoints/best.ckpt
-    recognizer-eval checkpoint=best.ckpt data=lines data.test=data/iam/test.tsv
-    recognizer-eval checkpoint=best.ckpt decoding=beam decoding.lexicon=lexicon.txt decoding.lm=lm.arpa
+The command is ``recognizer-eval`` (:mod:`recognizer.cli.eval`); :func:`evaluate_checkpoint` is the library call.
 """
 
 from __future__ import annotations
@@ -13,18 +9,15 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from recognizer import CONFIG_DIR
 from recognizer.builders import make_loader, run_audit, write_predictions
 from recognizer.checkpoint import build_model, load_checkpoint, preprocessing_settings
 from recognizer.ctc import CTCLoss
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.loop import evaluate
 from recognizer.engine.precision import resolve_device, resolve_precision
-from recognizer.errors import run_hydra_main
 from recognizer.metrics import ErrorRates
 
 log = logging.getLogger(__name__)
@@ -95,24 +88,3 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)
     return metrics
-
-
-def main() -> None:
-    """The ``recognizer-eval`` console script (known user errors: a message and an exit code, see
-    :mod:`recognizer.errors`)."""
-    run_hydra_main("recognizer-eval", hydra_main)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def hydra_main(cfg: DictConfig) -> float:
-    metrics = evaluate_checkpoint(cfg)
-    s = cfg.split
-    print(
-        f"{s}/cer={metrics[f'{s}/cer']:.4f} {s}/wer={metrics[f'{s}/wer']:.4f} "
-        f"({metrics[f'{s}/samples']} samples; predictions in {cfg.paths.output_dir})"
-    )
-    return metrics[f"{s}/cer"]
-
-
-if __name__ == "__main__":
-    main()

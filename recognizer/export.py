@@ -1,20 +1,15 @@
 """Export a checkpoint's model to TorchScript and ONNX, with the preprocessing it expects beside it.
 
-Examples::
-
-    recognizer-export best.ckpt --out exported/
-    recognizer-export best.ckpt --out exported/ --formats onnx
-
-Writes ``model.ts`` (TorchScript, ``torch.jit.load``), ``model.onnx`` (opset 17; dynamic batch and
-width axes) and ``preprocessing.json`` (input layout, image preprocessing, alphabet, blank id,
-outputs). Both models map ``inputs (B, 1, H, W)`` float32 (line images, or log-mel features of
-height ``n_mels`` for speech models) and ``input_lengths (B,)`` int64 to ``logits (B, T, C)`` and
-``output_lengths (B,)``; decode with blank id 0. Feature extraction is not part of the export.
+:func:`export` (the command: ``recognizer-export``, :mod:`recognizer.cli.export`) writes ``model.ts``
+(TorchScript, ``torch.jit.load``), ``model.onnx`` (opset 17; dynamic batch and width axes) and
+``preprocessing.json`` (input layout, image preprocessing, alphabet, blank id, outputs). Both models
+map ``inputs (B, 1, H, W)`` float32 (line images, or log-mel features of height ``n_mels`` for speech
+models) and ``input_lengths (B,)`` int64 to ``logits (B, T, C)`` and ``output_lengths (B,)``; decode
+with blank id 0. Feature extraction is not part of the export.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import warnings
 from collections.abc import Sequence
@@ -27,8 +22,7 @@ from torch import Tensor, nn
 from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.ctc import BLANK
 from recognizer.data.audio.features import feature_settings
-from recognizer.errors import user_errors
-from recognizer.transcribe import is_audio, preprocessing
+from recognizer.inference import is_audio, preprocessing
 
 FORMATS = ("torchscript", "onnx")
 OPSET = 17
@@ -151,19 +145,3 @@ def export(checkpoint: str | Path, out: str | Path, formats: Sequence[str] = FOR
         if "onnx" in formats:
             written["onnx"] = export_onnx(module, example, out / "model.onnx")
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="recognizer-export", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a .ckpt written by recognizer-train")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--formats", nargs="+", default=list(FORMATS), help="torchscript and/or onnx (default both)")
-    args = p.parse_args(argv)
-    with user_errors("recognizer-export"):  # a message and an exit code (recognizer.errors), no traceback
-        written = export(args.checkpoint, args.out, args.formats)
-    for name, path in written.items():
-        print(f"{name}: {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,12 @@
-"""recognizer-lr-find: suggest ``optimizer.lr`` for your data and model with a learning-rate range test.
+"""Suggest ``optimizer.lr`` for your data and model with a learning-rate range test (:func:`find_lr`).
 
 Same Hydra config as ``recognizer-train`` (same groups, same overrides): it builds the data, the
 alphabet and the model as training would, audits the train split, then trains from the initial
 weights for ``lr_find.num_steps`` steps while the learning rate grows geometrically from
-``lr_find.min_lr`` to ``lr_find.max_lr`` (:mod:`recognizer.engine.lr_finder`). It prints the
-suggested ``optimizer.lr`` and writes the curve to ``lr_find.png`` and the numbers to
-``lr_find.json`` in the run directory. Nothing is trained for keeps.
-
-Examples::
-
-    recognizer-lr-find                                               # the embedded digit lines + CRNN
-    recognizer-lr-find data=lines data.train=data/iam/train.tsv data.val=data/iam/val.tsv
-    recognizer-lr-find model=conformer data=spoken_digits lr_find.max_lr=0.1
+``lr_find.min_lr`` to ``lr_find.max_lr`` (:mod:`recognizer.engine.lr_finder`). It writes the curve
+to ``lr_find.png`` and the numbers to ``lr_find.json`` in the run directory; the command
+``recognizer-lr-find`` (:mod:`recognizer.cli.lr_find`) prints the suggested ``optimizer.lr``.
+Nothing is trained for keeps.
 """
 
 from __future__ import annotations
@@ -20,21 +15,18 @@ import json
 import logging
 from pathlib import Path
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit
 from recognizer.engine.loop import TrainState
 from recognizer.engine.lr_finder import LRFindResult, cycle, lr_range_test, plot
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.engine.schedulers import constant
-from recognizer.errors import run_hydra_main
+from recognizer.engine.seeding import seed_everything
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.runtime import make_ctc
-from recognizer.train import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -82,23 +74,3 @@ def find_lr(cfg: DictConfig) -> LRFindResult:
     title = f"{type(model).__name__} on {type(data).__name__}, batch {data.batch_size}, {len(result.lrs)} steps"
     plot(result, out / "lr_find.png", title)
     return result
-
-
-def main() -> None:
-    """The ``recognizer-lr-find`` console script: known user errors end with a message and an exit code."""
-    run_hydra_main("recognizer-lr-find", hydra_main)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="lr_find")
-def hydra_main(cfg: DictConfig) -> None:
-    result = find_lr(cfg)
-    out = Path(cfg.paths.output_dir)
-    others = ", ".join(f"{k} {v:.2g}" for k, v in result.suggestions.items() if k != result.method and v)
-    if result.suggestion is None:
-        raise SystemExit(f"no suggestion: the curve has {len(result.lrs)} points; see {out / 'lr_find.png'}")
-    print(f"suggested optimizer.lr={result.suggestion:.2g} ({result.method}; {others})")
-    print(f"curve: {out / 'lr_find.png'}, numbers: {out / 'lr_find.json'}")
-
-
-if __name__ == "__main__":
-    main()

@@ -6,8 +6,8 @@ reference's CTC forced alignment (``torchaudio.functional.forced_align``). Mostl
 empty hypothesis mean blank collapse; a reference that cannot be aligned (fewer frames than labels +
 repeats) is named in the title: the input is too narrow for the model's subsampling.
 
-A library module: the entry points (:mod:`recognizer.alignment`) and the loop both import it; it
-imports none of them.
+A library module: :mod:`recognizer.alignment` (behind ``recognizer-align``) and the loop both import it;
+it imports neither, nor the commands (:mod:`recognizer.cli`).
 """
 
 from __future__ import annotations

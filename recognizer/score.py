@@ -1,26 +1,19 @@
 """Score predictions against references: CER/WER with substitutions, deletions, insertions, worst lines.
 
-Examples::
-
-    recognizer-score outputs/eval/runs/DATE/predictions_test.tsv
-    recognizer-score hypotheses.jsonl --ref references.tsv --worst 20
-
-Inputs: a predictions TSV with header ``id<TAB>reference<TAB>hypothesis`` (as recognizer-eval
-writes it); or a hypothesis file plus ``--ref``, each a TSV ``id<TAB>text`` (a first line
-``id<TAB>text`` or ``image<TAB>text`` is a header) or JSONL with ``id`` (or ``path``, ``image``,
-``audio_filepath``) and ``text`` keys, matched by id: transcribe's output and data manifests work as they are.
+The command is ``recognizer-score`` (:mod:`recognizer.cli.score`). Inputs: a predictions TSV with
+header ``id<TAB>reference<TAB>hypothesis`` (as recognizer-eval writes it); or a hypothesis file plus
+``--ref``, each a TSV ``id<TAB>text`` (a first line ``id<TAB>text`` or ``image<TAB>text`` is a header)
+or JSONL with ``id`` (or ``path``, ``image``, ``audio_filepath``) and ``text`` keys, matched by id:
+transcribe's output and data manifests work as they are.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from recognizer.errors import user_errors
 
 
 @dataclass
@@ -183,28 +176,3 @@ def format_report(report: Report, worst: int) -> str:
         lines.append(f"worst {len(ranked)} lines (char errors, id, reference → hypothesis):")
         lines += [f"  {e}\t{i}\t{ref!r} → {hyp!r}" for e, i, ref, hyp in ranked]
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="recognizer-score", description=__doc__.split("\n\n")[0])
-    p.add_argument("predictions", help="predictions TSV (id, reference, hypothesis), or hypotheses with --ref")
-    p.add_argument(
-        "--ref",
-        help="references matched to the hypotheses by id: TSV id<TAB>text, or JSONL with text and the first of "
-        "id, path, image, audio_filepath (data manifests work as they are)",
-    )
-    p.add_argument("--worst", type=int, default=10, help="how many worst lines to print (default 10)")
-    args = p.parse_args(argv)
-    if args.worst < 0:
-        p.error(f"--worst must be >= 0, got {args.worst}")
-    with user_errors("recognizer-score"):  # a message and an exit code (recognizer.errors), no traceback
-        path = Path(args.predictions)
-        if args.ref:
-            rows = pair(read_texts(path), read_texts(Path(args.ref)), path, Path(args.ref))
-        else:
-            rows = read_predictions(path)
-    print(format_report(score(rows), args.worst))
-
-
-if __name__ == "__main__":
-    main()

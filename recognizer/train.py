@@ -1,20 +1,11 @@
-"""Train a CTC recognizer.
+"""Train a CTC recognizer: audit the data, train, then evaluate the best checkpoint (:func:`train`).
 
-Examples::
-
-    recognizer-train                                     # CRNN on embedded handwritten digit lines
-    recognizer-train experiment=htr_digits_crnn          # the documented recipe
-    recognizer-train data=lines data.train=data/iam/train.tsv data.val=data/iam/val.tsv data.height=64
-    recognizer-train optimizer.lr=1e-3 trainer.max_epochs=5 logger=wandb logger.wandb.mode=offline
-    recognizer-train hydra.run.dir=outputs/myrun trainer.resume=auto   # continue an interrupted run
-    recognizer-train -m optimizer.lr=1e-3,3e-4,1e-4      # a sweep; each job returns val/cer
-    recognizer-train trainer.bucketing=true              # batches of similar widths: less padding
-    recognizer-train experiment=asr_fsdd_conformer trainer.init_from=path/to/best.ckpt  # fine-tune: weights only
-    torchrun --standalone --nproc_per_node=2 $(which recognizer-train) hydra.run.dir=outputs/ddp   # DDP
+The command is ``recognizer-train`` (:mod:`recognizer.cli.train`: examples, exit codes, sweeps).
 
 On SIGTERM or SIGUSR1 (e.g. SLURM's ``--signal=USR1@120`` or a preemption) training finishes the
-current step, writes ``checkpoints/last.ckpt`` and exits with ``trainer.preempt_exit_code`` (0 by
-default); run the same command with ``trainer.resume=auto`` (e.g. after a requeue) to continue.
+current step, writes ``checkpoints/last.ckpt`` and raises :class:`recognizer.engine.loop.Preempted`;
+the command exits with ``trainer.preempt_exit_code`` (0 by default); run it again with
+``trainer.resume=auto`` (e.g. after a requeue) to continue.
 
 Under ``torchrun`` every rank runs this same function (see :mod:`recognizer.engine.distributed`):
 rank 0 prepares the data first, writes every file and evaluates at the end; the others train on
@@ -26,23 +17,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import random
-import shlex
-import signal
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
-import hydra
-import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
 from recognizer.builders import check_head, make_loader, run_audit, write_predictions
 from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
@@ -50,22 +33,15 @@ from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights
-from recognizer.engine.loop import Preempted, TrainerOptions, TrainState, evaluate, fit
+from recognizer.engine.loop import TrainerOptions, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
-from recognizer.errors import run_hydra_main
+from recognizer.engine.seeding import seed_everything
 from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
 from recognizer.stability.audit import AuditReport, write_reports
-from recognizer.stability.guard import NonFiniteStepError
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
-from recognizer.sweeps import DIVERGED_METRIC, in_multirun, record_failure
+from recognizer.sweeps import register_resolvers
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
@@ -134,6 +110,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     Under torchrun (``WORLD_SIZE`` > 1) this joins the process group and leaves it at the end.
     """
+    register_resolvers()  # ${sweep_group:} (logger/wandb.yaml) resolves outside the command too
     dist = distributed.init_distributed(cfg.trainer.device, timeout_s=cfg.trainer.dist_timeout_s)
     try:
         metrics = _train(cfg, dist)
@@ -387,51 +364,3 @@ def final_evaluation(
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("final: %s", ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     return metrics
-
-
-def resume_command(cfg: DictConfig) -> str:
-    """The command line that continues this run: its overrides, its directory and ``trainer.resume=auto``."""
-    try:
-        overrides = list(HydraConfig.get().overrides.task)
-    except ValueError:  # called outside @hydra.main
-        overrides = []
-    kept = [o for o in overrides if not o.startswith(("trainer.resume=", "hydra.run.dir="))]
-    return shlex.join(["recognizer-train", *kept, f"hydra.run.dir={cfg.paths.output_dir}", "trainer.resume=auto"])
-
-
-def main() -> None:
-    """The ``recognizer-train`` console script: :func:`hydra_main`, known user errors as a message and an
-    exit code instead of a traceback (:mod:`recognizer.errors`; ``HYDRA_FULL_ERROR=1`` shows it)."""
-    run_hydra_main("recognizer-train", hydra_main)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
-    """Train and return ``metrics[cfg.optimized_metric]`` for sweepers.
-
-    In a ``-m`` sweep a diverged job does not end the sweep: its cause goes to ``failure.json`` and it
-    returns ``inf``, which ranks last. A single run re-raises, with the step and samples in the message
-    (:func:`main` turns it into that message and exit code 5).
-    A preempted run (SIGTERM/SIGUSR1) exits with ``trainer.preempt_exit_code``, a sweep included.
-    """
-    try:
-        metrics = train(cfg)
-    except Preempted as stopped:  # fit logged where it stopped
-        if distributed.env_dist().is_main:
-            print(f"to continue: {resume_command(cfg)}", file=sys.stderr)
-        raise SystemExit(130 if stopped.signum == signal.SIGINT else cfg.trainer.preempt_exit_code) from None
-    except NonFiniteStepError as error:
-        if not in_multirun():
-            raise
-        record_failure(error, cfg.paths.output_dir)
-        return DIVERGED_METRIC
-    if distributed.env_dist().is_main:
-        print(
-            f"val/cer={metrics['val/cer']:.4f} val/wer={metrics['val/wer']:.4f}"
-            + (f" test/cer={metrics['test/cer']:.4f}" if "test/cer" in metrics else "")
-        )
-    return metrics[cfg.optimized_metric]
-
-
-if __name__ == "__main__":
-    main()

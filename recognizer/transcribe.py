@@ -1,14 +1,6 @@
 """Transcribe line images, audio or ALTO/PAGE pages with a checkpoint: text on stdout, JSONL with
 scores, confidences and token positions, or the pages' XML with our text.
 
-Examples::
-
-    recognizer-transcribe best.ckpt lines/*.png
-    recognizer-transcribe best.ckpt 'pages/*.xml' --out-dir transcribed/   # ALTO/PAGE in, same XML + our text out
-    recognizer-transcribe best.ckpt scans/ --decoding beam --lm chars.arpa --lm-weight 0.1
-    recognizer-transcribe best.ckpt 'pages/**/*.png' --jsonl out.jsonl --timings --batch-size 64
-    recognizer-transcribe asr.ckpt recordings/ --jsonl - --timings
-
 Inputs are files, folders (their images or audio files, sorted) or glob patterns. Inputs get the
 preprocessing the model was trained with, read from the checkpoint's config: images are grayscale,
 inverted and resized to ``data.height``; audio is resampled to ``data.sample_rate`` and turned into
@@ -18,15 +10,14 @@ an input (links included). An image path the XML names is read only inside the X
 ``--image-dir`` folders (``--allow-outside-images`` lifts this for XML you trust); see
 :mod:`recognizer.data.pages.safety` for what an XML file can and cannot do.
 
-A thin layer over :class:`recognizer.inference.Transcriber`, the Python API.
+A thin layer over :class:`recognizer.inference.Transcriber`, the Python API; the command
+``recognizer-transcribe`` (:mod:`recognizer.cli.transcribe`) is a thin layer over this module.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -35,17 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recognizer import CONFIG_DIR
 from recognizer.data.images.lines import IMAGE_SUFFIXES
-from recognizer.errors import user_errors
-from recognizer.inference import (  # noqa: F401 (is_audio, preprocessing, input_dataset: also used from here)
-    AUDIO_SUFFIXES,
-    Transcriber,
-    Transcription,
-    input_dataset,
-    is_audio,
-    preprocessing,
-)
-
-BEAM_FLAGS = ("beam_size", "lexicon", "lm", "lm_weight", "word_score")
+from recognizer.inference import Transcriber, Transcription
 
 
 def collect_inputs(patterns: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
@@ -121,64 +102,3 @@ def write_results(results: list[dict[str, Any]], out: TextIO, jsonl: bool, timin
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
         else:
             out.write(f"{r['path']}\t{r['text']}\n")
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="recognizer-transcribe", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="a .ckpt written by recognizer-train")
-    p.add_argument("inputs", nargs="+", help="image or audio files, folders or glob patterns (quote globs)")
-    p.add_argument("--jsonl", metavar="PATH", help="write JSONL (path, text, score, confidence) here; '-' for stdout")
-    p.add_argument("--out-dir", metavar="DIR", help="XML pages: write each page here with our text (required for .xml)")
-    p.add_argument(
-        "--image-dir",
-        action="append",
-        metavar="DIR",
-        help="XML pages: another folder with the page images "
-        "(relative to each XML's folder; repeatable; default: the checkpoint's data.image_dirs that lie inside "
-        "the XML's folder)",
-    )
-    p.add_argument(
-        "--allow-outside-images",
-        action="store_true",
-        help="XML pages: follow image paths the XML names outside its folder and the --image-dir folders "
-        "(symlinks resolved); only for XML you trust (default: such a path is not read)",
-    )
-    p.add_argument("--timings", action="store_true", help="add per-token frame and x position to the JSONL")
-    p.add_argument("--batch-size", type=int, default=16, help="lines per forward pass (default 16)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
-    p.add_argument(
-        "--decoding", default="greedy", help="greedy | beam | digit_words: a shipped decoding config (default greedy)"
-    )
-    p.add_argument("--beam-size", type=int, help="beam: hypotheses kept per frame")
-    p.add_argument("--lexicon", help="beam: lexicon file (WORD T O K E N S per line)")
-    p.add_argument("--lm", help="beam: KenLM model, ARPA or binary")
-    p.add_argument("--lm-weight", type=float, help="beam: LM weight")
-    p.add_argument("--word-score", type=float, help="beam: word insertion score")
-    args = p.parse_args(argv)
-    if args.timings and not args.jsonl:
-        p.error("--timings needs --jsonl PATH (token positions are written to the JSONL only)")
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    pages = [i for i in args.inputs if i.lower().endswith(".xml")]
-    with user_errors("recognizer-transcribe"):  # a message and an exit code (recognizer.errors), no traceback
-        decoding = decoding_config(args.decoding, **{k: getattr(args, k) for k in BEAM_FLAGS})
-        if pages:
-            if len(pages) != len(args.inputs) or not args.out_dir or args.jsonl:
-                raise ValueError("XML pages are transcribed alone, into --out-dir DIR (no --jsonl, no other inputs)")
-            model = Transcriber.from_checkpoint(args.checkpoint, decoding, args.device, args.batch_size)
-            for path in model.transcribe_pages(pages, args.out_dir, args.image_dir, args.allow_outside_images):
-                print(path)
-            return
-        results = transcribe(args.checkpoint, args.inputs, decoding, args.batch_size, args.device)
-    if args.jsonl and args.jsonl != "-":
-        with open(args.jsonl, "w", encoding="utf-8") as f:
-            write_results(results, f, jsonl=True, timings=args.timings)
-    else:
-        write_results(results, sys.stdout, jsonl=bool(args.jsonl), timings=args.timings)
-
-
-if __name__ == "__main__":
-    main()

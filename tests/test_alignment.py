@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recognizer.alignment import main
+from recognizer.cli.align import main
 from recognizer.plots import forced_alignment
 from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides
@@ -89,7 +89,7 @@ def imported_modules(path: Path) -> set[str]:
 def test_library_modules_import_no_entry_point() -> None:
     """The console scripts' modules sit on top: library code (the loop drawing alignments too) never imports one."""
     scripts = re.findall(r'^recognizer-[\w-]+ = "([\w.]+):main"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
-    assert {"recognizer.train", "recognizer.alignment"} <= set(scripts)
+    assert {"recognizer.cli.train", "recognizer.cli.align"} <= set(scripts)
     for path in sorted((ROOT / "recognizer").rglob("*.py")):
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         if module not in scripts:

@@ -256,7 +256,7 @@ def test_ranks_out_of_step_are_detected(tmp_path: Path) -> None:
 
 def torchrun(overrides: list[str], cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "recognizer.train"]
+    cmd += ["-m", "recognizer.cli.train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     return subprocess.run([*cmd, *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -318,7 +318,7 @@ def test_sigterm_to_torchrun_stops_all_ranks_at_one_step_and_resumes_exactly(dat
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    cmd += ["-m", "recognizer.train", *ddp_overrides(data_root, run, *slow)]
+    cmd += ["-m", "recognizer.cli.train", *ddp_overrides(data_root, run, *slow)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

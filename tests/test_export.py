@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from recognizer.checkpoint import build_model, load_checkpoint
-from recognizer.export import example_inputs, export, main
+from recognizer.cli.export import main
+from recognizer.export import example_inputs, export
 from tests.tiny_checkpoint import tiny_checkpoint, untrained_audio_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from recognizer.cli.transcribe import main
 from recognizer.data.pages.formats import local_name
 from recognizer.data.pages.write import LineText, write_page
 from recognizer.inference import Transcriber
-from recognizer.transcribe import main
 from tests.page_fixtures import alto_line, alto_xml, page_line, page_xml, write
 from tests.tiny_checkpoint import sample_line, tiny_checkpoint
 

@@ -25,6 +25,7 @@ from PIL import Image
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet, strip_format_chars
 from recognizer.builders import run_audit
+from recognizer.cli.transcribe import main as transcribe_main
 from recognizer.data.base import DataError
 from recognizer.data.batching import Collate
 from recognizer.data.images.lines import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, LineDataset, read_records
@@ -32,7 +33,6 @@ from recognizer.data.pages import PagesData
 from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_box, polygon_area
 from recognizer.stability.audit import FIXES, AuditError
-from recognizer.transcribe import main as transcribe_main
 from tests.conftest import compose_config
 from tests.page_fixtures import INK, PAPER, page_line, page_xml, write, write_page_image
 

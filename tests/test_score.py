@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from recognizer.cli.score import main
 from recognizer.metrics import edit_distance
-from recognizer.score import edit_counts, main, score
+from recognizer.score import edit_counts, score
 
 
 @pytest.mark.parametrize(

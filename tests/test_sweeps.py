@@ -22,10 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from recognizer import CONFIG_DIR
 from recognizer import report as report_module
-from recognizer.report import best_command, main, read_sweep, write_report
+from recognizer.cli.sweep_report import main
+from recognizer.cli.train import main as train_main
+from recognizer.report import best_command, read_sweep, write_report
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.sweeps import DIVERGED_METRIC, record_failure, sweep_group
-from recognizer.train import main as train_main
 from tests.conftest import compose_config
 
 GRID_LRS = ["0.001", "0.0003", "0.0001"]  # as Hydra writes them into job overrides

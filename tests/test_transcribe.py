@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from recognizer.checkpoint import build_model, load_checkpoint
+from recognizer.cli.transcribe import main
 from recognizer.decoding import greedy_decode
-from recognizer.transcribe import collect_inputs, main
+from recognizer.transcribe import collect_inputs
 from tests.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
 
 

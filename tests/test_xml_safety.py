@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 import recognizer.data.pages.safety as safety
+from recognizer.cli.transcribe import main
 from recognizer.data.base import DataError
 from recognizer.data.pages import PagesData, parse_page
 from recognizer.data.pages.write import LineText, write_page
-from recognizer.transcribe import main
 from tests.page_fixtures import PAGE_NS, alto_line, alto_xml, page_line, page_xml, write, write_page_image
 from tests.tiny_checkpoint import tiny_checkpoint
 
