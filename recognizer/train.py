@@ -32,7 +32,7 @@ from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
-from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights
+from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights, train_subset
 from recognizer.engine.loop import TrainerOptions, TrainState, evaluate, fit
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.engine.seeding import seed_everything
@@ -199,10 +199,17 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
     if dist.is_main:
         write_reports(list(reports.values()), run_dir)
     stab = cfg.stability
+    train_indices = train_subset(reports["train"].kept, opts.train_samples, cfg.seed)
+    if opts.train_samples is not None:
+        log.info(
+            "training on %d of the %d audited train samples (trainer.train_samples)",
+            len(train_indices),
+            len(reports["train"].kept),
+        )
     shard: dict[str, Any] = {"num_replicas": dist.world_size, "rank": dist.rank}
     train_loader, sampler = make_loader(
         train_set,
-        reports["train"].kept,
+        train_indices,
         alphabet,
         data.batch_size,
         shuffle=True,

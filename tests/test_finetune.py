@@ -9,7 +9,7 @@ import torch
 
 from recognizer.alphabet import Alphabet
 from recognizer.checkpoint import build_model, load_checkpoint
-from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights
+from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights, train_subset
 from recognizer.inference import Transcriber
 from recognizer.models import CRNN
 from recognizer.train import train
@@ -79,9 +79,11 @@ def test_fine_tune_a_model_to_new_symbols_with_a_frozen_backbone(tmp_path: Path)
         "trainer.init_alphabet=union",
         "trainer.freeze_backbone_steps=100",
         "trainer.ema_decay=null",
+        "trainer.train_samples=4",  # 4 of the 8 lines: one batch of 4
     ]
     train(compose_config("train", lines_overrides(hand, out, *extra)))
     ckpt = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert ckpt["step"] == 1
     assert ckpt["alphabet"] == ["a", "b", "c", "£"]
     assert ckpt["initialised"] == {
         "from": f"{source}/checkpoints/last.ckpt",
@@ -96,3 +98,15 @@ def test_fine_tune_a_model_to_new_symbols_with_a_frozen_backbone(tmp_path: Path)
     model, alphabet = build_model(ckpt)  # eval and transcribe read the grown alphabet
     assert alphabet.symbols == ["a", "b", "c", "£"] and model.num_classes == 5
     assert Transcriber(ckpt, device="cpu").alphabet == alphabet
+
+
+def test_train_subset_is_seeded_nested_and_names_the_way_out() -> None:
+    kept = [0, 2, 3, 5, 8, 9, 11, 12, 15, 20]
+    small, large = train_subset(kept, 3, seed=7), train_subset(kept, 6, seed=7)
+    assert small == train_subset(kept, 3, seed=7) and set(small) <= set(large) <= set(kept)
+    assert small == sorted(small) and len(set(large)) == 6
+    assert train_subset(kept, None, seed=7) == kept and train_subset(kept, 3, seed=0) != small
+    with pytest.raises(ValueError, match=r"train_samples=11 but the train split has 10 usable samples: lower it"):
+        train_subset(kept, 11, seed=7)
+    with pytest.raises(ValueError, match=r"train_samples must be >= 1 or null, got 0"):
+        train_subset(kept, 0, seed=7)

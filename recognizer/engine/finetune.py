@@ -148,3 +148,23 @@ class BackboneFreeze:
                 p.requires_grad_(not freeze)
             self.frozen = freeze
             log.info("step %d: backbone %s", step, f"frozen until step {self.steps}" if freeze else "unfrozen")
+
+
+def train_subset(kept: Sequence[int], samples: int | None, seed: int) -> list[int]:
+    """``samples`` of the audited train indices ``kept``, drawn without replacement by ``seed`` (in their order).
+
+    The same ``(kept, samples, seed)`` always gives the same lines, and a larger subset of the same seed
+    holds every line of a smaller one (the first ``samples`` of one seeded permutation), so 100 ⊂ 300 ⊂ 1,000
+    lines compare like with like. None: all of ``kept``.
+    """
+    if samples is None:
+        return list(kept)
+    if samples < 1:
+        raise ValueError(f"trainer.train_samples must be >= 1 or null, got {samples}")
+    if samples > len(kept):
+        raise ValueError(
+            f"trainer.train_samples={samples} but the train split has {len(kept)} usable samples: "
+            "lower it, or set it to null to train on all of them"
+        )
+    order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))[:samples]
+    return [kept[i] for i in sorted(order.tolist())]

@@ -84,6 +84,7 @@ class TrainerOptions:
     init_from: str | None = None
     init_alphabet: str = "strict"
     freeze_backbone_steps: int = 0
+    train_samples: int | None = None
     num_threads: int | None = None
     bucketing: bool = False
     bucket_pool_batches: int = 50
