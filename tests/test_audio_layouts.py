@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from recognizer.data.audio.layouts import read_fsdd, read_sidecar_folder
-from recognizer.data.audio.modules import AudioFolderData, FSDDData
+from recognizer.data.audio.modules import AudioFolderData, FSDDData, MboshiData
 from recognizer.data.audio.reading import audio_info, resample_wave, resampled_length
 from recognizer.data.audio.spoken_digits import WORDS
 from recognizer.data.base import DataError
@@ -138,13 +138,16 @@ def test_mboshi_config_reads_the_corpus_as_published(tmp_path: Path) -> None:
     root = write_mboshi(tmp_path / "mboshi")
     cfg = compose_config("train", ["data=mboshi", f"data.root={root}"])
     data = instantiate(cfg.data)
-    train = data.dataset("train")
-    assert train.texts == [t for _, t in MBOSHI["train"]]  # .mb.cleaned as written: no case or NFC change
-    assert [r.id for r in train.records] == [n for n, _ in MBOSHI["train"]]
-    assert train.widths[0] == 101 and train.widths[1] < 101  # the short file counts as the audio it holds
-    assert train[1]["input"].shape == (1, 80, train.widths[1])
-    for split in ("val", "test"):  # the corpus has no test split: dev is both
-        assert data.dataset(split).texts == ["mbá ngώ"]
+    train, val = data.dataset("train"), data.dataset("val")  # val: a share of train (one of the two here)
+    pool = {r.id: (ds, i) for ds in (train, val) for i, r in enumerate(ds.records)}
+    assert len(train) == len(val) == 1 and sorted(pool) == sorted(n for n, _ in MBOSHI["train"])
+    for name, text in MBOSHI["train"]:  # .mb.cleaned as written: no case or NFC change
+        ds, i = pool[name]
+        assert ds.texts[i] == text
+    full, short = (pool[name] for name, _ in MBOSHI["train"])
+    assert full[0].widths[full[1]] == 101 and short[0].widths[short[1]] < 101  # the short file: the audio it holds
+    assert short[0][short[1]]["input"].shape == (1, 80, short[0].widths[short[1]])
+    assert data.dataset("test").texts == ["mbá ngώ"]  # the corpus's dev is scored once, as test
     with pytest.raises(DataError, match=r"Part3_181\.wav is truncated: .*set data\.max_missing_ms \(now 0\)"):
         _ = instantiate(cfg.data, max_missing_ms=0).dataset("train").widths  # listed; the header read names it
 
@@ -292,3 +295,53 @@ def test_padding_adds_silent_frames_on_both_sides(tmp_path: Path) -> None:
     assert torch.allclose(x[:, -15:], torch.full_like(x[:, -15:], floor))
     with pytest.raises(ValueError, match=r"data\.pad_ms must be >= 0, got -1"):
         FSDDData(str(root), pad_ms=-1.0).dataset("test")
+
+
+# --- Mboshi -------------------------------------------------------------------------------------
+
+
+def write_mboshi_speakers(root: Path) -> Path:
+    """A corpus in Mboshi's layout: SPEAKER_DATE_..._N.wav + .mb.cleaned in train/ and dev/."""
+    counts = {"train": {"abiayi": 12, "kouarata": 6, "martial": 3}, "dev": {"abiayi": 3, "kouarata": 2, "martial": 1}}
+    for split, speakers in counts.items():
+        folder = root / "full_corpus_newsplit" / split
+        folder.mkdir(parents=True)
+        for speaker, n in speakers.items():
+            for i in range(n):
+                name = f"{speaker}_2015-09-08-11-18-{i:02d}_samsung-SM-T530_mdw_elicit_{split}_{i}"
+                sf.write(folder / f"{name}.wav", tone(0.5, 16000, seed=i), 16000, subtype="PCM_16")
+                (folder / f"{name}.mb.cleaned").write_text("ngá", encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("scheme", ["utterance", "speaker"])
+def test_mboshi_validation_never_touches_the_test_split(tmp_path: Path, scheme: str) -> None:
+    root = write_mboshi_speakers(tmp_path / "mboshi")
+    data = MboshiData(str(root), scheme=scheme, val_fraction=0.25, transcript_ext=".mb.cleaned")
+    splits = {s: {r.id for r in data.records(s)} for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["val"] or splits["train"] & splits["test"] or splits["val"] & splits["test"])
+    assert sum(len(ids) for ids in splits.values()) == 27  # every recording in exactly one split
+    dev = {r.id for r in read_sidecar_folder(root / "full_corpus_newsplit" / "dev", transcript_ext=".mb.cleaned")}
+    if scheme == "utterance":  # test is the corpus's dev, validation a quarter of train
+        assert splits["test"] == dev and len(splits["val"]) == round(0.25 * 21)
+    else:  # test is every sentence of the held-out speaker, from both folders; nobody else's
+        assert len(splits["test"]) == 4 and all(i.startswith("martial_") for i in splits["test"])
+        assert not any(i.startswith("martial_") for i in splits["train"] | splits["val"])
+        assert len(splits["val"]) == round(0.25 * 23)
+    again = MboshiData(str(root), scheme=scheme, val_fraction=0.25, transcript_ext=".mb.cleaned")
+    assert {r.id for r in again.records("val")} == splits["val"]  # seeded: the same sentences every run
+    other = MboshiData(str(root), scheme=scheme, val_fraction=0.25, split_seed=1, transcript_ext=".mb.cleaned")
+    assert {r.id for r in other.records("val")} != splits["val"]
+
+
+def test_mboshi_config_composes_to_disjoint_splits_and_refuses_bad_options(tmp_path: Path) -> None:
+    root = write_mboshi_speakers(tmp_path / "mboshi")
+    cfg = compose_config("train", ["data=mboshi", f"data.root={root}", f"paths.output_dir={tmp_path}"])
+    data = instantiate(cfg.data)
+    assert isinstance(data, MboshiData) and len(data.records("test")) == 6 and len(data.records("val")) == 2
+    with pytest.raises(ValueError, match=r"data.test_speaker='nobody' has no recording; the speakers are"):
+        MboshiData(str(root), scheme="speaker", test_speaker="nobody", transcript_ext=".mb.cleaned").records("train")
+    with pytest.raises(ValueError, match=r"data.scheme must be one of utterance, speaker, got 'dev'"):
+        MboshiData(str(root), scheme="dev")
+    with pytest.raises(ValueError, match=r"data=mboshi defines its splits by data.scheme"):
+        MboshiData(str(root), val="full_corpus_newsplit/dev")

@@ -62,10 +62,10 @@ def shrink(data: str, tmp: Path, data_root: Path) -> list[str]:
         folder = tiny_pages(tmp / "pages")
         splits = [f"data.{s}={folder}" for s in ("train", "val", "test")]
         return ["data.pages=null", *splits, "data.image_dirs=[]", f"data.cache_dir={tmp / 'page_lines'}"]
-    if data == "AudioFolderData":  # the Mboshi layout: 2 train and 1 dev sentence
-        from tests.test_audio_layouts import write_mboshi
+    if data == "MboshiData":  # the Mboshi layout, 3 speakers: 21 train sentences (2 validate), 6 dev (test)
+        from tests.test_audio_layouts import write_mboshi_speakers
 
-        return [f"data.root={write_mboshi(tmp / 'mboshi')}"]
+        return [f"data.root={write_mboshi_speakers(tmp / 'mboshi')}"]
     raise AssertionError(f"tests/test_recipes.py cannot shrink data {data}: add it to shrink()")
 
 

@@ -8,6 +8,7 @@ from recognizer.data.audio.modules import (
     AudioManifestData,
     FSDDData,
     LibriSpeechData,
+    MboshiData,
     SpokenDigitsData,
 )
 from recognizer.data.images.modules import DigitLinesData, LinesData
@@ -20,6 +21,7 @@ __all__ = [
     "FSDDData",
     "LibriSpeechData",
     "LinesData",
+    "MboshiData",
     "PagesData",
     "SpokenDigitsData",
 ]

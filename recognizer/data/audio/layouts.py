@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from recognizer.data.audio.reading import header_duration
 from recognizer.data.audio.speech import AudioRecord
 from recognizer.data.audio.spoken_digits import WORDS
@@ -130,3 +132,58 @@ def read_fsdd(
     if not records:
         raise DataError(f"FSDD at {folder}: the {split} split of scheme={scheme} is empty")
     return records
+
+
+MBOSHI_SCHEMES = ("utterance", "speaker")
+
+
+def mboshi_speaker(record: AudioRecord) -> str:
+    """The speaker of a Mboshi recording: the first ``_`` field of its name (``abiayi_2015-09-08-..._1``)."""
+    return Path(record.id).name.split("_")[0]
+
+
+def check_mboshi_options(scheme: str, val_fraction: float) -> None:
+    if scheme not in MBOSHI_SCHEMES:
+        raise ValueError(f"data.scheme must be one of {', '.join(MBOSHI_SCHEMES)}, got {scheme!r}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+
+
+def split_mboshi(
+    train: list[AudioRecord],
+    dev: list[AudioRecord],
+    scheme: str = "utterance",
+    val_fraction: float = 0.1,
+    test_speaker: str = "martial",
+    seed: int = 0,
+) -> dict[str, list[AudioRecord]]:
+    """The Mboshi corpus's splits, with validation never drawn from what is scored as test.
+
+    ``utterance``: test is the corpus's ``dev`` (514 sentences); validation is ``val_fraction`` of the
+    ``train`` sentences, drawn by ``seed``; train is the rest. ``speaker``: test is every sentence of
+    ``test_speaker`` (train and dev folders together); validation is ``val_fraction`` of the other two
+    speakers' sentences, drawn by ``seed``; train is the rest (the published speaker-held-out setting
+    trains on two speakers and tests on the third).
+
+    Raises:
+        ValueError: an unknown scheme, a fraction outside (0, 1), or a test speaker with no sentence.
+    """
+    check_mboshi_options(scheme, val_fraction)
+    if scheme == "utterance":
+        test, pool = list(dev), list(train)
+    else:
+        everything = [*train, *dev]
+        speakers = sorted({mboshi_speaker(r) for r in everything})
+        if test_speaker not in speakers:
+            raise ValueError(f"data.test_speaker={test_speaker!r} has no recording; the speakers are {speakers}")
+        test = [r for r in everything if mboshi_speaker(r) == test_speaker]
+        pool = [r for r in everything if mboshi_speaker(r) != test_speaker]
+    pool.sort(key=lambda r: r.id)
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, round(val_fraction * len(pool))), len(pool) - 1)  # both splits keep a sentence
+    val_ids = {pool[i].id for i in rng.permutation(len(pool))[:n_val]}
+    return {
+        "train": [r for r in pool if r.id not in val_ids],
+        "val": [r for r in pool if r.id in val_ids],
+        "test": test,
+    }

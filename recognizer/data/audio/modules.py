@@ -11,7 +11,7 @@ from pathlib import Path
 
 from recognizer.data.audio.augment import WaveAugment
 from recognizer.data.audio.features import LogMel, SpecAugment
-from recognizer.data.audio.layouts import read_fsdd, read_sidecar_folder
+from recognizer.data.audio.layouts import check_mboshi_options, read_fsdd, read_sidecar_folder, split_mboshi
 from recognizer.data.audio.librispeech import read_librispeech
 from recognizer.data.audio.speech import AudioDataset, AudioRecord, filter_duration, read_audio_manifest
 from recognizer.data.audio.spoken_digits import ensure_spoken_digits, spoken_digits_manifests
@@ -231,6 +231,56 @@ class AudioFolderData(AudioManifestData):
         if source is None:
             raise DataError(f"no {split} data configured: set data.{split}=FOLDER of recordings and transcripts")
         return read_sidecar_folder(source, self.audio_ext, self.transcript_ext, self.max_missing_ms)
+
+
+class MboshiData(AudioFolderData):
+    """The Mboshi-French corpus in its own layout (``recognizer/conf/data/mboshi.yaml``), with a validation
+    split carved out of train so that the corpus's ``dev`` is scored only once, as test.
+
+    Args:
+        root: the corpus checkout.
+        train_dir, dev_dir: its two folders of ``NAME.wav`` + ``NAME{transcript_ext}`` (relative to ``root``).
+        scheme, val_fraction, test_speaker, split_seed: how the splits are drawn (:func:`split_mboshi`).
+        train, val, test: must stay None: the scheme defines the splits.
+        Other arguments: as in :class:`AudioFolderData`.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        train_dir: str = "full_corpus_newsplit/train",
+        dev_dir: str = "full_corpus_newsplit/dev",
+        scheme: str = "utterance",
+        val_fraction: float = 0.1,
+        test_speaker: str = "martial",
+        split_seed: int = 0,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        **kwargs,
+    ) -> None:
+        if train or val or test:
+            raise ValueError(
+                "data=mboshi defines its splits by data.scheme: use data=audio_folder for your own folders"
+            )
+        check_mboshi_options(scheme, val_fraction)
+        super().__init__(train_dir, None, dev_dir, root=root, **kwargs)
+        self.split_options = {
+            "scheme": scheme,
+            "val_fraction": val_fraction,
+            "test_speaker": test_speaker,
+            "seed": split_seed,
+        }
+        self._splits: dict[str, list[AudioRecord]] | None = None
+
+    def has(self, split: str) -> bool:
+        return split in ("train", "val", "test")
+
+    def records(self, split: str) -> list[AudioRecord]:
+        if self._splits is None:
+            train, dev = (super(MboshiData, self).records(s) for s in ("train", "test"))
+            self._splits = split_mboshi(train, dev, **self.split_options)
+        return self._splits[split]
 
 
 class FSDDData(AudioManifestData):
