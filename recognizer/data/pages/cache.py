@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from recognizer.data.base import DataError, generation_lock
 from recognizer.data.images.lines import open_image
 from recognizer.data.pages.formats import Page
 from recognizer.data.pages.geometry import MISSING_IMAGE, REFUSED_IMAGE, LineGeometryError, crop_line, outline
+from recognizer.data.pages.safety import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +63,6 @@ def load_page_image(path: Path) -> np.ndarray:
 
 def _file_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, sync it to disk and rename it over ``path``
-    (readers see the old file or the new one, never part of one). The caller syncs the folder."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -166,7 +151,7 @@ class LineCache:
                 if entries is None:
                     entries = self._extract(page, image, folder)
                     payload = json.dumps({"xml": str(page.xml), "lines": entries}).encode("utf-8")
-                    _write_durably(index, payload)  # last: its presence marks the page's crops complete
+                    write_atomic(index, payload)  # last: its presence marks the page's crops complete
                     _fsync_dir(folder)
                     self.extracted += len(page.lines)
                     self.extract_seconds += time.perf_counter() - start
@@ -212,7 +197,7 @@ class LineCache:
             buffer = io.BytesIO()
             Image.fromarray(crop, mode="L").save(buffer, format="PNG")
             data = buffer.getvalue()
-            _write_durably(folder / name, data)
+            write_atomic(folder / name, data)
             entries.append({"id": line.id, "file": name, "size": len(data), "hash": _file_hash(data)})
         _fsync_dir(folder)  # the crops' renames are on disk before the index that lists them
         return entries
