@@ -34,7 +34,7 @@ def auto_precision(device: torch.device, bf16_faster: bool = False) -> str:
 
     CUDA: fp16 autocast with a GradScaler. CPU: bf16 autocast where the CPU computes bf16 natively
     and the model trains faster in it (``bf16_faster``: the model's ``bf16_on_cpu``, from the
-    measurement in the README's "Model throughput": the Conformer 1.6x, the CRNN not at all), else
+    measurement in docs/scale.md, "Model throughput": the Conformer 1.6x, the CRNN not at all), else
     fp32. Arm CPUs (BF16/SVE-BF16) get fp32: not measured.
     """
     if device.type == "cuda":

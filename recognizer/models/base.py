@@ -18,7 +18,7 @@ class Recognizer(nn.Module):
 
     num_classes: int
     #: Whether bf16 autocast trains this model faster than fp32 on a CPU with native bf16, as measured
-    #: (README, "Model throughput"); ``trainer.precision=auto`` on such a CPU then picks bf16-mixed.
+    #: (docs/scale.md, "Model throughput"); ``trainer.precision=auto`` on such a CPU then picks bf16-mixed.
     bf16_on_cpu: ClassVar[bool] = False
 
     def output_lengths(self, input_lengths: Tensor) -> Tensor:

@@ -133,7 +133,7 @@ class ConformerCTC(Recognizer):
             position-blind; the convolutions give relative position only locally).
     """
 
-    bf16_on_cpu = True  # 1.6x the fp32 samples/s on an avx512_bf16 CPU (README, "Model throughput")
+    bf16_on_cpu = True  # 1.6x the fp32 samples/s on an avx512_bf16 CPU (docs/scale.md, "Model throughput")
 
     def __init__(
         self,

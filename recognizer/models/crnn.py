@@ -109,10 +109,10 @@ class CRNN(Recognizer):
         rnn_layers: stacked bidirectional layers.
         dropout: dropout before the recurrent layers and the head.
         channels_last: run the convolutional blocks in NHWC memory layout (1.3× faster training
-            steps on CPU, measured in the README's "Speed per step on CPU"; same results).
+            steps on CPU, measured in docs/training.md, "Speed per step on CPU"; same results).
     """
 
-    bf16_on_cpu = False  # its LSTMs stay fp32 under CPU autocast: bf16 measured no faster (README)
+    bf16_on_cpu = False  # its LSTMs stay fp32 under CPU autocast: bf16 measured no faster (docs/scale.md)
 
     def __init__(
         self,
