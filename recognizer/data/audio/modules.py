@@ -265,12 +265,12 @@ class MboshiData(AudioFolderData):
             )
         check_mboshi_options(scheme, val_fraction)
         super().__init__(train_dir, None, dev_dir, root=root, **kwargs)
-        self.split_options = {
-            "scheme": scheme,
-            "val_fraction": val_fraction,
-            "test_speaker": test_speaker,
-            "seed": split_seed,
-        }
+        self.scheme, self.val_fraction, self.test_speaker, self.split_seed = (
+            scheme,
+            val_fraction,
+            test_speaker,
+            split_seed,
+        )
         self._splits: dict[str, list[AudioRecord]] | None = None
 
     def has(self, split: str) -> bool:
@@ -279,7 +279,7 @@ class MboshiData(AudioFolderData):
     def records(self, split: str) -> list[AudioRecord]:
         if self._splits is None:
             train, dev = (super(MboshiData, self).records(s) for s in ("train", "test"))
-            self._splits = split_mboshi(train, dev, **self.split_options)
+            self._splits = split_mboshi(train, dev, self.scheme, self.val_fraction, self.test_speaker, self.split_seed)
         return self._splits[split]
 
 
