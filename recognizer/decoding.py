@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from recognizer import CONFIG_DIR
 from recognizer.ctc import BLANK
 from recognizer.metrics import ErrorRates
+from recognizer.resources import resource_path
 
 if TYPE_CHECKING:
     from recognizer.alphabet import Alphabet
@@ -332,12 +332,12 @@ def _lower_prob(probs: list[dict[tuple, float]], backoff: list[dict[tuple, float
 
 
 def config_file(path: str | None) -> str | None:
-    """``path`` as given if it exists (relative to the working directory), else a file of that name
-    shipped in ``recognizer/conf/decoding/`` (``lexicon: digit_words.lexicon``), else ``path`` unchanged."""
+    """``path`` as given if it exists (relative to the working directory), else the file of that name
+    shipped in ``recognizer/resources/`` (``lexicon: digit_words.lexicon``), else ``path`` unchanged."""
     if path is None or Path(path).is_file():
         return path
-    shipped = Path(CONFIG_DIR) / "decoding" / path
-    return str(shipped) if shipped.is_file() else path
+    shipped = resource_path(path)
+    return str(shipped) if shipped is not None else path
 
 
 def write_lexicon(words: Sequence[str], path: str | Path) -> Path:

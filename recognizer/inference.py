@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
-from recognizer import CONFIG_DIR
 from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.data.audio.features import LogMel
 from recognizer.data.audio.reading import audio_info
@@ -42,9 +41,10 @@ from recognizer.data.images.lines import IMAGE_SUFFIXES, LineDataset, Record, _i
 from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.formats import parse_page
 from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_box, outline
+from recognizer.data.pages.module import BASELINE_ABOVE, BASELINE_BELOW
 from recognizer.data.pages.sources import collect_xml
 from recognizer.data.pages.write import LineText, write_page
-from recognizer.decoding import build_decoder
+from recognizer.decoding import GreedyDecoder, build_decoder
 from recognizer.engine.precision import resolve_device
 
 log = logging.getLogger(__name__)
@@ -90,13 +90,6 @@ class Transcription:
     confidence: float
     score: float
     tokens: tuple[Token, ...]
-
-
-def pages_defaults() -> dict[str, Any]:
-    """The extraction settings of ``recognizer/conf/data/pages.yaml`` (for checkpoints not trained on pages)."""
-    cfg = OmegaConf.load(Path(CONFIG_DIR) / "data" / "pages.yaml")
-    assert isinstance(cfg, DictConfig)
-    return {k: cfg[k] for k in ("baseline_above", "baseline_below")}
 
 
 def is_audio(config: dict[str, Any]) -> bool:
@@ -168,9 +161,7 @@ class Transcriber:
         self.model, self.alphabet = build_model(checkpoint)
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
-        if decoding is None:
-            decoding = OmegaConf.load(Path(CONFIG_DIR) / "decoding" / "greedy.yaml")  # type: ignore[assignment]
-        self.decoder = build_decoder(decoding, self.alphabet.symbols)
+        self.decoder = GreedyDecoder() if decoding is None else build_decoder(decoding, self.alphabet.symbols)
         self.batch_size = batch_size
         self.collate = Collate(self.alphabet)
         self.audio = is_audio(self.config)
@@ -285,7 +276,10 @@ class Transcriber:
         if self.audio:
             raise ValueError("this is a speech checkpoint: pages need a handwriting model")
         data = self.config["data"]
-        band = {k: data.get(k, v) for k, v in pages_defaults().items()}  # how training cut the lines
+        band = {  # how training cut the lines (checkpoints not trained on pages: the pages defaults)
+            "baseline_above": data.get("baseline_above", BASELINE_ABOVE),
+            "baseline_below": data.get("baseline_below", BASELINE_BELOW),
+        }
         height = data.get("extract_height")
         dirs = list(image_dirs) if image_dirs is not None else checkpoint_image_dirs(data.get("image_dirs") or [])
         out = Path(out_dir)

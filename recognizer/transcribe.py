@@ -22,9 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from recognizer import CONFIG_DIR
 from recognizer.data.images.lines import IMAGE_SUFFIXES
 from recognizer.inference import Transcriber, Transcription
 
@@ -51,27 +50,6 @@ def collect_inputs(patterns: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFF
             )
         paths += found
     return list(dict.fromkeys(paths))
-
-
-def decoding_config(name: str, **options: Any) -> DictConfig:
-    """``recognizer/conf/decoding/NAME.yaml`` with the non-None ``options`` set (beam options need ``beam``)."""
-    path = Path(CONFIG_DIR) / "decoding" / f"{name}.yaml"
-    if not path.is_file():
-        choices = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise FileNotFoundError(f"no decoding config {path}: use one of {choices}")
-    own = OmegaConf.load(path)
-    assert isinstance(own, DictConfig), f"{path} must hold a mapping"
-    # the group's own defaults list (digit_words: beam's keys, then its own), as Hydra would compose it
-    bases = [decoding_config(str(base)) for base in own.pop("defaults", []) if base != "_self_"]
-    cfg = OmegaConf.merge(*bases, own)
-    assert isinstance(cfg, DictConfig)
-    for key, value in options.items():
-        if value is None:
-            continue
-        if key not in cfg:
-            raise ValueError(f"--{key.replace('_', '-')} needs --decoding beam (the {name} decoder has no {key})")
-        cfg[key] = value
-    return cfg
 
 
 def transcribe(

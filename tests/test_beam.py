@@ -197,11 +197,11 @@ def test_digit_words_decoding_keeps_fsdd_outputs_to_the_ten_words(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``decoding=digit_words``: a near miss of the greedy path ("sevn") becomes the digit word "seven",
-    from any working directory (the lexicon ships in recognizer/conf/decoding/), and recognizer-transcribe's
+    from any working directory (the lexicon ships in recognizer/resources/), and recognizer-transcribe's
     ``--decoding digit_words`` composes the same node (beam's keys under its own)."""
+    from recognizer.cli.transcribe import decoding_config
     from recognizer.data.audio.spoken_digits import WORDS
     from recognizer.decoding import build_decoder, config_file
-    from recognizer.transcribe import decoding_config
 
     monkeypatch.chdir(tmp_path)
     cfg = compose_config("eval", ["checkpoint=x.ckpt", "decoding=digit_words"])

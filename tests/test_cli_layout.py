@@ -75,3 +75,15 @@ def test_cli_modules_import_no_other_command() -> None:
         own = f"recognizer.cli.{path.stem}"
         others = {m for m in imported_modules(path) if m.startswith("recognizer.cli.") and m != own}
         assert not others, f"{path.relative_to(ROOT)} imports {sorted(others)}"
+
+
+def test_the_library_reads_no_config_file() -> None:
+    """Only the commands compose ``recognizer/conf/`` (Hydra); the library takes plain arguments and reads
+    its shipped data files as package resources (``recognizer.resources``)."""
+    library = [p for p in sorted(PACKAGE.rglob("*.py")) if CLI not in p.parents and p != PACKAGE / "__init__.py"]
+    for path in library:
+        names = {n.id for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, ast.Name)}
+        imports = imported_modules(path)
+        assert "CONFIG_DIR" not in names and "recognizer.CONFIG_DIR" not in imports, (
+            f"{path.relative_to(ROOT)} reads the config tree"
+        )

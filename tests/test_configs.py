@@ -147,7 +147,8 @@ def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, t
 
 
 def test_the_config_tree_ships_in_the_package_and_every_file_is_package_data() -> None:
-    """A wheel holds what pyproject's package-data names: every file of the config tree must match it."""
+    """A wheel holds what pyproject's package-data names: every file of the config tree and of the shipped
+    resources (lexicons) must match it."""
     import glob
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -156,6 +157,7 @@ def test_the_config_tree_ships_in_the_package_and_every_file_is_package_data() -
     pyproject = tomllib.loads((package.parent / "pyproject.toml").read_text(encoding="utf-8"))
     patterns = pyproject["tool"]["setuptools"]["package-data"]["recognizer"]
     shipped = {p for pattern in patterns for p in glob.glob(pattern, root_dir=package, recursive=True)}
-    files = {str(p.relative_to(package)) for p in Path(CONFIG_DIR).rglob("*") if p.is_file()}
+    data = [p for folder in (Path(CONFIG_DIR), package / "resources") for p in folder.rglob("*") if p.is_file()]
+    files = {str(p.relative_to(package)) for p in data if p.suffix != ".py" and "__pycache__" not in p.parts}
     assert files - shipped == set(), "add their suffix to [tool.setuptools.package-data] in pyproject.toml"
-    assert {"conf/train.yaml", "conf/decoding/digit_words.lexicon", "conf/hydra/launcher/slurm.yaml"} <= shipped
+    assert {"conf/train.yaml", "resources/digit_words.lexicon", "conf/hydra/launcher/slurm.yaml"} <= shipped

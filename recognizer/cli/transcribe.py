@@ -17,6 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from recognizer import CONFIG_DIR
 
 #: The beam decoder's options, each a ``--flag`` here and a key of the decoding config.
 BEAM_FLAGS = ("beam_size", "lexicon", "lm", "lm_weight", "word_score")
@@ -59,11 +65,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def decoding_config(name: str, **options: Any) -> DictConfig:
+    """The ``decoding`` group's config NAME as Hydra composes it, with the non-None ``options`` set.
+
+    Raises:
+        FileNotFoundError: NAME is not in the group (the message lists the ones that are).
+        ValueError: a beam option given to a decoder without it.
+    """
+    from hydra import compose, initialize_config_dir
+
+    group = Path(CONFIG_DIR) / "decoding"
+    if not (group / f"{name}.yaml").is_file():
+        choices = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+        raise FileNotFoundError(f"--decoding {name}: no such decoding config; use one of {choices}")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(overrides=[f"+decoding={name}"]).decoding
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in cfg:
+            raise ValueError(f"--{key.replace('_', '-')} needs --decoding beam (the {name} decoder has no {key})")
+        cfg[key] = value
+    return cfg
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from recognizer.errors import user_errors
     from recognizer.inference import Transcriber
-    from recognizer.transcribe import decoding_config, transcribe, write_results
+    from recognizer.transcribe import transcribe, write_results
 
     pages = [i for i in args.inputs if i.lower().endswith(".xml")]
     with user_errors("recognizer-transcribe"):  # a message and an exit code (recognizer.errors), no traceback

@@ -23,6 +23,9 @@ from recognizer.data.pages.sources import collect_xml, split_by_document
 
 log = logging.getLogger(__name__)
 
+#: Baseline-only lines are cut as a band this many pixels over and under the baseline (recognizer/conf/data/pages.yaml).
+BASELINE_ABOVE, BASELINE_BELOW = 48.0, 16.0
+
 Source = str | Sequence[str] | None
 
 
@@ -104,8 +107,8 @@ class PagesData(SplitData):
         text_index: int | None = None,
         hyphen: str | None = None,
         char_map: str | Mapping[str, str] | None = None,
-        baseline_above: float = 48.0,
-        baseline_below: float = 16.0,
+        baseline_above: float = BASELINE_ABOVE,
+        baseline_below: float = BASELINE_BELOW,
         extract_height: int | None = None,
         audit_policy: str | None = "error",
         height: int = 64,
