@@ -1,0 +1,175 @@
+"""One run, one directory (issue 21, items 2, 3, 6 and 9): a lock, no fresh run over another run's
+checkpoints, a resume refused before anything is written when the config changed what is trained,
+Ctrl-C saving the position, and an unwritable run directory reported as such."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from recognizer.checkpoint import CheckpointError, load_checkpoint
+from recognizer.engine.rundir import run_lock, training_changes
+from recognizer.train import train
+from tests.conftest import compose_config, tiny_overrides
+from tests.e2e.test_preemption import SLOW, finish, step_losses, wait_for_steps
+from tests.unit.test_errors import assert_clean, run_script
+
+
+def test_training_changes_lists_what_changes_the_training() -> None:
+    saved = {"seed": 1, "model": {"rnn_hidden": 64}, "optimizer": {"lr": 1e-3}, "data": {"train": "a.tsv"}}
+    saved["trainer"] = {"max_epochs": 2, "grad_clip": 1.0}
+    now = json.loads(json.dumps(saved))
+    assert training_changes(saved, now) == []
+    now["trainer"]["max_epochs"] = 9  # a longer run: the common, legitimate case
+    now["data"]["num_workers"] = 4  # loader settings never change what is trained
+    now["model"]["new_key"] = 1  # a key the checkpoint lacks: its default is what that run did
+    assert training_changes(saved, now) == []
+    now["optimizer"]["lr"] = 3e-4
+    now["model"]["rnn_hidden"] = 128
+    now["data"]["train"] = "b.tsv"
+    assert training_changes(saved, now) == [
+        "data.train: 'a.tsv' → 'b.tsv'",
+        "model.rnn_hidden: 64 → 128",
+        "optimizer.lr: 0.001 → 0.0003",
+    ]
+    assert training_changes(saved, now, ["optimizer.lr", "data"]) == ["model.rnn_hidden: 64 → 128"]
+
+
+def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / ".lock").write_text(dead.stdout)  # a crashed run's lock
+    with run_lock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    assert not (tmp_path / ".lock").exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(f"{holder.pid}\n")
+        with (
+            pytest.raises(CheckpointError, match=rf"is in use by another recognizer-train \(pid {holder.pid}, "),
+            run_lock(tmp_path),
+        ):
+            pass
+        assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"  # not taken from the live run
+    finally:
+        holder.kill()
+
+
+def test_a_fresh_run_never_writes_over_another_run(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(data_root, out, "trainer.max_epochs=1")))
+    first = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    with pytest.raises(CheckpointError, match=r"holds another run's checkpoints \(best\.ckpt, last\.ckpt\): a new run"):
+        train(compose_config("train", tiny_overrides(data_root, out, "trainer.max_epochs=1", "seed=7")))
+    assert torch.equal(
+        load_checkpoint(out / "checkpoints" / "best.ckpt")["model"]["head.weight"], first["model"]["head.weight"]
+    )  # untouched
+    train(
+        compose_config(
+            "train", tiny_overrides(data_root, out, "trainer.max_epochs=1", "seed=7", "trainer.overwrite=true")
+        )
+    )
+    (aside,) = (out / "previous").iterdir()
+    assert (aside / "checkpoints" / "best.ckpt").is_file() and (aside / "metrics.jsonl").is_file()
+    assert sorted(step_losses(out)) == list(range(1, 7))  # only the new run's steps, once each
+    best = load_checkpoint(out / "checkpoints" / "best.ckpt")
+    assert best["run_id"] != first["run_id"] and best["config"]["seed"] == 7
+
+
+@pytest.mark.slow
+def test_resume_with_changed_training_is_refused_before_anything_is_written(data_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    base = [*tiny_overrides(data_root, run)[:-1], f"hydra.run.dir={run}", "trainer.max_epochs=1"]
+    done = run_script("recognizer-train", *base, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = (run / ".hydra" / "config.yaml").read_text()
+    metrics = (run / "metrics.jsonl").read_text()
+    for change, line in (
+        ("model.rnn_hidden=32", "model.rnn_hidden: 64 → 32"),
+        ("data.num_train=48", "data.num_train: 96 → 48"),
+        ("optimizer.lr=0.0003", "optimizer.lr: 0.001 → 0.0003"),
+    ):
+        done = run_script("recognizer-train", *base, "trainer.resume=auto", change, cwd=tmp_path)
+        assert_clean(
+            done,
+            6,
+            "recognizer-train",
+            f"cannot resume from {run / 'checkpoints' / 'last.ckpt'}: this "
+            "command changes 1 setting(s) that change the training:",
+        )
+        assert f"  {line}\n" in done.stderr and "trainer.resume_allow=[" in done.stderr
+        assert (run / ".hydra" / "config.yaml").read_text() == config  # put back as the run wrote it
+        assert (run / "metrics.jsonl").read_text() == metrics
+    # named as intended, and a longer run: accepted
+    more = ["trainer.resume=auto", "optimizer.lr=0.0003", "trainer.resume_allow=[optimizer.lr]", "trainer.max_epochs=2"]
+    done = run_script("recognizer-train", *base, *more, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(step_losses(run)) == list(range(1, 13))
+
+
+def start(overrides: list[str], run: Path, cwd: Path) -> subprocess.Popen:
+    """``recognizer-train`` in its own session (a terminal's process group: Ctrl-C reaches its workers too)."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    cli = Path(sys.executable).parent / "recognizer-train"
+    cmd = [str(cli), *overrides, f"hydra.run.dir={run}"]
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_step_and_a_second_run_is_locked_out(data_root: Path, tmp_path: Path) -> None:
+    # 6,000 steps: still running when the second command has started and been refused (Ctrl-C stops it)
+    overrides = [*tiny_overrides(data_root, tmp_path)[:-1], *SLOW, "trainer.max_epochs=1000", "data.num_workers=1"]
+    instantiate(compose_config("train", overrides).data).dataset("train")  # generate the data once
+    run = tmp_path / "run"
+    proc = start(overrides, run, tmp_path)
+    try:
+        wait_for_steps(run / "metrics.jsonl", proc, 2, timeout=300)
+        second = run_script("recognizer-train", *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+        assert_clean(second, 6, "recognizer-train", f"{run} is in use by another recognizer-train (pid {proc.pid}, ")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole group, workers too
+    err = finish(proc)
+    assert proc.returncode == 130, err
+    assert "Ctrl-C: finishing this step, then writing last.ckpt" in err
+    assert "to continue: recognizer-train " in err and f"hydra.run.dir={run} trainer.resume=auto" in err
+    assert "interrupted by Ctrl-C (SIGINT) at step" in (run / "train.log").read_text()
+    assert not (run / ".lock").exists()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    step = ckpt["step"]
+    # the position (6 batches an epoch): a Ctrl-C during an epoch's last step saves (epoch, 6), and the resume
+    # then runs that epoch's end (validation) as the uninterrupted run would; during validation, (epoch + 1, 0)
+    assert step >= 2 and 6 * ckpt["epoch"] + ckpt["batch_in_epoch"] == step and 0 <= ckpt["batch_in_epoch"] <= 6
+    resumed = start([*overrides, f"trainer.max_steps={step + 4}", "trainer.resume=auto"], run, tmp_path)
+    err = finish(resumed)
+    assert resumed.returncode == 0, err
+    assert f"resumed from {run / 'checkpoints' / 'last.ckpt'} at step {step}" in (run / "train.log").read_text()
+    assert sorted(step_losses(run)) == list(range(1, step + 5))  # every step once: none lost, none twice
+
+
+@pytest.mark.slow
+def test_an_unwritable_run_directory_is_a_file_system_error(data_root: Path, tmp_path: Path) -> None:
+    overrides = [*tiny_overrides(data_root, tmp_path)[:-1], "trainer.max_epochs=1"]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    done = run_script("recognizer-train", *overrides, f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
+    assert_clean(done, 7, "recognizer-train", "not a directory. Check the folder's permissions and free space")
+    run = tmp_path / "run"  # a full disk: the run's audit file is /dev/full (every write: ENOSPC)
+    done = run_script("recognizer-train", *overrides, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    (run / "audit.json").unlink()
+    (run / "audit.json").symlink_to("/dev/full")
+    more = ("trainer.resume=auto", "trainer.max_epochs=2")
+    done = run_script("recognizer-train", *overrides, *more, f"hydra.run.dir={run}", cwd=tmp_path)
+    assert_clean(done, 7, "recognizer-train", "no space left on device. Check the folder's permissions")
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["step"] == last["step"]  # nothing lost
