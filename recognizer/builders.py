@@ -18,6 +18,8 @@ from recognizer.data.batching import BucketBatchSampler, Collate, EpochBatchSamp
 from recognizer.data.images.lines import LineDataset
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport, audit_split
+from recognizer.stability.options import StabilityOptions
+from recognizer.stability.runtime import Stability
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +116,7 @@ def run_audit(
     dataset: LineDataset,
     alphabet: Alphabet,
     model: Recognizer,
-    stability: Any,
+    stability: Stability,
     training: bool | None = None,
     **kwargs: Any,
 ) -> AuditReport:
@@ -130,10 +132,10 @@ def run_audit(
     first removed from the dataset's transcripts (logged), so training, scoring and the audit all see
     the cleaned text; otherwise the audit reports them (reason ``invisible``).
     """
+    stability = StabilityOptions.from_config(stability)
     if training is None:
         training = split == "train"
-    # getattr: a checkpoint's config from before the key (recognizer-eval reuses it) did not strip
-    if getattr(stability, "strip_format_chars", False):
+    if stability.strip_format_chars:
         strip_invisible(split, dataset, alphabet)
     report = audit_split(
         split,

@@ -12,6 +12,7 @@ when a blocking problem is found, so it can gate a job script.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -25,16 +26,20 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from recognizer.alphabet import Alphabet, normalize
-from recognizer.builders import check_head, make_loader, run_audit
+from recognizer.builders import check_head, make_loader
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
-from recognizer.engine.precision import Precision, resolve_device, resolve_precision
+from recognizer.engine.loop import TrainState, train_step
+from recognizer.engine.precision import Precision
+from recognizer.engine.schedulers import constant
 from recognizer.engine.seeding import seed_everything
 from recognizer.models.base import Recognizer
+from recognizer.run import Run, build_run
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import FP16_MAX, localize
-from recognizer.stability.runtime import make_guard
+from recognizer.stability.options import StabilityOptions
+from recognizer.stability.runtime import make_ctc, make_guard
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +322,7 @@ def own_params(model: nn.Module) -> dict[str, list[Tensor]]:
 
 
 def dry_run(
-    model: nn.Module,
+    model: Recognizer,
     batches: list[Batch],
     optimizer: torch.optim.Optimizer,
     precision: Precision,
@@ -325,71 +330,66 @@ def dry_run(
     grad_clip: float,
     guard: NonFiniteGuard | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], Verdict | None]:
-    """Run forward/backward/update on ``batches`` at a constant learning rate, measuring every layer.
+    """Train on ``batches`` with the loop's own step (:func:`~recognizer.engine.loop.train_step`) at a
+    constant learning rate, measuring every layer.
 
-    Under fp16's GradScaler, the training loop's rule decides (``guard``, default limits): a finite
-    loss with a non-finite gradient is an overflow the scaler skips (recorded with ``overflow``;
+    The loop's rules decide, with ``guard``'s limits (default: the defaults): under fp16's GradScaler a
+    finite loss with a non-finite gradient is an overflow the scaler skips (recorded with ``overflow``;
     normal at the first steps) until :meth:`NonFiniteGuard.overflow` calls it a fault.
 
     Returns:
-        Per-step records (loss, grad norm, largest update/weight ratio), per-layer statistics of
-        the last applied step (activation RMS/max, gradient norm, update ratio; ``act_max`` is the
-        largest over all steps), and a ``nonfinite_step`` verdict when a step went non-finite (localised).
+        Per-step records (loss, grad norm before clipping, largest update/weight ratio), per-layer statistics
+        of the last applied step (activation RMS/max, gradient norm after clipping as the optimizer used it,
+        update ratio; ``act_max`` is the largest over all steps), and a ``nonfinite_step`` verdict when a
+        step went non-finite (localised).
     """
-    guard = guard or NonFiniteGuard()
+    limits = guard or NonFiniteGuard()
+    # the loop's step, told to skip a fault and carry on: the doctor names it instead of stopping
+    state = TrainState(
+        model,
+        optimizer,
+        constant(optimizer, max(len(batches), 1)),
+        precision,
+        NonFiniteGuard("skip", len(batches) + 1, limits.min_loss_scale, limits.max_consecutive_overflows),
+    )
     steps: list[dict[str, Any]] = []
     layers: dict[str, dict[str, float]] = {}
-    params = own_params(model)
     act_max: dict[str, float] = {}
-    model.train()
     for i, batch in enumerate(batches, 1):
-        batch = batch.to(precision.device)
+        before = {k: [p.detach().clone() for p in ps] for k, ps in own_params(model).items()}
+        skipped = state.guard.skipped
         probe = LayerProbe(model)
         try:
-            with precision.autocast():
-                logits, lengths = model(batch.inputs, batch.input_lengths)
+            result = train_step(state, batch, ctc, grad_clip)
         finally:
             probe.remove()
-        out = ctc(logits, lengths, batch.targets, batch.target_lengths)
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(out.loss).backward()
-        precision.scaler.unscale_(optimizer)
-        norms = grad_norms(model)
-        total = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf))
-        loss = float(out.loss.detach())
-        fault = ""  # the loop's reason why an fp16 overflow is a fault
-        if precision.scaled and math.isfinite(loss) and not math.isfinite(total):
-            fault = guard.overflow(i, precision.scaler.get_scale())
-            if not fault:  # an ordinary overflow: GradScaler skips the step and lowers the scale, as in training
-                precision.scaler.step(optimizer)
-                precision.scaler.update()
-                steps.append({"step": i, "loss": loss, "grad_norm": total, "max_update_ratio": 0.0, "overflow": True})
-                for name, st in probe.stats.items():
-                    act_max[name] = max(act_max.get(name, 0.0), st["act_max"])
-                continue
-        if not (math.isfinite(loss) and math.isfinite(total)):
-            found = localize(model, batch, ctc, precision.autocast)
-            steps.append({"step": i, "loss": loss, "grad_norm": total})
-            why = f"{fault}; " if fault else ""
-            evidence = f"dry-run step {i}: loss={loss}, grad_norm={total}; {why}{found.summary()}"
-            return steps, layers, Verdict("nonfinite_step", BLOCKING, evidence, cause=found.cause, fix="")
-        before = {k: [p.detach().clone() for p in ps] for k, ps in params.items()}
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        ratios = {}
-        for k, ps in params.items():
-            delta = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(ps, before[k])))
-            norm = math.sqrt(sum(float(b.pow(2).sum()) for b in before[k]))
-            ratios[k] = delta / norm if norm > 1e-12 else 0.0
-        for name, s in probe.stats.items():
-            act_max[name] = max(act_max.get(name, 0.0), s["act_max"])
-        layers = {name: dict(s) for name, s in probe.stats.items()}
-        for name in layers:
-            layers[name]["act_max"] = act_max[name]
-        for name, g in norms.items():
+        for name, st in probe.stats.items():
+            act_max[name] = max(act_max.get(name, 0.0), st["act_max"])
+        record: dict[str, Any] = {"step": i, "loss": result.loss, "grad_norm": result.grad_norm}
+        if state.guard.skipped > skipped:  # a non-finite fault: name the module and the cause
+            found = localize(model, batch.to(precision.device), ctc, precision.autocast)
+            reason = f"{state.guard.last_reason}; " if state.guard.last_reason else ""
+            evidence = f"dry-run step {i}: loss={result.loss}, grad_norm={result.grad_norm}; {reason}{found.summary()}"
+            return [*steps, record], layers, Verdict("nonfinite_step", BLOCKING, evidence, cause=found.cause, fix="")
+        if not result.applied:  # an ordinary fp16 overflow: GradScaler skipped it and lowered the scale
+            steps.append(record | {"max_update_ratio": 0.0, "overflow": True})
+            continue
+        ratios = update_ratios(model, before)
+        layers = {name: dict(st, act_max=act_max[name]) for name, st in probe.stats.items()}
+        for name, g in grad_norms(model).items():
             layers.setdefault(name, {}).update(grad_norm=g, update_ratio=ratios[name])
-        steps.append({"step": i, "loss": loss, "grad_norm": total, "max_update_ratio": max(ratios.values(), default=0)})
+        steps.append(record | {"max_update_ratio": max(ratios.values(), default=0)})
     return steps, layers, None
+
+
+def update_ratios(model: nn.Module, before: dict[str, list[Tensor]]) -> dict[str, float]:
+    """Per module, ‖new − old‖ / ‖old‖ of its own parameters (``before``: :func:`own_params` cloned)."""
+    ratios = {}
+    for k, ps in own_params(model).items():
+        delta = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(ps, before[k])))
+        norm = math.sqrt(sum(float(b.pow(2).sum()) for b in before[k]))
+        ratios[k] = delta / norm if norm > 1e-12 else 0.0
+    return ratios
 
 
 def dynamics_verdicts(
@@ -463,6 +463,9 @@ def dynamics_verdicts(
 def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
     """Run every check of the doctor on ``cfg`` (a composed ``doctor`` config).
 
+    The data, alphabet, model, audit, device and precision are those ``recognizer-train`` would build
+    (:func:`recognizer.run.build_run`); only the audit collects every violation instead of stopping.
+
     Args:
         cfg: the composed config (``recognizer/conf/doctor.yaml``).
         model: a model to diagnose instead of ``cfg.model`` built for the alphabet (the Python API
@@ -473,12 +476,10 @@ def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
     """
     opts: DoctorOptions = instantiate(cfg.doctor)
     seed_everything(cfg.seed)
-    stab = cfg.stability
-    data = instantiate(cfg.data)
-    train_set, val_set = data.dataset("train"), data.dataset("val")
-    alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=stab.unknown == "unk")
-    if model is None:
-        model = instantiate(cfg.model, num_classes=opts.num_classes or alphabet.num_classes)
+    stab = StabilityOptions.from_config(cfg.stability)
+    collect = stab.replace(audit_policy="drop", unknown="drop" if stab.unknown == "error" else stab.unknown)
+    run = build_run(cfg, model=model, num_classes=opts.num_classes or None, audit=collect)
+    model, alphabet, train_set = run.model, run.alphabet, run.datasets["train"]
     report = DoctorReport()
     report.model = {
         "type": type(model).__name__,
@@ -487,62 +488,34 @@ def diagnose(cfg: DictConfig, model: Recognizer | None = None) -> DoctorReport:
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     report.verdicts += head_verdicts(model, alphabet, train_set)
-    splits = {"train": train_set, "val": val_set}
-    if data.has("test"):  # training audits it before the first step too: a broken test split is found here
-        splits["test"] = data.dataset("test")
-    reports = [_audit(split, ds, alphabet, model, stab) for split, ds in splits.items()]
+    reports = list(run.reports.values())
     report.audit = [r.to_dict() for r in reports]
     report.verdicts += audit_verdicts(reports, stab.audit_policy)
     report.histograms = length_histograms(train_set, alphabet, model, opts.histogram_bins)
-    report.inputs = {k: v for k, v in reports[0].stats.items() if k.startswith("input_")}
-    report.verdicts += input_verdicts(reports[0].stats, opts)
+    train_stats = run.reports["train"].stats
+    report.inputs = {k: v for k, v in train_stats.items() if k.startswith("input_")}
+    report.verdicts += input_verdicts(train_stats, opts)
     if report.codes(BLOCKING) & {"head_size", "ids_out_of_range"}:
         log.info("dry run skipped: the head does not match the alphabet")
         return report
-    _run_dry(cfg, opts, model, train_set, reports[0].kept, alphabet, report)
+    _run_dry(run, opts, report)
     return report
 
 
-def _audit(split: str, dataset: Any, alphabet: Alphabet, model: Recognizer, stab: Any) -> AuditReport:
-    """The training audit with policy ``drop``, so that every violation is collected, none raised."""
-    node = dict(stab)
-    node["audit_policy"] = "drop"
-    node["unknown"] = "drop" if stab.unknown == "error" else stab.unknown
-    return run_audit(split, dataset, alphabet, model, _Node(node))
-
-
-class _Node:
-    """Attribute access to a plain dict (a config node with some values replaced)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
-
-
-def _run_dry(
-    cfg: DictConfig,
-    opts: DoctorOptions,
-    model: nn.Module,
-    dataset: Any,
-    kept: list[int],
-    alphabet: Alphabet,
-    report: DoctorReport,
-) -> None:
+def _run_dry(run: Run, opts: DoctorOptions, report: DoctorReport) -> None:
+    """The dry run of ``opts.dry_run_steps`` training steps at the peak learning rate, and its verdicts."""
+    kept = run.reports["train"].kept
     if opts.dry_run_steps < 1 or not kept:
         return
-    trainer = cfg.trainer
-    device = resolve_device(trainer.device)
-    precision = resolve_precision(trainer.precision, device, isinstance(model, Recognizer) and model.bf16_on_cpu)
-    model.to(device)
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    loader, _ = make_loader(dataset, kept, alphabet, cfg.data.batch_size, shuffle=True, seed=cfg.seed, unknown="unk")
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == opts.dry_run_steps:
-            break
-    ctc = CTCLoss(zero_infinity=cfg.stability.zero_infinity, reduction=cfg.stability.ctc_reduction)
-    guard = make_guard(cfg.stability)  # the training loop's fp16 overflow rule
-    steps, layers, failure = dry_run(model, batches, optimizer, precision, ctc, trainer.grad_clip, guard)
+    assert run.precision is not None
+    optimizer = instantiate(run.cfg.optimizer)(params=run.model.parameters())
+    loader, _ = make_loader(
+        run.datasets["train"], kept, run.alphabet, run.data.batch_size, shuffle=True, seed=run.cfg.seed, unknown="unk"
+    )
+    batches = list(itertools.islice(loader, opts.dry_run_steps))
+    guard = make_guard(run.stability)  # the training loop's fp16 overflow rule
+    ctc = make_ctc(run.stability)  # the training loss (backend, reduction, zero_infinity)
+    steps, layers, failure = dry_run(run.model, batches, optimizer, run.precision, ctc, run.trainer.grad_clip, guard)
     report.dry_run, report.layers = steps, layers
     lr = optimizer.param_groups[0]["lr"]
     if failure is not None:
@@ -554,7 +527,7 @@ def _run_dry(
                 Verdict("lr_too_high", BLOCKING, f"the dry run at lr {lr:g} diverged: loss {losses}")
             )
         return
-    report.verdicts += dynamics_verdicts(steps, layers, lr, precision, opts)
+    report.verdicts += dynamics_verdicts(steps, layers, lr, run.precision, opts)
 
 
 # ----------------------------------------------------------------------------- output

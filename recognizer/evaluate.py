@@ -10,15 +10,16 @@ import logging
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from recognizer.builders import make_loader, run_audit, write_predictions
 from recognizer.checkpoint import build_model, load_checkpoint, preprocessing_settings
-from recognizer.ctc import CTCLoss
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.loop import evaluate
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.metrics import ErrorRates
+from recognizer.stability.options import StabilityOptions
+from recognizer.stability.runtime import make_ctc
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +30,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = load_checkpoint(cfg.checkpoint)
     trained = ckpt["config"]
-    stability = OmegaConf.create(trained["stability"])
-    for key in ("audit_policy", "unknown"):  # the checkpoint's policies were for its training data
-        if cfg[key] is not None:
-            stability[key] = cfg[key]
+    stability = StabilityOptions.from_config(trained["stability"], strict=False)  # a newer version may add keys
+    # the checkpoint's policies were for its training data: the eval config may replace them
+    stability = stability.replace(**{k: cfg[k] for k in ("audit_policy", "unknown") if cfg[k] is not None})
     data_cfg = cfg.data.copy()
     with open_dict(data_cfg):
         for key, value in preprocessing_settings(ckpt).items():
@@ -73,7 +73,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         unknown=stability.unknown,
         **data.loader_options(),
     )
-    ctc = CTCLoss(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
+    ctc = make_ctc(stability)  # the loss the model was trained with
     values, rows = evaluate(model, loader, ctc, alphabet, precision, keep_predictions=True)
     decoder = build_decoder(cfg.decoding, alphabet.symbols)
     if not isinstance(decoder, GreedyDecoder):  # evaluate() decodes greedily; keep its figures beside

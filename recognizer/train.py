@@ -27,16 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import check_head, make_loader, run_audit, write_predictions
+from recognizer.builders import write_predictions
 from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights, train_subset
 from recognizer.engine.loop import TrainerOptions, TrainState, evaluate, fit
-from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.engine.seeding import seed_everything
-from recognizer.loggers import JsonlLogger, MetricLogger, MultiLogger, rewind_jsonl
+from recognizer.loggers import JsonlLogger, MultiLogger, rewind_jsonl
+from recognizer.run import AlphabetChoice, Run, build_run
 from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import register_resolvers
@@ -155,175 +155,141 @@ def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distri
 def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dict[str, float]:
     distributed.quiet_other_ranks(dist)  # one voice: rank 0 logs progress
     seed_everything(cfg.seed + dist.rank)  # own dropout/augmentation stream per rank; DDP syncs the weights
-
-    opts = instantiate(cfg.trainer)
-    if opts.num_threads:  # on a busy CPU fewer threads can be several times faster
-        torch.set_num_threads(opts.num_threads)
+    opts: TrainerOptions = instantiate(cfg.trainer)
     ckpt, ckpt_path = _open_run(cfg, opts, run_dir, dist)
     # the checkpoints this run may report: its own (older checkpoints carry no id: None, as they do)
     run_id = ckpt.get("run_id") if ckpt is not None else uuid.uuid4().hex
-    init = None
+    init = load_checkpoint(opts.init_from) if opts.init_from and ckpt is None else None
     if opts.init_from and ckpt is not None:
         log.info("resuming from %s: trainer.init_from=%s is not applied again", ckpt_path, opts.init_from)
-    elif opts.init_from:
-        init = load_checkpoint(opts.init_from)
-    with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
-        data = instantiate(cfg.data)
-        splits = [split for split in ("train", "val", "test") if split != "test" or data.has(split)]
-        datasets = {split: data.dataset(split) for split in splits}
-    train_set = datasets["train"]
-    with_unk = cfg.stability.unknown == "unk"
-    if ckpt is not None:  # the run being resumed: its data and settings are unchanged (rundir.training_changes)
-        alphabet = Alphabet(ckpt["alphabet"])
-    elif init is not None:
-        alphabet = init_alphabet(
-            init, opts.init_from, train_set.texts, data.alphabet(), opts.init_alphabet, with_unk=with_unk
-        )
-    else:
-        alphabet = data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=with_unk)
-    model = instantiate(cfg.model, num_classes=alphabet.num_classes)
-    check_head(model, alphabet)
-    initialised = init_weights(model, init, alphabet, opts.init_from) if init is not None else None
-    if ckpt is not None:
-        initialised = ckpt.get("initialised")  # what the run being resumed started from
-    log.info(
-        "alphabet: %d symbols + blank %r; model: %s with %.2fM parameters",
-        len(alphabet),
-        alphabet,
-        type(model).__name__,
-        sum(p.numel() for p in model.parameters()) / 1e6,
-    )
-
-    # every split before the first step, the test split too: a bad test line fails now, not after training
-    reports = {split: run_audit(split, ds, alphabet, model, cfg.stability) for split, ds in datasets.items()}
+    run = build_run(cfg, dist, alphabet=_alphabet_choice(opts, ckpt, init, cfg.stability.unknown == "unk"))
+    initialised = ckpt.get("initialised") if ckpt is not None else None  # what the resumed run started from
+    if init is not None and opts.init_from:
+        initialised = init_weights(run.model, init, run.alphabet, opts.init_from)
     if dist.is_main:
-        write_reports(list(reports.values()), run_dir)
-    stab = cfg.stability
-    train_indices = train_subset(reports["train"].kept, opts.train_samples, cfg.seed)
-    if opts.train_samples is not None:
-        log.info(
-            "training on %d of the %d audited train samples (trainer.train_samples)",
-            len(train_indices),
-            len(reports["train"].kept),
-        )
+        write_reports(list(run.reports.values()), run_dir)
+    train_indices = train_subset(run.reports["train"].kept, opts.train_samples, cfg.seed)  # all, or a subset
     shard: dict[str, Any] = {"num_replicas": dist.world_size, "rank": dist.rank}
-    train_loader, sampler = make_loader(
-        train_set,
-        train_indices,
-        alphabet,
-        data.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        unknown=stab.unknown,
-        **data.loader_options(),
-        bucketing=opts.bucketing,
-        bucket_pool_batches=opts.bucket_pool_batches,
-        augment=True,  # per-sample augmentation of the train split, when the data config enables it
-        **shard,
-    )
-
-    def eval_loader(split: str, **sharding: Any) -> DataLoader:
-        """The unshuffled loader of ``split``'s audited samples (``sharding``: this rank's shard under DDP)."""
-        loader, _ = make_loader(
-            datasets[split],
-            reports[split].kept,
-            alphabet,
-            data.batch_size,
-            shuffle=False,
-            seed=cfg.seed,
-            unknown=stab.unknown,
-            **data.loader_options(),
-            **sharding,
-        )
-        return loader
-
-    val_loader = eval_loader("val", **shard)
-
-    device = distributed.device_for(dist, resolve_device(opts.device))
-    precision = resolve_precision(opts.precision, device, model.bf16_on_cpu)
-    model.to(device)
-    optimizer = instantiate(cfg.optimizer)(params=model.parameters())
-    scheduler = instantiate(cfg.scheduler)(optimizer=optimizer, total_steps=opts.max_epochs * len(sampler))
-    guard = make_guard(stab)
-    state = TrainState(model, optimizer, scheduler, precision, guard, dist=dist)
-    wrapped = distributed.wrap(model, dist, device)
-    if opts.ema_decay is not None:  # after the wrap: DDP has given every rank rank 0's initial weights
-        state.ema = WeightAverage(model, opts.ema_decay)
-    if opts.freeze_backbone_steps:
-        if dist.enabled:  # DDP fixes the parameters that take gradients when it wraps the model
-            raise ValueError("trainer.freeze_backbone_steps does not work under torchrun (DDP); run on one process")
-        state.freeze = BackboneFreeze(model, opts.freeze_backbone_steps)
-    forward = model if wrapped is None else wrapped
-    if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
-        forward = torch.compile(forward)
-    state.train_forward = None if forward is model else forward
-    attach_stability(state, stab, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
+    train_loader, sampler = run.train_loader(train_indices, **shard)
+    val_loader = run.eval_loader("val", **shard)
+    state = _training_state(run, opts, dist, run_dir, total_steps=opts.max_epochs * len(sampler))
     if ckpt is not None:
-        state.load_state_dict(ckpt)
-        changed = order_changes(ckpt["config"], cfg)
-        if changed and state.batch_in_epoch:
-            log.warning(
-                "resuming mid-epoch (batch %d) with %s: the rest of this epoch is not what the interrupted run "
-                "would have seen (some samples twice, some never); resume with the original values for an exact "
-                "continuation",
-                state.batch_in_epoch,
-                ", ".join(changed),
-            )
-        log.info(
-            "resumed from %s at step %d (epoch %d, batch %d)",
-            ckpt_path,
-            state.step,
-            state.epoch + 1,
-            state.batch_in_epoch,
-        )
-
-    ctc = make_ctc(stab)
+        _resume(state, ckpt, ckpt_path, cfg)
+    ctc = make_ctc(run.stability)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    loggers: list[MetricLogger] = []
-    if dist.is_main:  # the other ranks log nothing
-        if ckpt is not None:  # after a crash the file runs ahead of the checkpoint: no step twice
-            rewind_jsonl(run_dir / "metrics.jsonl", state.step)
-        trackers = (cfg.logger or {}).values()  # a tracker with a `resume` key continues its run when we do
-        loggers = [
-            JsonlLogger(run_dir / "metrics.jsonl"),
-            *(instantiate(n, **({"resume": True} if ckpt is not None and "resume" in n else {})) for n in trackers),
-        ]
-    logger = MultiLogger(loggers)
+    logger = _loggers(cfg, run_dir, dist, state.step if ckpt is not None else None)
     logger.log_config(config)
     # the character mapping's content, not its file name: eval and transcribe then need no file of this machine
-    describe = {"config": config, "alphabet": alphabet.symbols, "char_map": data.char_map, "run_id": run_id}
+    describe = {"config": config, "alphabet": run.alphabet.symbols, "char_map": run.data.char_map, "run_id": run_id}
     describe["initialised"] = initialised  # init_from: the checkpoint and the symbols kept, added, dropped
     try:
+        stab = run.stability
         fit(
             state,
             sampler,
             train_loader,
             val_loader,
             ctc,
-            alphabet,
+            run.alphabet,
             opts,
             run_dir,
             logger,
             describe,
             grad_norm_every_step=stab.grad_norm_every_step,
             detect_anomaly=stab.detect_anomaly,
-            augment=data.train_augment,
+            augment=run.data.train_augment,
         )
-        compared = distributed.check_same_parameters(model, dist)
+        compared = distributed.check_same_parameters(run.model, dist)
         if dist.enabled:
             log.info("parameters identical on all %d ranks (%d values compared)", dist.world_size, compared)
         metrics = None
         if dist.is_main:
-            if dist.enabled:  # evaluate the whole splits on rank 0 (the train-time val loader is a shard)
-                val_loader = eval_loader("val")
-            test_loader = eval_loader("test") if "test" in datasets else None
-            loaders = {"val": val_loader, "test": test_loader}
-            metrics = final_evaluation(state, run_dir, ctc, alphabet, loaders, reports, run_id)
+            # the whole splits on rank 0 (under DDP the train-time val loader is a shard)
+            loaders = {split: run.eval_loader(split) if split in run.datasets else None for split in ("val", "test")}
+            metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
     finally:
         logger.finish()
     return metrics
+
+
+def _alphabet_choice(
+    opts: TrainerOptions, ckpt: dict[str, Any] | None, init: dict[str, Any] | None, with_unk: bool
+) -> AlphabetChoice | None:
+    """How this run chooses its alphabet: the resumed checkpoint's (its data is unchanged,
+    :func:`rundir.training_changes`), the base model's merged with the data's (``trainer.init_alphabet``),
+    or the data's (None)."""
+    if ckpt is not None:
+        return lambda data, train_set: Alphabet(ckpt["alphabet"])
+    if init is not None and opts.init_from:
+        base = opts.init_from
+        return lambda data, train_set: init_alphabet(
+            init, base, train_set.texts, data.alphabet(), opts.init_alphabet, with_unk=with_unk
+        )
+    return None
+
+
+def _training_state(
+    run: Run, opts: TrainerOptions, dist: distributed.Dist, run_dir: Path, total_steps: int
+) -> TrainState:
+    """Optimizer, schedule, guard, DDP wrapper, weight average, backbone freeze and stability monitors."""
+    model = run.model
+    assert run.precision is not None
+    optimizer = instantiate(run.cfg.optimizer)(params=model.parameters())
+    scheduler = instantiate(run.cfg.scheduler)(optimizer=optimizer, total_steps=total_steps)
+    state = TrainState(model, optimizer, scheduler, run.precision, make_guard(run.stability), dist=dist)
+    wrapped = distributed.wrap(model, dist, run.device)
+    if opts.ema_decay is not None:  # after the wrap: DDP has given every rank rank 0's initial weights
+        state.ema = WeightAverage(model, opts.ema_decay)
+    if opts.freeze_backbone_steps:
+        if dist.enabled:  # DDP fixes the parameters that take gradients when it wraps the model
+            raise ValueError("trainer.freeze_backbone_steps does not work under torchrun (DDP); run on one process")
+        state.freeze = BackboneFreeze(model, opts.freeze_backbone_steps)
+    forward: Any = model if wrapped is None else wrapped
+    if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
+        forward = torch.compile(forward)
+    state.train_forward = None if forward is model else forward
+    attach_stability(state, run.stability, run_dir if dist.is_main else run_dir / f"rank{dist.rank}")
+    return state
+
+
+def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path | None, cfg: DictConfig) -> None:
+    """Restore ``state`` from the checkpoint; warn where the rest of the epoch cannot be the same batches."""
+    state.load_state_dict(ckpt)
+    changed = order_changes(ckpt["config"], cfg)
+    if changed and state.batch_in_epoch:
+        log.warning(
+            "resuming mid-epoch (batch %d) with %s: the rest of this epoch is not what the interrupted run "
+            "would have seen (some samples twice, some never); resume with the original values for an exact "
+            "continuation",
+            state.batch_in_epoch,
+            ", ".join(changed),
+        )
+    log.info(
+        "resumed from %s at step %d (epoch %d, batch %d)", ckpt_path, state.step, state.epoch + 1, state.batch_in_epoch
+    )
+
+
+def _loggers(cfg: DictConfig, run_dir: Path, dist: distributed.Dist, resumed_step: int | None) -> MultiLogger:
+    """``metrics.jsonl`` and the configured trackers on rank 0 (the other ranks log nothing).
+
+    ``resumed_step``: the step a resumed run continues from (None: a fresh run). After a crash the file
+    runs ahead of the checkpoint, so it is cut back (no step twice); a tracker with a ``resume`` key
+    continues its run.
+    """
+    if not dist.is_main:
+        return MultiLogger([])
+    if resumed_step is not None:
+        rewind_jsonl(run_dir / "metrics.jsonl", resumed_step)
+    trackers = (cfg.logger or {}).values()
+    resume = resumed_step is not None
+    return MultiLogger(
+        [
+            JsonlLogger(run_dir / "metrics.jsonl"),
+            *(instantiate(n, **({"resume": True} if resume and "resume" in n else {})) for n in trackers),
+        ]
+    )
 
 
 def final_evaluation(

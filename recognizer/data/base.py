@@ -216,6 +216,10 @@ class SplitData:
     def has(self, split: str) -> bool:
         return self.sources.get(split) is not None
 
+    def dataset(self, split: str) -> Any:
+        """The dataset of ``split`` (a ``LineDataset`` or an ``AudioDataset``): each data module reads its own."""
+        raise NotImplementedError(f"{type(self).__name__} does not read splits")
+
     def loader_options(self) -> dict[str, Any]:
         """The DataLoader settings of this config, as keyword arguments of :func:`make_loader`."""
         return {

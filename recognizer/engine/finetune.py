@@ -167,4 +167,5 @@ def train_subset(kept: Sequence[int], samples: int | None, seed: int) -> list[in
             "lower it, or set it to null to train on all of them"
         )
     order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))[:samples]
+    log.info("training on %d of the %d audited train samples (trainer.train_samples)", samples, len(kept))
     return [kept[i] for i in sorted(order.tolist())]

@@ -60,6 +60,7 @@ class NonFiniteGuard:
         self.overflows = 0  # fp16 overflow steps GradScaler skipped, in all
         self.consecutive_overflows = 0
         self.last_message = ""  # the message of the last non-finite step
+        self.last_reason = ""  # why that step was a fault although GradScaler would have skipped it ("": not so)
 
     def overflow(self, step: int, scale: float) -> str:
         """Count an fp16 gradient overflow (finite loss, non-finite gradient under GradScaler).
@@ -128,6 +129,7 @@ class NonFiniteGuard:
             return True
         self.consecutive += 1
         self.skipped += 1
+        self.last_reason = reason
         if peer_fault:
             message = (
                 f"non-finite step {step} on another rank (loss={loss} here, grad_norm={grad_norm} after DDP's "

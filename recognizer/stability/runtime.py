@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from recognizer.stability.collapse import BlankCollapseMonitor
 from recognizer.stability.divergence import DivergenceMonitor
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import NonFiniteInspector
+from recognizer.stability.options import StabilityOptions
 from recognizer.stability.rollback import Rollback
 
 
@@ -29,14 +31,20 @@ class NativeCTCLoss(CTCLoss):
             return super().forward(logits, output_lengths, targets, target_lengths)
 
 
-def make_ctc(stability: Any) -> CTCLoss:
+#: What the functions below accept: the options, or a ``stability`` config node they are built from.
+Stability = StabilityOptions | Mapping[str, Any]
+
+
+def make_ctc(stability: Stability) -> CTCLoss:
     """The loss per ``stability.zero_infinity``, ``ctc_reduction`` and ``cudnn_ctc``."""
+    stability = StabilityOptions.from_config(stability)
     cls = CTCLoss if stability.cudnn_ctc else NativeCTCLoss
     return cls(zero_infinity=stability.zero_infinity, reduction=stability.ctc_reduction)
 
 
-def make_guard(stability: Any) -> NonFiniteGuard:
+def make_guard(stability: Stability) -> NonFiniteGuard:
     """The non-finite guard per ``stability.nonfinite_policy`` and its limits (skips, fp16 overflows)."""
+    stability = StabilityOptions.from_config(stability)
     return NonFiniteGuard(
         stability.nonfinite_policy,
         stability.max_consecutive_skips,
@@ -45,8 +53,9 @@ def make_guard(stability: Any) -> NonFiniteGuard:
     )
 
 
-def attach_stability(state: Any, stability: Any, run_dir: str | Path) -> None:
+def attach_stability(state: Any, stability: Stability, run_dir: str | Path) -> None:
     """Give a :class:`~recognizer.engine.loop.TrainState` its inspector, rollback, collapse and divergence monitors."""
+    stability = StabilityOptions.from_config(stability)
     state.inspector = NonFiniteInspector(
         run_dir, save=stability.save_nonfinite, replay=stability.localize, max_files=stability.max_nonfinite_files
     )
