@@ -315,10 +315,22 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     scaler.step(optimizer)
     scaler.update()
     applied = not precision.scaled or scaler.get_scale() >= scale_before
+    after_step(state, applied, mean_loss, lr)
+    return StepResult(loss_value, norm_value, applied)
+
+
+def after_step(state: TrainState, applied: bool, mean_loss: float, lr: float) -> None:
+    """After a healthy step: schedule, weight average, divergence check, rollback snapshot.
+
+    Args:
+        applied: the optimizer really stepped (GradScaler may skip a step it lowered the scale for).
+        mean_loss: the step's loss, averaged over ranks.
+        lr: the rate the step used.
+    """
     if applied:
         state.scheduler.step()  # only when the optimizer really stepped
         if state.ema is not None:
-            state.ema.update(model)
+            state.ema.update(state.model)
     diverged = None
     if state.divergence is not None and applied:
         diverged = state.divergence.update_train(state.step, mean_loss, lr)
@@ -328,7 +340,6 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
         monitor = state.divergence
         healthy = monitor is None or monitor.healthy
         state.rollback.maybe_snapshot(state, applied and healthy, monitor.reference_step if monitor else None)
-    return StepResult(loss_value, norm_value, applied)
 
 
 def handle_divergence(state: TrainState, message: str) -> None:
@@ -418,6 +429,45 @@ def evaluate(
     return metrics, rows
 
 
+@dataclass
+class StepOptions:
+    """How ``fit`` runs each train step (the ``stability`` keys that concern the step, and the batch transform)."""
+
+    grad_norm_every_step: bool = False  # log train/grad_norm and train/loss at every step (already on the host)
+    detect_anomaly: bool = False  # every step under torch.autograd.set_detect_anomaly (slow; deep dives)
+    augment: Callable[[Batch], Batch] | None = None  # applied to each train batch in the main process
+
+
+class FitRun:
+    """What one call of :func:`fit` shares between its epochs: the clock, the checkpoint writer, the stop rule."""
+
+    def __init__(self, state: TrainState, opts: TrainerOptions, run_dir: Path, describe: dict[str, Any]) -> None:
+        self.state, self.opts, self.describe = state, opts, describe
+        self.ckpt_dir = run_dir / "checkpoints"
+        self.start = time.perf_counter()
+        self.elapsed_before = state.train_time
+        self.padded = self.cells = 0  # padding along the width/time axis since the last train log
+
+    def elapsed(self) -> float:
+        """Seconds of training across resumes, stored in the state (true also for a run stopped mid-epoch)."""
+        self.state.train_time = self.elapsed_before + time.perf_counter() - self.start
+        return self.state.train_time
+
+    def checkpoint(self, name: str) -> None:
+        """Write ``checkpoints/NAME`` with the training time up to now; every rank takes part, rank 0 writes."""
+        self.elapsed()
+        dist = self.state.dist
+        per_rank = dist.gather(rng_state()) if dist.enabled else None  # each rank's RNG state
+        if dist.is_main:
+            extra = {"rng_per_rank": per_rank} if per_rank is not None else {}
+            save_checkpoint({**self.state.state_dict(), **extra, **self.describe}, self.ckpt_dir / name)
+        # no rank runs ahead (or exits after a preemption, making torchrun stop the group) while rank 0 writes
+        dist.barrier()
+
+    def done(self) -> bool:
+        return self.opts.max_steps is not None and self.state.step >= self.opts.max_steps
+
+
 def fit(
     state: TrainState,
     sampler: EpochBatchSampler,
@@ -445,99 +495,30 @@ def fit(
         run_dir: checkpoints go to ``run_dir/checkpoints``.
         logger: metric sink.
         describe: extra self-description stored in every checkpoint (config, alphabet).
-        grad_norm_every_step: also log ``train/grad_norm`` and ``train/loss`` at every step (the
-            values are already on the host: no extra sync).
-        detect_anomaly: run every step under ``torch.autograd.set_detect_anomaly`` (slow; deep dives).
-        augment: applied to each train batch here, in the main process (e.g. SpecAugment): its random
-            draws come from the checkpointed global RNG, not from loader workers, so resume stays exact.
+        grad_norm_every_step, detect_anomaly, augment: see :class:`StepOptions`; ``augment`` (e.g.
+            SpecAugment) draws from the checkpointed global RNG, not from loader workers, so resume stays exact.
 
     Raises:
         Preempted: SIGTERM or SIGUSR1 arrived; the step in flight finished and ``last.ckpt`` holds
             the position to resume from. The previous signal handlers are restored in any case.
     """
-    ckpt_dir = run_dir / "checkpoints"
-    start = time.perf_counter()
-    elapsed_before = state.train_time
-
-    def elapsed() -> float:
-        state.train_time = elapsed_before + time.perf_counter() - start  # true also for a run stopped mid-epoch
-        return state.train_time
-
+    run = FitRun(state, opts, run_dir, describe)
+    step_opts = StepOptions(grad_norm_every_step, detect_anomaly, augment)
     dist = state.dist
-
-    def checkpoint(name: str) -> None:
-        elapsed()  # the checkpoint holds the training time up to now
-        # every rank takes part (its RNG state is gathered); only rank 0 writes
-        per_rank = dist.gather(rng_state()) if dist.enabled else None
-        if dist.is_main:
-            extra = {"rng_per_rank": per_rank} if per_rank is not None else {}
-            save_checkpoint({**state.state_dict(), **extra, **describe}, ckpt_dir / name)
-        # no rank runs ahead (or exits after a preemption, making torchrun stop the group) while rank 0 writes
-        dist.barrier()
-
-    def done() -> bool:
-        return opts.max_steps is not None and state.step >= opts.max_steps
-
     with preemption_handlers() as stop:
         if state.freeze is not None:
             state.freeze.update(state.step)  # also after a resume inside the frozen steps
-        padded = cells = 0  # padding along the width/time axis since the last train log
-        while state.epoch < opts.max_epochs and not done():
-            sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
-                leave=False,
-                disable=None if opts.progress_bar and dist.is_main else True,  # None: off when not a terminal
-                initial=state.batch_in_epoch,
-                total=state.batch_in_epoch + len(sampler),
-                mininterval=1.0,
-            )
-            stopping = False
-            for batch in bar:
-                if augment is not None:
-                    batch = augment(batch)
-                with torch.autograd.set_detect_anomaly(detect_anomaly):
-                    result = train_step(state, batch, ctc, opts.grad_clip)
-                state.batch_in_epoch += 1
-                if state.freeze is not None:
-                    state.freeze.update(state.step)
-                pad, total = padding_cells(batch.input_lengths, batch.inputs.shape[-1])  # CPU lengths: no sync
-                padded, cells = padded + pad, cells + total
-                if grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
-                    logger.log_metrics({"train/grad_norm": result.grad_norm, "train/loss": result.loss}, state.step)
-                if state.step % opts.log_every_n_steps == 0 or not result.applied:
-                    lr = state.optimizer.param_groups[0]["lr"]
-                    logger.log_metrics(
-                        {
-                            "train/loss": result.loss,
-                            "train/grad_norm": result.grad_norm,
-                            "train/lr": lr,
-                            "train/skipped": float(not result.applied),
-                            "train/padding": padded / max(cells, 1),  # padded share of the inputs
-                            "epoch": state.epoch,
-                            "time": elapsed(),
-                        },
-                        state.step,
-                    )
-                    bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-                    padded = cells = 0
-                if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
-                    checkpoint("last.ckpt")
-                stopping = dist.any(stop.signum is not None)  # a signal to any rank stops all of them
-                if done() or stopping:
-                    break
-            bar.close()
-            if stopping:  # after the step that was running when the signal came
-                raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
-            if done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
-                checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
+        while state.epoch < opts.max_epochs and not run.done():
+            if train_epoch(run, sampler, train_loader, ctc, logger, step_opts, stop):
+                raise preempt(state, stop.signum or signal.SIGTERM, run.checkpoint)  # after the step in flight
+            if run.done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
+                run.checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
                 break
             state.epoch += 1
             state.batch_in_epoch = 0
-            if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or done():
+            if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or run.done():
                 stop_early = validate_and_checkpoint(
-                    state, val_loader, ctc, alphabet, opts, logger, elapsed(), checkpoint
+                    state, val_loader, ctc, alphabet, opts, logger, run.elapsed(), run.checkpoint
                 )
                 if opts.alignment_samples and dist.is_main:
                     folder = run_dir / "alignments" / f"epoch_{state.epoch:03d}"
@@ -546,11 +527,80 @@ def fit(
                     log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
                     break
             else:
-                checkpoint("last.ckpt")
+                run.checkpoint("last.ckpt")
             if dist.any(stop.signum is not None):  # the signal came during validation: last.ckpt is current
-                raise preempt(state, stop.signum or signal.SIGTERM, checkpoint)
-    elapsed()  # train/time of metrics.json: true also for a run that stopped inside its first epoch
+                raise preempt(state, stop.signum or signal.SIGTERM, run.checkpoint)
+    run.elapsed()  # train/time of metrics.json: true also for a run that stopped inside its first epoch
     return state
+
+
+def train_epoch(
+    run: FitRun,
+    sampler: EpochBatchSampler,
+    train_loader: Iterable[Batch],
+    ctc: CTCLoss,
+    logger: MetricLogger,
+    step_opts: StepOptions,
+    stop: StopFlag,
+) -> bool:
+    """Train the rest of the current epoch (from ``state.batch_in_epoch``), or up to ``max_steps``.
+
+    Returns:
+        True if a preemption signal reached any rank: the loop stopped after the step in flight.
+    """
+    state, opts, dist = run.state, run.opts, run.state.dist
+    sampler.set_epoch(state.epoch, start_batch=state.batch_in_epoch)
+    bar = tqdm(
+        train_loader,
+        desc=f"epoch {state.epoch + 1}/{opts.max_epochs}",
+        leave=False,
+        disable=None if opts.progress_bar and dist.is_main else True,  # None: off when not a terminal
+        initial=state.batch_in_epoch,
+        total=state.batch_in_epoch + len(sampler),
+        mininterval=1.0,
+    )
+    stopping = False
+    for batch in bar:
+        if step_opts.augment is not None:
+            batch = step_opts.augment(batch)
+        with torch.autograd.set_detect_anomaly(step_opts.detect_anomaly):
+            result = train_step(state, batch, ctc, opts.grad_clip)
+        state.batch_in_epoch += 1
+        if state.freeze is not None:
+            state.freeze.update(state.step)
+        pad, total = padding_cells(batch.input_lengths, batch.inputs.shape[-1])  # CPU lengths: no sync
+        run.padded, run.cells = run.padded + pad, run.cells + total
+        if step_opts.grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
+            logger.log_metrics({"train/grad_norm": result.grad_norm, "train/loss": result.loss}, state.step)
+        if state.step % opts.log_every_n_steps == 0 or not result.applied:
+            log_step(run, logger, bar, result)
+        if opts.checkpoint_every_n_steps and state.step % opts.checkpoint_every_n_steps == 0:
+            run.checkpoint("last.ckpt")
+        stopping = dist.any(stop.signum is not None)  # a signal to any rank stops all of them
+        if run.done() or stopping:
+            break
+    bar.close()
+    return stopping
+
+
+def log_step(run: FitRun, logger: MetricLogger, bar: Any, result: StepResult) -> None:
+    """Log a train step's loss, gradient norm, rate, skip, and the padded share of the inputs since the last log."""
+    state = run.state
+    padding, run.padded, run.cells = run.padded / max(run.cells, 1), 0, 0
+    lr = state.optimizer.param_groups[0]["lr"]
+    logger.log_metrics(
+        {
+            "train/loss": result.loss,
+            "train/grad_norm": result.grad_norm,
+            "train/lr": lr,
+            "train/skipped": float(not result.applied),
+            "train/padding": padding,  # padded share of the inputs
+            "epoch": state.epoch,
+            "time": run.elapsed(),
+        },
+        state.step,
+    )
+    bar.set_postfix(loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
 
 
 def agreed_error(error: NonFiniteStepError, dist: Dist, own_fault: bool) -> NonFiniteStepError:
