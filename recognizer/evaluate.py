@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
@@ -33,17 +34,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     stability = StabilityOptions.from_config(trained["stability"], strict=False)  # a newer version may add keys
     # the checkpoint's policies were for its training data: the eval config may replace them
     stability = stability.replace(**{k: cfg[k] for k in ("audit_policy", "unknown") if cfg[k] is not None})
-    data_cfg = cfg.data.copy()
-    with open_dict(data_cfg):
-        for key, value in preprocessing_settings(ckpt).items():
-            if key in data_cfg and data_cfg[key] != value:
-                log.info("data.%s=%s from the checkpoint (the eval config said %s)", key, value, data_cfg[key])
-                data_cfg[key] = value
-        if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
-            data_cfg.char_map = ckpt["char_map"]
-        if "audit_policy" in data_cfg:  # a reader's own bad-line policy (pages) follows the scoring policy
-            data_cfg.audit_policy = stability.audit_policy
-    data = instantiate(data_cfg)
+    data = instantiate(eval_data_config(cfg.data, ckpt, stability.audit_policy))
     dataset = data.dataset(cfg.split)
     model, alphabet = build_model(ckpt, cfg.checkpoint)
     device = resolve_device(cfg.device)
@@ -88,3 +79,22 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)
     return metrics
+
+
+def eval_data_config(data_cfg: DictConfig, ckpt: dict[str, Any], audit_policy: str) -> DictConfig:
+    """The eval ``data`` node with the checkpoint's preprocessing (height, inversion, line cutting) and
+    character mapping: the inputs are prepared as the model was trained on them, whatever the node said.
+
+    ``audit_policy``: the scoring policy, which a reader's own bad-line policy (pages) follows.
+    """
+    data_cfg = data_cfg.copy()
+    with open_dict(data_cfg):
+        for key, value in preprocessing_settings(ckpt).items():
+            if key in data_cfg and data_cfg[key] != value:
+                log.info("data.%s=%s from the checkpoint (the eval config said %s)", key, value, data_cfg[key])
+                data_cfg[key] = value
+        if "char_map" in data_cfg and ckpt.get("char_map"):  # the mapping the model was trained with
+            data_cfg.char_map = ckpt["char_map"]
+        if "audit_policy" in data_cfg:
+            data_cfg.audit_policy = audit_policy
+    return data_cfg

@@ -164,15 +164,7 @@ def audit_split(
             (index → the reader's error, which names the file and carries the reason); their
             ``widths`` entries are ignored.
     """
-    if policy not in ("error", "drop"):
-        raise ValueError(f"audit policy must be 'error' or 'drop', got {policy!r}")
-    if unknown not in ("error", "drop", "unk"):
-        raise ValueError(f"unknown-symbol policy must be 'error', 'drop' or 'unk', got {unknown!r}")
-    if unknown == "unk" and not alphabet.has_unk:
-        raise ValueError(
-            "stability.unknown=unk needs the symbol <unk> in the alphabet: add a line <unk> to the "
-            "alphabet file (a built alphabet gets it automatically)"
-        )
+    _check_policies(policy, unknown, alphabet)
     unreadable = unreadable or {}
     # an unusable input's width is a placeholder: give output_lengths a valid one
     widths = [1 if i in unreadable else w for i, w in enumerate(widths)]
@@ -194,51 +186,16 @@ def audit_split(
         if i in unreadable:  # first: a file that cannot be read is reported as such, whatever its label
             flag(reason_of(unreadable[i]), i, str(unreadable[i]), policy == "error")
             continue
-        text = normalize(text)
-        if not text:
-            flag("empty", i, "empty transcript", policy == "error")
+        checked = check_label(text, alphabet, t_out[i], widths[i], unknown, max_label_length, min_frames_per_label)
+        if isinstance(checked, tuple):  # under drop, only an unknown symbol with unknown=error stops the run
+            reason, detail = checked
+            flag(reason, i, detail, unknown == "error" if reason == "unknown_symbol" else policy == "error")
             continue
-        if not text.strip():
-            flag("whitespace_only", i, f"transcript of only whitespace {text!r}", policy == "error")
-            continue
-        invisible = [c for c in alphabet.unknown(text) if is_format_char(c)]
-        if invisible:
-            where = ", ".join(f"{describe_char(c)} at {text.index(c)}" for c in invisible)
-            flag("invisible", i, f"invisible format character {where} in {text!r}", policy == "error")
-            continue
-        missing = alphabet.unknown(text)
-        if missing and unknown != "unk":
-            flag("unknown_symbol", i, f"{''.join(missing)!r} in {text!r}", unknown == "error")
-            continue
-        ids_ = alphabet.encode(text, "unk")
-        n = len(ids_)
-        if max_label_length is not None and n > max_label_length:
-            flag("too_long", i, f"{n} symbols > {max_label_length}", policy == "error")
-            continue
-        need = min_output_length(torch.tensor(ids_))
-        if t_out[i] < need:
-            flag("infeasible", i, f"width {widths[i]} → {t_out[i]} frames < {need} needed", policy == "error")
-            continue
-        if t_out[i] < min_frames_per_label * n:
-            flag(
-                "below_ratio",
-                i,
-                f"width {widths[i]} → {t_out[i]} frames < {min_frames_per_label:g} × {n} labels",
-                policy == "error",
-            )
-            continue
-        label_lengths.append(n)
-        ratios.append(t_out[i] / n)
+        label_lengths.append(checked)
+        ratios.append(t_out[i] / checked)
         kept.append(i)
 
-    stats: dict[str, float] = {}
-    if label_lengths:
-        stats.update(
-            label_len_mean=sum(label_lengths) / len(label_lengths),
-            label_len_max=max(label_lengths),
-            frames_per_label_min=min(ratios),
-            frames_per_label_mean=sum(ratios) / len(ratios),
-        )
+    stats = label_stats(label_lengths, ratios)
     if load_input is not None:
         _scan_inputs(kept, ids, load_input, stats, flag, policy)
         bad = {sample for reason in INPUT_REASONS for sample in violations.get(reason, [])}
@@ -255,6 +212,65 @@ def audit_split(
             f"Fix the data, or {drop_hint}."
         )
     return report
+
+
+def _check_policies(policy: str, unknown: str, alphabet: Alphabet) -> None:
+    if policy not in ("error", "drop"):
+        raise ValueError(f"audit policy must be 'error' or 'drop', got {policy!r}")
+    if unknown not in ("error", "drop", "unk"):
+        raise ValueError(f"unknown-symbol policy must be 'error', 'drop' or 'unk', got {unknown!r}")
+    if unknown == "unk" and not alphabet.has_unk:
+        raise ValueError(
+            "stability.unknown=unk needs the symbol <unk> in the alphabet: add a line <unk> to the "
+            "alphabet file (a built alphabet gets it automatically)"
+        )
+
+
+def check_label(
+    text: str,
+    alphabet: Alphabet,
+    frames: int,
+    width: int,
+    unknown: str,
+    max_label_length: int | None,
+    min_frames_per_label: float,
+) -> tuple[str, str] | int:
+    """One transcript against the ``frames`` its input of ``width`` gives: its first violation as
+    ``(reason, detail)``, or its label length when it passes every check."""
+    text = normalize(text)
+    if not text:
+        return "empty", "empty transcript"
+    if not text.strip():
+        return "whitespace_only", f"transcript of only whitespace {text!r}"
+    invisible = [c for c in alphabet.unknown(text) if is_format_char(c)]
+    if invisible:
+        where = ", ".join(f"{describe_char(c)} at {text.index(c)}" for c in invisible)
+        return "invisible", f"invisible format character {where} in {text!r}"
+    missing = alphabet.unknown(text)
+    if missing and unknown != "unk":
+        return "unknown_symbol", f"{''.join(missing)!r} in {text!r}"
+    label = alphabet.encode(text, "unk")
+    n = len(label)
+    if max_label_length is not None and n > max_label_length:
+        return "too_long", f"{n} symbols > {max_label_length}"
+    need = min_output_length(torch.tensor(label))
+    if frames < need:
+        return "infeasible", f"width {width} → {frames} frames < {need} needed"
+    if frames < min_frames_per_label * n:
+        return "below_ratio", f"width {width} → {frames} frames < {min_frames_per_label:g} × {n} labels"
+    return n
+
+
+def label_stats(label_lengths: list[int], ratios: list[float]) -> dict[str, float]:
+    """Mean and longest label, fewest and mean frames per label over the samples that passed."""
+    if not label_lengths:
+        return {}
+    return {
+        "label_len_mean": sum(label_lengths) / len(label_lengths),
+        "label_len_max": max(label_lengths),
+        "frames_per_label_min": min(ratios),
+        "frames_per_label_mean": sum(ratios) / len(ratios),
+    }
 
 
 def _scan_inputs(

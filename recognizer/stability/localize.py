@@ -208,18 +208,9 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
     Returns:
         The :class:`Localization`.
     """
-    bad_inputs = _bad_input_samples(batch)
-    if bad_inputs:
-        kinds = "NaN" if bool(torch.isnan(batch.inputs).any()) else "Inf"
-        return Localization(
-            "input",
-            None,
-            None,
-            False,
-            f"non-finite input data ({kinds}) in the batch: fix or remove these files, "
-            "keep stability.scan_inputs=true so the audit catches them before training",
-            samples=bad_inputs,
-        )
+    found = _input_fault(batch)
+    if found is not None:
+        return found
     device = next(model.parameters()).device
     replica = copy.deepcopy(model)
     _no_inplace(replica)
@@ -233,17 +224,11 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
     finally:
         probe.remove()
     if probe.first is not None:
-        name, module, inputs_ok, cause = probe.first
-        if not inputs_ok:
-            cause = (
-                "the inputs of the first non-finite module were already non-finite, so the NaN/Inf "
-                f"arose in code between modules (in the forward of the module enclosing '{name}')"
-            )
-        return Localization("forward", name, type(module).__name__, inputs_ok, cause)
+        return _forward_fault(*probe.first)
     backward = _BackwardProbe(probe.order)
     out = ctc(logits, lengths, batch.targets, batch.target_lengths)
-    per_sample = out.per_sample.detach().cpu().tolist()
     if not math.isfinite(float(out.loss.detach())):
+        per_sample = out.per_sample.detach().cpu().tolist()
         bad = [batch.ids[i] for i, v in enumerate(per_sample) if not math.isfinite(v)]
         return Localization(
             "loss",
@@ -255,6 +240,38 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
             samples=bad,
         )
     out.loss.backward()
+    return _backward_fault(replica, backward)
+
+
+def _input_fault(batch: Batch) -> Localization | None:
+    """Non-finite input data: named by sample, before anything is replayed."""
+    bad_inputs = _bad_input_samples(batch)
+    if not bad_inputs:
+        return None
+    kinds = "NaN" if bool(torch.isnan(batch.inputs).any()) else "Inf"
+    return Localization(
+        "input",
+        None,
+        None,
+        False,
+        f"non-finite input data ({kinds}) in the batch: fix or remove these files, "
+        "keep stability.scan_inputs=true so the audit catches them before training",
+        samples=bad_inputs,
+    )
+
+
+def _forward_fault(name: str, module: nn.Module, inputs_ok: bool, cause: str) -> Localization:
+    """The first module whose output went non-finite in the replayed forward."""
+    if not inputs_ok:
+        cause = (
+            "the inputs of the first non-finite module were already non-finite, so the NaN/Inf "
+            f"arose in code between modules (in the forward of the module enclosing '{name}')"
+        )
+    return Localization("forward", name, type(module).__name__, inputs_ok, cause)
+
+
+def _backward_fault(replica: nn.Module, backward: _BackwardProbe) -> Localization:
+    """After a finite forward and loss: the module whose backward went non-finite, exploded weights, or none."""
     bad_params = [n for n, p in replica.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     # Exploded weights first: with |w| in the thousands a plain matmul's backward overflows, and
     # naming that layer as a singular op would send the user after the wrong fix.
@@ -281,9 +298,6 @@ def localize(model: nn.Module, batch: Batch, ctc: nn.Module, autocast: Any = Non
             "and lower optimizer.lr",
             bad_parameters=bad_params,
         )
-    exploded = _exploded(replica)
-    if exploded is not None:
-        return exploded
     return Localization(
         "not_reproduced",
         None,
