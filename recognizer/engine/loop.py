@@ -268,6 +268,38 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     loss_value, norm_value = torch.stack([out.loss.detach(), grad_norm.detach().float()]).tolist()
     lr = optimizer.param_groups[0]["lr"]  # the rate of this step (the scheduler steps after it)
     state.step += 1
+    mean_loss = judge_step(state, batch, ctc, out.per_sample, loss_value, norm_value, (buffers, saved_buffers))
+    if mean_loss is None:  # not applied: an fp16 overflow GradScaler skipped, or a fault skipped or rolled back
+        return StepResult(loss_value, norm_value, applied=False)
+    scale_before = scaler.get_scale() if precision.scaled else 1.0
+    scaler.step(optimizer)
+    scaler.update()
+    applied = not precision.scaled or scaler.get_scale() >= scale_before
+    after_step(state, applied, mean_loss, lr)
+    return StepResult(loss_value, norm_value, applied)
+
+
+def judge_step(
+    state: TrainState,
+    batch: Batch,
+    ctc: CTCLoss,
+    per_sample: torch.Tensor,
+    loss_value: float,
+    norm_value: float,
+    buffers: tuple[list[torch.Tensor], list[torch.Tensor]],
+) -> float | None:
+    """Decide a step whose gradients are ready: the guard's rules, agreed over ranks.
+
+    Args:
+        per_sample: the unreduced losses (on the device; read only on a non-finite step).
+        loss_value, norm_value: this rank's loss and gradient norm (before clipping).
+        buffers: the model's float buffers and their copies from before the forward, restored on a fault.
+
+    Returns:
+        The loss averaged over ranks for a step to apply; None for a step that is not applied (an fp16
+        overflow GradScaler skips, or a non-finite fault skipped or rolled back per the policy).
+    """
+    model, optimizer, precision, scaler = state.model, state.optimizer, state.precision, state.precision.scaler
     # Under DDP every rank must take the same decisions: agree on which quantity was non-finite anywhere,
     # and judge divergence on the mean loss over ranks (one all-reduce for both).
     finite_loss = math.isfinite(loss_value)
@@ -283,9 +315,9 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
         if not overflow_fault:
             scaler.step(optimizer)
             scaler.update()
-            return StepResult(loss_value, norm_value, applied=False)
+            return None
     if loss_bad or norm_bad:
-        restore_buffers(buffers, saved_buffers)  # before the guard may raise or save the state
+        restore_buffers(*buffers)  # before the guard may raise or save the state
     inspector = state.inspector
     diagnose = None
     if inspector is not None:  # a closure only; it runs only if the guard fires
@@ -298,7 +330,7 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
     peer_fault = math.isfinite(loss_value) and (loss_bad or (norm_bad and math.isfinite(norm_value)))
     try:
         healthy = state.guard.check(
-            state.step, loss_value, norm_value, out.per_sample, batch.ids, diagnose, peer_fault, overflow_fault
+            state.step, loss_value, norm_value, per_sample, batch.ids, diagnose, peer_fault, overflow_fault
         )
     except NonFiniteStepError as error:  # every rank raises at this step (the decision is agreed)
         raise agreed_error(error, state.dist, own_fault=not peer_fault) from None
@@ -310,13 +342,8 @@ def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) 
                 raise ValueError("stability.nonfinite_policy=rollback needs TrainState.rollback (a Rollback)")
             state.rollback.restore(state, state.guard.last_message)
             state.guard.consecutive_overflows = 0  # the restored scaler starts its search afresh
-        return StepResult(loss_value, norm_value, applied=False)
-    scale_before = scaler.get_scale() if precision.scaled else 1.0
-    scaler.step(optimizer)
-    scaler.update()
-    applied = not precision.scaled or scaler.get_scale() >= scale_before
-    after_step(state, applied, mean_loss, lr)
-    return StepResult(loss_value, norm_value, applied)
+        return None
+    return mean_loss
 
 
 def after_step(state: TrainState, applied: bool, mean_loss: float, lr: float) -> None:

@@ -87,3 +87,19 @@ def test_the_library_reads_no_config_file() -> None:
         assert "CONFIG_DIR" not in names and "recognizer.CONFIG_DIR" not in imports, (
             f"{path.relative_to(ROOT)} reads the config tree"
         )
+
+
+def test_no_library_function_is_longer_than_60_lines_of_code() -> None:
+    """Orchestration reads top to bottom: every function fits a screen (its docstring not counted)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            body = node.body
+            if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and len(body) > 1:
+                body = body[1:]  # the docstring
+            lines = (body[-1].end_lineno or 0) - body[0].lineno + 1
+            if lines > 60:
+                too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split these functions: " + "; ".join(too_long)
