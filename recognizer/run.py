@@ -101,6 +101,7 @@ def build_run(
     cfg: DictConfig,
     dist: Dist | None = None,
     *,
+    trainer: TrainerOptions | None = None,
     splits: Sequence[str] = SPLITS,
     alphabet: AlphabetChoice | None = None,
     model: Recognizer | None = None,
@@ -112,6 +113,7 @@ def build_run(
     Args:
         cfg: a composed ``train``, ``doctor`` or ``lr_find`` config.
         dist: this process's place under torchrun (default: one process); rank 0 reads the data first.
+        trainer: ``cfg.trainer`` already instantiated (training reads it before the data); None: built here.
         splits: the splits to read and audit (``test`` only where the data config has one).
         alphabet: how to choose the alphabet (default :func:`data_alphabet`).
         model: a model to use instead of building ``cfg.model`` (the doctor's Python API).
@@ -121,7 +123,7 @@ def build_run(
             every violation instead of stopping at the first split).
     """
     dist = dist or Dist()
-    trainer: TrainerOptions = instantiate(cfg.trainer)
+    trainer = trainer or instantiate(cfg.trainer)
     if trainer.num_threads:  # on a busy CPU fewer threads can be several times faster
         torch.set_num_threads(trainer.num_threads)
     stability = StabilityOptions.from_config(cfg.stability)

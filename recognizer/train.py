@@ -162,7 +162,7 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
     init = load_checkpoint(opts.init_from) if opts.init_from and ckpt is None else None
     if opts.init_from and ckpt is not None:
         log.info("resuming from %s: trainer.init_from=%s is not applied again", ckpt_path, opts.init_from)
-    run = build_run(cfg, dist, alphabet=_alphabet_choice(opts, ckpt, init, cfg.stability.unknown == "unk"))
+    run = build_run(cfg, dist, trainer=opts, alphabet=_alphabet_choice(opts, ckpt, init, cfg))
     initialised = ckpt.get("initialised") if ckpt is not None else None  # what the resumed run started from
     if init is not None and opts.init_from:
         initialised = init_weights(run.model, init, run.alphabet, opts.init_from)
@@ -204,8 +204,9 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
             log.info("parameters identical on all %d ranks (%d values compared)", dist.world_size, compared)
         metrics = None
         if dist.is_main:
-            # the whole splits on rank 0 (under DDP the train-time val loader is a shard)
-            loaders = {split: run.eval_loader(split) if split in run.datasets else None for split in ("val", "test")}
+            # the whole splits on rank 0
+            whole_val = run.eval_loader("val") if dist.enabled else val_loader  # DDP: the train-time one is a shard
+            loaders = {"val": whole_val, "test": run.eval_loader("test") if "test" in run.datasets else None}
             metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
@@ -215,7 +216,7 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
 
 
 def _alphabet_choice(
-    opts: TrainerOptions, ckpt: dict[str, Any] | None, init: dict[str, Any] | None, with_unk: bool
+    opts: TrainerOptions, ckpt: dict[str, Any] | None, init: dict[str, Any] | None, cfg: DictConfig
 ) -> AlphabetChoice | None:
     """How this run chooses its alphabet: the resumed checkpoint's (its data is unchanged,
     :func:`rundir.training_changes`), the base model's merged with the data's (``trainer.init_alphabet``),
@@ -223,7 +224,7 @@ def _alphabet_choice(
     if ckpt is not None:
         return lambda data, train_set: Alphabet(ckpt["alphabet"])
     if init is not None and opts.init_from:
-        base = opts.init_from
+        base, with_unk = opts.init_from, cfg.stability.unknown == "unk"
         return lambda data, train_set: init_alphabet(
             init, base, train_set.texts, data.alphabet(), opts.init_alphabet, with_unk=with_unk
         )
