@@ -8,6 +8,8 @@ Everything else in the package relies on these rules:
   expects; target lengths are always passed explicitly.
 * A sample is feasible for CTC only if ``T_out >= L + repeats`` (a blank must separate equal
   adjacent labels). Training additionally asks for a safety margin ``T_out >= ratio * L``.
+* A path reads as labels by merging repeats, then dropping blanks (:func:`greedy_decode`; the beam
+  decoders of :mod:`recognizer.decoding` build on the same rule).
 """
 
 from __future__ import annotations
@@ -163,3 +165,22 @@ class CTCLoss(torch.nn.Module):
 def log_probs_tbc(logits: Tensor) -> Tensor:
     """``(B, T, C)`` logits → ``(T, B, C)`` fp32 log-probabilities, the layout CTC expects."""
     return rearrange(logits.float().log_softmax(-1), "b t c -> t b c")
+
+
+def greedy_decode(logits: Tensor, lengths: Tensor) -> list[list[int]]:
+    """Best-path decoding: per-frame argmax, merge repeats, drop blanks.
+
+    Args:
+        logits: ``(B, T, C)`` scores (logits or log-probs: argmax is the same).
+        lengths: ``(B,)`` valid frames per sample.
+
+    Returns:
+        Label ids (``1..C-1``) per sample.
+    """
+    best = logits.argmax(-1).cpu()  # (B, T)
+    lengths = lengths.cpu()
+    keep = torch.ones_like(best, dtype=torch.bool)
+    keep[:, 1:] = best[:, 1:] != best[:, :-1]
+    keep &= best != BLANK
+    keep &= torch.arange(best.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+    return [row[mask].tolist() for row, mask in zip(best, keep)]

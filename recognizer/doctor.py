@@ -26,15 +26,15 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from recognizer.alphabet import Alphabet, normalize
-from recognizer.builders import check_head, make_loader
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
+from recognizer.data.loaders import make_loader
 from recognizer.engine.loop import TrainState, train_step
 from recognizer.engine.precision import Precision
 from recognizer.engine.schedulers import constant
 from recognizer.engine.seeding import seed_everything
 from recognizer.models.base import Recognizer
-from recognizer.run import Run, build_run
+from recognizer.run import Run, build_run, check_head
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.guard import NonFiniteGuard
 from recognizer.stability.localize import FP16_MAX, localize

@@ -13,14 +13,15 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from recognizer.builders import make_loader, run_audit, write_predictions
 from recognizer.checkpoint import build_model, load_checkpoint, preprocessing_settings
+from recognizer.data.loaders import make_loader
 from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
-from recognizer.engine.loop import evaluate
+from recognizer.engine.loop import evaluate_loader
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.metrics import ErrorRates
+from recognizer.score import write_predictions
 from recognizer.stability.options import StabilityOptions
-from recognizer.stability.runtime import make_ctc
+from recognizer.stability.runtime import make_ctc, run_audit
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
         **data.loader_options(),
     )
     ctc = make_ctc(stability)  # the loss the model was trained with
-    values, rows = evaluate(model, loader, ctc, alphabet, precision, keep_predictions=True)
+    values, rows = evaluate_loader(model, loader, ctc, alphabet, precision, keep_predictions=True)
     decoder = build_decoder(cfg.decoding, alphabet.symbols)
-    if not isinstance(decoder, GreedyDecoder):  # evaluate() decodes greedily; keep its figures beside
+    if not isinstance(decoder, GreedyDecoder):  # evaluate_loader() decodes greedily; keep its figures beside
         values |= {"greedy_cer": values["cer"], "greedy_wer": values["wer"]}
         rows = decode_loader(model, loader, decoder, alphabet, precision)
         rates = ErrorRates()

@@ -352,3 +352,18 @@ def _width(path: Path) -> int:
         raise
     except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
         raise DataError(f"cannot read image {path}: {e}; re-encode it or leave it out of the inputs") from None
+
+
+def align_image(checkpoint: str | Path, image: str | Path, reference: str | None, out: str | Path) -> Path:
+    """The alignment picture of one input (``recognizer-align``; its panels: :mod:`recognizer.plots`).
+
+    Preprocess ``image`` (a line image, or audio for a speech model) as the checkpoint's model
+    expects and write the alignment PNG to ``out`` (audio: the log-mel features are drawn)."""
+    from recognizer.plots import align_sample  # matplotlib: imported only when a picture is asked for
+
+    ckpt = load_checkpoint(checkpoint)
+    model, alphabet = build_model(ckpt)
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"input {image} does not exist")
+    dataset, _ = input_dataset(ckpt["config"], [Path(image)])
+    return align_sample(model, dataset.load(0), alphabet, reference, out)

@@ -3,7 +3,7 @@
 Same Hydra config as ``recognizer-train`` (same groups, same overrides): it builds the data, the
 alphabet and the model as training would, audits the train split, then trains from the initial
 weights for ``lr_find.num_steps`` steps while the learning rate grows geometrically from
-``lr_find.min_lr`` to ``lr_find.max_lr`` (:mod:`recognizer.engine.lr_finder`). It writes the curve
+``lr_find.min_lr`` to ``lr_find.max_lr`` (:mod:`recognizer.engine.lr_range_test`). It writes the curve
 to ``lr_find.png`` and the numbers to ``lr_find.json`` in the run directory; the command
 ``recognizer-lr-find`` (:mod:`recognizer.cli.lr_find`) prints the suggested ``optimizer.lr``.
 Nothing is trained for keeps.
@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from recognizer.engine.loop import TrainState
-from recognizer.engine.lr_finder import LRFindResult, cycle, lr_range_test, plot
+from recognizer.engine.lr_range_test import LRFindResult, cycle, lr_range_test, plot
 from recognizer.engine.schedulers import constant
 from recognizer.engine.seeding import seed_everything
 from recognizer.run import build_run

@@ -6,7 +6,7 @@ reference's CTC forced alignment (``torchaudio.functional.forced_align``). Mostl
 empty hypothesis mean blank collapse; a reference that cannot be aligned (fewer frames than labels +
 repeats) is named in the title: the input is too narrow for the model's subsampling.
 
-A library module: :mod:`recognizer.alignment` (behind ``recognizer-align``) and the loop both import it;
+A library module: :func:`recognizer.inference.align_image` (behind ``recognizer-align``) and the loop both import it;
 it imports neither, nor the commands (:mod:`recognizer.cli`).
 """
 

@@ -20,15 +20,16 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import check_head, make_loader, run_audit
 from recognizer.data.base import SplitData
 from recognizer.data.batching import EpochBatchSampler
+from recognizer.data.loaders import make_loader
 from recognizer.engine.distributed import Dist, device_for
 from recognizer.engine.loop import TrainerOptions
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
 from recognizer.stability.options import StabilityOptions
+from recognizer.stability.runtime import run_audit
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,17 @@ AlphabetChoice = Callable[[SplitData, Any], Alphabet]
 def data_alphabet(data: SplitData, train_set: Any, unknown: str) -> Alphabet:
     """The configured alphabet file, else the symbols of the train transcripts (with ``<unk>`` if asked)."""
     return data.alphabet() or Alphabet.from_texts(train_set.texts, with_unk=unknown == "unk")
+
+
+def check_head(model: Recognizer, alphabet: Alphabet) -> None:
+    """The model's output layer must have exactly ``C = charset + 1`` classes."""
+    if model.num_classes != alphabet.num_classes:
+        raise ValueError(
+            f"the model predicts {model.num_classes} classes but the alphabet needs "
+            f"{alphabet.num_classes} ({len(alphabet)} symbols + blank at id 0): the head is off by "
+            f"{model.num_classes - alphabet.num_classes}. Do not set num_classes by hand; it is "
+            "derived from the alphabet."
+        )
 
 
 @dataclass

@@ -176,3 +176,13 @@ def format_report(report: Report, worst: int) -> str:
         lines.append(f"worst {len(ranked)} lines (char errors, id, reference → hypothesis):")
         lines += [f"  {e}\t{i}\t{ref!r} → {hyp!r}" for e, i, ref, hyp in ranked]
     return "\n".join(lines)
+
+
+def write_predictions(rows: list[tuple[str, str, str]], path: Path) -> Path:
+    """Write ``id, reference, hypothesis`` rows as a TSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
+        writer.writerow(["id", "reference", "hypothesis"])
+        writer.writerows(rows)
+    return path

@@ -27,16 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import write_predictions
 from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights, train_subset
-from recognizer.engine.loop import TrainerOptions, TrainState, evaluate, fit
+from recognizer.engine.loop import TrainerOptions, TrainState, evaluate_loader, fit
 from recognizer.engine.seeding import seed_everything
 from recognizer.loggers import JsonlLogger, MultiLogger, rewind_jsonl
 from recognizer.run import AlphabetChoice, Run, build_run
+from recognizer.score import write_predictions
 from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import register_resolvers
@@ -246,7 +246,7 @@ def _training_state(
     if opts.freeze_backbone_steps:
         if dist.enabled:  # DDP fixes the parameters that take gradients when it wraps the model
             raise ValueError("trainer.freeze_backbone_steps does not work under torchrun (DDP); run on one process")
-        state.freeze = BackboneFreeze(model, opts.freeze_backbone_steps)
+        state.callbacks.append(BackboneFreeze(model, opts.freeze_backbone_steps))
     forward: Any = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
         forward = torch.compile(forward)
@@ -326,7 +326,7 @@ def final_evaluation(
     for split, loader in loaders.items():
         if loader is None:
             continue
-        values, rows = evaluate(state.model, loader, ctc, alphabet, state.precision, keep_predictions=True)
+        values, rows = evaluate_loader(state.model, loader, ctc, alphabet, state.precision, keep_predictions=True)
         write_predictions(rows, run_dir / f"predictions_{split}.tsv")
         metrics |= {f"{split}/{k}": v for k, v in values.items()}
     for split, report in reports.items():

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from hydra.utils import instantiate
 
-from recognizer.builders import make_loader
 from recognizer.checkpoint import build_model, load_checkpoint
+from recognizer.data.loaders import make_loader
 from recognizer.decoding import (
     BeamDecoder,
     GreedyDecoder,

@@ -45,9 +45,9 @@ from torch import nn
 
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet
-from recognizer.builders import make_loader
 from recognizer.ctc import check_feasible, check_targets
 from recognizer.data.batching import Batch, BucketBatchSampler, EpochBatchSampler, padding_cells
+from recognizer.data.loaders import make_loader
 from recognizer.engine.loop import TrainState, train_step
 from recognizer.engine.precision import resolve_precision
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard

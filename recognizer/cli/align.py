@@ -5,7 +5,7 @@ Example::
     recognizer-align best.ckpt line.png "07765" --out align.png
     recognizer-align asr.ckpt utterance.wav "four two" --out align.png
 
-The picture: :mod:`recognizer.alignment` and :mod:`recognizer.plots`.
+The picture: :func:`recognizer.inference.align_image` and :mod:`recognizer.plots`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("reference", nargs="?", help="the expected transcript (omit to draw input and argmax only)")
     p.add_argument("--out", default="alignment.png", help="PNG to write (default alignment.png)")
     args = p.parse_args(argv)
-    from recognizer.alignment import align_image
     from recognizer.errors import user_errors
+    from recognizer.inference import align_image
 
     with user_errors("recognizer-align"):  # a message and an exit code (recognizer.errors), no traceback
         written = align_image(args.checkpoint, args.image, args.reference, args.out)

@@ -7,7 +7,7 @@ Usage::
 
 Writes ``sweep_report.md``, ``sweep_report.csv`` and ``sweep_heatmap.png`` into the sweep directory
 (or ``--out``) and prints the table and the best job as a ready-to-run command
-(:func:`recognizer.report.write_report`).
+(:func:`recognizer.sweep_report.write_report`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="write the report files here (default: the sweep directory)")
     args = parser.parse_args(argv)
     from recognizer.errors import user_errors
-    from recognizer.report import best_command, fmt, table_rows, write_report
+    from recognizer.sweep_report import best_command, fmt, table_rows, write_report
 
     with user_errors("recognizer-sweep-report"):  # a message and an exit code (recognizer.errors), no traceback
         report = write_report(args.sweep_dir, args.metric, args.out)

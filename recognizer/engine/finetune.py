@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from recognizer.alphabet import UNK, Alphabet
+from recognizer.engine.callbacks import Callback
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ def init_weights(model: nn.Module, ckpt: Mapping[str, Any], alphabet: Alphabet, 
     return info
 
 
-class BackboneFreeze:
-    """Train only the output layer (``model.head``) until step ``steps``, then everything.
+class BackboneFreeze(Callback):
+    """Train only the output layer (``model.head``) until step ``steps``, then everything (a loop callback).
 
     Frozen parameters get no gradient, so the optimizer leaves them (and their weight decay) alone.
     BatchNorm statistics still follow the new data in training mode, as in kraken's frozen backbone.
@@ -148,6 +149,12 @@ class BackboneFreeze:
                 p.requires_grad_(not freeze)
             self.frozen = freeze
             log.info("step %d: backbone %s", step, f"frozen until step {self.steps}" if freeze else "unfrozen")
+
+    def on_fit_start(self, state: Any) -> None:
+        self.update(state.step)  # also after a resume inside the frozen steps
+
+    def on_batch_end(self, state: Any) -> None:
+        self.update(state.step)
 
 
 def train_subset(kept: Sequence[int], samples: int | None, seed: int) -> list[int]:

@@ -44,21 +44,18 @@ from tqdm import tqdm
 
 from recognizer.alphabet import Alphabet
 from recognizer.checkpoint import CheckpointError, rng_state, save_checkpoint, set_rng_state
-from recognizer.ctc import CTCLoss, check_feasible, check_targets
+from recognizer.ctc import CTCLoss, check_feasible, check_targets, greedy_decode
 from recognizer.data.batching import Batch, EpochBatchSampler, padding_cells
-from recognizer.decoding import greedy_decode
+from recognizer.engine.callbacks import Callback
 from recognizer.engine.distributed import Dist, sync_buffers
 from recognizer.engine.ema import WeightAverage
-from recognizer.engine.finetune import BackboneFreeze
 from recognizer.engine.precision import Precision
 from recognizer.loggers import MetricLogger
 from recognizer.metrics import ErrorRates
 from recognizer.models.base import Recognizer
-from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
-from recognizer.stability.divergence import DivergenceMonitor
+from recognizer.stability.collapse import blank_frames
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.stability.localize import NonFiniteInspector
-from recognizer.stability.rollback import Rollback
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +110,11 @@ class TrainState:
     history: list[dict[str, float]] = field(default_factory=list)
     train_time: float = 0.0  # seconds of training so far (validation included), across resumes
     inspector: NonFiniteInspector | None = None  # failure path: save + localise (not saved)
-    rollback: Rollback | None = None  # policy rollback: the last good state (not saved)
-    collapse: BlankCollapseMonitor | None = None  # blank-collapse warnings after validation
-    divergence: DivergenceMonitor | None = None  # a finite loss that diverged: warn, or roll back
     dist: Dist = field(default_factory=Dist)  # this process's rank (a single process by default)
     train_forward: nn.Module | None = None  # the training forward's wrapper (DDP, torch.compile) if any
     ema: WeightAverage | None = None  # averaged weights: validated and saved as the checkpoint's model
-    freeze: BackboneFreeze | None = None  # fine-tuning: only the output layer trains for the first steps
+    # the loop's hooks (recognizer.engine.callbacks), called in order: the stability monitors, the backbone freeze
+    callbacks: list[Callback] = field(default_factory=list)
 
     @property
     def eval_model(self) -> Recognizer:
@@ -147,9 +142,7 @@ class TrainState:
             "train_time": self.train_time,
             "rng": rng_state(),
             "world_size": self.dist.world_size,
-            "collapse": self.collapse.state_dict() if self.collapse else None,
-            "rollback": self.rollback.state_dict() if self.rollback else None,
-            "divergence": self.divergence.state_dict() if self.divergence else None,
+            **{k: v for callback in self.callbacks for k, v in callback.checkpoint_items().items()},
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -171,12 +164,8 @@ class TrainState:
                 f"{self.dist.world_size}: resume with the same number of processes"
             )
         set_rng_state(per_rank[self.dist.rank])  # each rank continues its own dropout stream
-        if self.collapse is not None and ckpt.get("collapse") is not None:  # older checkpoints lack it
-            self.collapse.load_state_dict(ckpt["collapse"])
-        if self.rollback is not None and ckpt.get("rollback") is not None:
-            self.rollback.load_state_dict(ckpt["rollback"])
-        if self.divergence is not None and ckpt.get("divergence") is not None:
-            self.divergence.load_state_dict(ckpt["divergence"])
+        for callback in self.callbacks:
+            callback.load_checkpoint_items(ckpt)
 
 
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -244,8 +233,8 @@ class StepResult:
 def train_step(state: TrainState, batch: Batch, ctc: CTCLoss, grad_clip: float) -> StepResult:
     """One optimisation step on ``batch`` (on CPU; moved to the device here)."""
     model, optimizer, precision = state.model, state.optimizer, state.precision
-    if state.rollback is not None and state.rollback.snapshot is None:
-        state.rollback.take(state)  # the state before the first step is the first good state
+    for callback in state.callbacks:
+        callback.on_step_start(state)
     # Contract checks on the CPU copy: no device sync, and a named error instead of a NaN later.
     check_targets(batch.targets, batch.target_lengths, model.num_classes, batch.ids)
     check_feasible(model.output_lengths(batch.input_lengths), batch.targets, batch.target_lengths, batch.ids)
@@ -338,16 +327,18 @@ def judge_step(
         optimizer.zero_grad(set_to_none=True)
         scaler.update()
         if state.guard.policy == "rollback":
-            if state.rollback is None:
-                raise ValueError("stability.nonfinite_policy=rollback needs TrainState.rollback (a Rollback)")
-            state.rollback.restore(state, state.guard.last_message)
+            if not any(callback.on_step_rejected(state, state.guard.last_message) for callback in state.callbacks):
+                raise ValueError(
+                    "stability.nonfinite_policy=rollback needs a callback that restores a good state "
+                    "(recognizer.stability.monitors.StabilityMonitors with a Rollback)"
+                )
             state.guard.consecutive_overflows = 0  # the restored scaler starts its search afresh
         return None
     return mean_loss
 
 
 def after_step(state: TrainState, applied: bool, mean_loss: float, lr: float) -> None:
-    """After a healthy step: schedule, weight average, divergence check, rollback snapshot.
+    """After a healthy step: schedule and weight average (if the optimizer stepped), then the callbacks.
 
     Args:
         applied: the optimizer really stepped (GradScaler may skip a step it lowered the scale for).
@@ -358,44 +349,8 @@ def after_step(state: TrainState, applied: bool, mean_loss: float, lr: float) ->
         state.scheduler.step()  # only when the optimizer really stepped
         if state.ema is not None:
             state.ema.update(state.model)
-    diverged = None
-    if state.divergence is not None and applied:
-        diverged = state.divergence.update_train(state.step, mean_loss, lr)
-    if diverged is not None:
-        handle_divergence(state, diverged)
-    elif state.rollback is not None:  # never snapshot a state that is already on its way up
-        monitor = state.divergence
-        healthy = monitor is None or monitor.healthy
-        state.rollback.maybe_snapshot(state, applied and healthy, monitor.reference_step if monitor else None)
-
-
-def handle_divergence(state: TrainState, message: str) -> None:
-    """A finite loss diverged (:mod:`recognizer.stability.divergence`): warn; under the rollback policy
-    restore the last good state with a lower learning rate, as for a non-finite step.
-
-    Raises:
-        RollbackError: the rollback after ``stability.max_rollbacks``, with the history.
-    """
-    if state.rollback is None:
-        log.warning(
-            "%s. Lower optimizer.lr (recognizer-lr-find suggests one for your data), or train with "
-            "stability=rollback to roll back and lower it automatically",
-            message,
-        )
-        return
-    log.warning("%s — rolling back", message)
-    monitor = state.divergence
-    if monitor is None:
-        state.rollback.restore(state, message)
-        return
-    # Back to where the run was at its best; a rise during the warmup also sets the new peak rate.
-    peak_lr = float(state.scheduler.base_lrs[0])
-    lr_factor = monitor.lr_multiplier(peak_lr)
-    if lr_factor is not None:
-        lr_factor = min(lr_factor, state.rollback.lr_factor)
-        log.warning("the warmup ran into the divergence: peak learning rate %.3g → %.3g", peak_lr, peak_lr * lr_factor)
-    state.rollback.restore(state, message, before_step=monitor.reference_step, lr_factor=lr_factor)
-    monitor.reset_excursion()
+    for callback in state.callbacks:
+        callback.on_step_end(state, applied, mean_loss, lr)
 
 
 @torch.no_grad()
@@ -406,7 +361,7 @@ def restore_buffers(buffers: list[torch.Tensor], saved: list[torch.Tensor]) -> N
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_loader(
     model: nn.Module,
     loader: Iterable[Batch],
     ctc: CTCLoss,
@@ -533,8 +488,8 @@ def fit(
     step_opts = StepOptions(grad_norm_every_step, detect_anomaly, augment)
     dist = state.dist
     with preemption_handlers() as stop:
-        if state.freeze is not None:
-            state.freeze.update(state.step)  # also after a resume inside the frozen steps
+        for callback in state.callbacks:
+            callback.on_fit_start(state)
         while state.epoch < opts.max_epochs and not run.done():
             if train_epoch(run, sampler, train_loader, ctc, logger, step_opts, stop):
                 raise preempt(state, stop.signum or signal.SIGTERM, run.checkpoint)  # after the step in flight
@@ -593,8 +548,8 @@ def train_epoch(
         with torch.autograd.set_detect_anomaly(step_opts.detect_anomaly):
             result = train_step(state, batch, ctc, opts.grad_clip)
         state.batch_in_epoch += 1
-        if state.freeze is not None:
-            state.freeze.update(state.step)
+        for callback in state.callbacks:
+            callback.on_batch_end(state)
         pad, total = padding_cells(batch.input_lengths, batch.inputs.shape[-1])  # CPU lengths: no sync
         run.padded, run.cells = run.padded + pad, run.cells + total
         if step_opts.grad_norm_every_step and state.step % opts.log_every_n_steps and result.applied:
@@ -666,19 +621,16 @@ def validate_and_checkpoint(
     sync_buffers(state.model, state.dist)  # every rank validates the weights and statistics rank 0 saves
     if state.ema is not None:
         sync_buffers(state.ema.module, state.dist)  # averaged from each rank's own statistics
-    metrics, _ = evaluate(state.eval_model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
+    metrics, _ = evaluate_loader(state.eval_model, val_loader, ctc, alphabet, state.precision, dist=state.dist)
     record = {f"val/{k}": v for k, v in metrics.items()} | {"epoch": state.epoch, "time": elapsed}
     state.history.append({"step": state.step, **record})
     logger.log_metrics(record, state.step)
-    if state.collapse is not None:
-        state.collapse.update(state.step, metrics["blank"], metrics["empty"])
     value = record[opts.monitor]
     improved = value < state.best_metric
     if improved:
         state.best_metric, state.best_epoch, state.bad_epochs = value, state.epoch, 0
     else:
         state.bad_epochs += 1
-    diverged = state.divergence.update_val(state.step, metrics["loss"], improved) if state.divergence else None
     log.info(
         "epoch %d step %d: val/loss %.4f val/cer %.4f val/wer %.4f (%.0f s)%s",
         state.epoch,
@@ -689,8 +641,8 @@ def validate_and_checkpoint(
         elapsed,
         " *best*" if improved else "",
     )
-    if diverged is not None:
-        handle_divergence(state, diverged)
+    for callback in state.callbacks:  # blank collapse, divergence (which may roll back before the checkpoint)
+        callback.on_validation_end(state, metrics, improved)
     checkpoint("last.ckpt")
     if improved:
         checkpoint("best.ckpt")

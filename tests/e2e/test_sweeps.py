@@ -24,8 +24,8 @@ from recognizer import CONFIG_DIR
 from recognizer import report as report_module
 from recognizer.cli.sweep_report import main
 from recognizer.cli.train import main as train_main
-from recognizer.report import best_command, read_sweep, write_report
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
+from recognizer.sweep_report import best_command, read_sweep, write_report
 from recognizer.sweeps import DIVERGED_METRIC, record_failure, sweep_group
 from tests.conftest import compose_config
 

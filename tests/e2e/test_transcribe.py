@@ -13,7 +13,7 @@ import torch
 
 from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.cli.transcribe import main
-from recognizer.decoding import greedy_decode
+from recognizer.ctc import greedy_decode
 from recognizer.transcribe import collect_inputs
 from tests.helpers.tiny_checkpoint import sample_line, tiny_checkpoint, untrained_audio_checkpoint, write_audio
 

@@ -10,12 +10,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from recognizer.builders import make_loader
 from recognizer.checkpoint import build_model, load_checkpoint
+from recognizer.ctc import greedy_decode
+from recognizer.data.loaders import make_loader
 from recognizer.decoding import (
     BeamDecoder,
     GreedyDecoder,
-    greedy_decode,
     tune_lm,
     write_arpa,
     write_lexicon,

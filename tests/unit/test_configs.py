@@ -49,8 +49,8 @@ def test_data_instantiates_without_generating(option: str, tmp_path: Path) -> No
 
 def test_loader_settings_reach_the_data_loader(tmp_path: Path) -> None:
     from recognizer.alphabet import Alphabet
-    from recognizer.builders import make_loader
     from recognizer.data.images.lines import LineDataset
+    from recognizer.data.loaders import make_loader
 
     overrides = ["data.num_workers=2", "data.pin_memory=true", "data.persistent_workers=false"]
     cfg = compose_config("train", [*overrides, f"paths.output_dir={tmp_path}", f"paths.data_dir={tmp_path}"])

@@ -1,9 +1,9 @@
-"""Tests for recognizer.decoding.greedy_decode on hand-made logits."""
+"""Tests for recognizer.ctc.greedy_decode on hand-made logits."""
 
 import pytest
 import torch
 
-from recognizer.decoding import greedy_decode
+from recognizer.ctc import greedy_decode
 
 C = 5
 

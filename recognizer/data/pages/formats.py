@@ -38,7 +38,7 @@ __all__ = ["Page", "PageLine", "local_name", "parse_page", "parse_points"]
 Point = tuple[float, float]
 
 #: Image suffixes tried beside the XML when the file named by the XML does not exist.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2", ".bmp")
+PAGE_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2", ".bmp")
 
 #: ALTO measurement units → their size in inches (pixel needs no conversion).
 ALTO_UNITS = {"pixel": None, "mm10": 1 / 254, "inch1200": 1 / 1200}
@@ -266,7 +266,7 @@ def image_candidates(
         named = Path(name.replace("\\", "/").removeprefix("file://"))
         candidates.append(named if named.is_absolute() else xml.parent / named)
         candidates += [f / named.name for f in folders]
-    candidates += [f / (xml.stem + s) for f in folders for s in IMAGE_SUFFIXES]
+    candidates += [f / (xml.stem + s) for f in folders for s in PAGE_IMAGE_SUFFIXES]
     candidates = list(dict.fromkeys(candidates))
     if allow_outside:
         return candidates, None

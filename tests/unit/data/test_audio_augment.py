@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import make_loader
 from recognizer.data.audio.augment import WaveAugment, change_speed
 from recognizer.data.audio.modules import FSDDData
 from recognizer.data.batching import SampleKey
+from recognizer.data.loaders import make_loader
 from tests.conftest import compose_config
 from tests.unit.data.test_audio_layouts import tone, write_fsdd
 

@@ -14,11 +14,11 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import make_loader
 from recognizer.checkpoint import load_checkpoint
 from recognizer.data.batching import EpochBatchSampler, SampleKey
 from recognizer.data.images.augment import Affine, Blur, Contrast, Elastic, LineAugment, Noise, Stroke
 from recognizer.data.images.lines import LineDataset, read_records
+from recognizer.data.loaders import make_loader
 from recognizer.models.crnn import CRNN
 from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides

@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from recognizer.alphabet import Alphabet
-from recognizer.builders import run_audit
 from recognizer.data.audio.librispeech import read_librispeech
 from recognizer.data.audio.modules import AudioManifestData, LibriSpeechData
 from recognizer.data.audio.speech import filter_duration, read_audio_manifest
@@ -23,6 +22,7 @@ from recognizer.data.base import RecordDataset
 from recognizer.data.images.lines import LineDataset, read_records
 from recognizer.doctor import AUDIT_CODES, CAUSES
 from recognizer.stability.audit import FIXES, INPUT_REASONS, AuditError
+from recognizer.stability.runtime import run_audit
 from tests.unit.data.test_audio import tone, write_manifest
 from tests.unit.data.test_librispeech import TEXTS, write_librispeech
 

@@ -24,7 +24,6 @@ from PIL import Image
 
 from recognizer import CONFIG_DIR
 from recognizer.alphabet import Alphabet, strip_format_chars
-from recognizer.builders import run_audit
 from recognizer.cli.transcribe import main as transcribe_main
 from recognizer.data.base import DataError
 from recognizer.data.batching import Collate
@@ -33,6 +32,7 @@ from recognizer.data.pages import PagesData
 from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_box, polygon_area
 from recognizer.stability.audit import FIXES, AuditError
+from recognizer.stability.runtime import run_audit
 from tests.conftest import compose_config
 from tests.helpers.page_fixtures import INK, PAPER, page_line, page_xml, write, write_page_image
 
@@ -229,7 +229,7 @@ def test_strip_format_chars_removes_them_before_the_audit(tmp_path: Path, caplog
     rows = [("a.png", "ab"), ("b.png", "\ufeffa\u200bb"), ("c.png", "b\u200fa"), ("d.png", "\u200b")]
     tsv = manifest(tmp_path, rows)
     assert STABILITY.strip_format_chars is False  # off by default: the audit reports them
-    with caplog.at_level(logging.INFO, logger="recognizer.builders"):
+    with caplog.at_level(logging.INFO, logger="recognizer.stability.runtime"):
         dataset, report = audit_lines(tsv, strip_format_chars=True, audit_policy="drop")
     assert dataset.texts == ["ab", "ab", "ba", ""]
     assert counts(report) == {"empty": 1} and report.kept == [0, 1, 2]  # a line of only ZWSP is empty once stripped

@@ -202,16 +202,18 @@ def _desync(rank: int, port: int, out: str) -> None:
 
 def _divergence_on_mean_loss(rank: int, port: int, out: str) -> None:
     from recognizer.stability.divergence import DivergenceMonitor
+    from recognizer.stability.monitors import StabilityMonitors
 
     dist = _join(rank, port)
     state = _ddp_state(dist, "raise")
     state.model.head = state.model.head[1] if rank == 1 else state.model.head  # no poison here
-    state.divergence = DivergenceMonitor(window=10)
+    monitors = StabilityMonitors(divergence=DivergenceMonitor(window=10))
+    state.callbacks.append(monitors)
     local = []
     for _ in range(3):  # each rank its own labels: different local losses
         targets = [[1, 2], [3, 4]] if rank == 0 else [[4, 3, 2, 1], [1, 1, 2, 2]]
         local.append(train_step(state, make_batch(targets, width=32), CTCLoss(), grad_clip=1.0).loss)
-    torch.save({"local": local, "window": list(state.divergence.losses)}, Path(out) / f"rank{rank}.pt")
+    torch.save({"local": local, "window": list(monitors.divergence.losses)}, Path(out) / f"rank{rank}.pt")
     dist.barrier()
     distributed.shutdown(dist)
 

@@ -87,10 +87,10 @@ def test_the_checkpoint_saves_the_average_as_model_and_the_trained_weights_for_r
 def test_a_rollback_restores_the_average_too() -> None:
     state = tiny_state()
     assert state.ema is not None
-    state.rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=2)
-    state.rollback.take(state)
+    rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=2)
+    rollback.take(state)
     good = first(state.ema.module)
     shift(state.model, 5.0)
     state.ema.update(state.model)
-    state.rollback.restore(state, "diverged")
+    rollback.restore(state, "diverged")
     assert torch.equal(first(state.ema.module), good) and state.ema.updates == 0

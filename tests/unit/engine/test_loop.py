@@ -18,6 +18,7 @@ from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
 from recognizer.stability.localize import NonFiniteInspector
+from recognizer.stability.monitors import StabilityMonitors
 from recognizer.stability.rollback import Rollback
 
 
@@ -225,11 +226,12 @@ def test_overflow_faults_count_as_skips_under_skip(tmp_path: Path, caplog: pytes
 
 def test_an_overflow_fault_rolls_back_under_rollback(tmp_path: Path) -> None:
     state = scaled_state("rollback", tmp_path, min_loss_scale=0.0, max_consecutive_overflows=0)
-    state.rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=3)
+    rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=3)
+    state.callbacks.append(StabilityMonitors(rollback=rollback))
     lr = state.optimizer.param_groups[0]["lr"]
     assert not train_step(state, make_batch([[1, 2], [3, 4]]), CTCLoss(), grad_clip=1.0).applied
-    assert len(state.rollback.history) == 1 and state.optimizer.param_groups[0]["lr"] == lr * 0.5
-    assert "stability.max_consecutive_overflows=0" in state.rollback.history[0].message
+    assert len(rollback.history) == 1 and state.optimizer.param_groups[0]["lr"] == lr * 0.5
+    assert "stability.max_consecutive_overflows=0" in rollback.history[0].message
     assert state.precision.scaler.get_scale() == 16.0  # the scaler state of the snapshot
 
 

@@ -8,12 +8,13 @@ import re
 import pytest
 import torch
 
-from recognizer.engine.loop import TrainState, handle_divergence
+from recognizer.engine.loop import TrainState
 from recognizer.engine.precision import resolve_precision
 from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
 from recognizer.stability.divergence import DivergenceMonitor
 from recognizer.stability.guard import NonFiniteGuard
+from recognizer.stability.monitors import StabilityMonitors
 from recognizer.stability.rollback import Rollback, RollbackError
 
 
@@ -123,40 +124,41 @@ def test_bad_settings_are_named(kwargs: dict, message: str) -> None:
         DivergenceMonitor(**kwargs)
 
 
-def tiny_state(policy: str) -> TrainState:
+def tiny_state(policy: str) -> tuple[TrainState, StabilityMonitors]:
+    """A train state and its monitors: divergence, and a rollback under the rollback policy."""
     torch.manual_seed(0)
     model = CRNN(num_classes=5, height=8, channels=(4,), pools=((2, 2),), rnn_hidden=8, dropout=0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     precision = resolve_precision("32", torch.device("cpu"))
     state = TrainState(model, optimizer, constant(optimizer, 10), precision, NonFiniteGuard(policy))
-    state.divergence = DivergenceMonitor()
-    if policy == "rollback":
-        state.rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=1)
-    return state
+    rollback = Rollback(every_n_steps=1, lr_factor=0.5, max_rollbacks=1) if policy == "rollback" else None
+    monitors = StabilityMonitors(rollback=rollback, divergence=DivergenceMonitor())
+    state.callbacks.append(monitors)
+    return state, monitors
 
 
 def test_without_rollback_the_loop_warns_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
-    state = tiny_state("raise")
+    state, monitors = tiny_state("raise")
     before = [p.detach().clone() for p in state.model.parameters()]
     with caplog.at_level(logging.WARNING):
-        handle_divergence(state, "training diverged at step 7: ...")
+        monitors.handle_divergence(state, "training diverged at step 7: ...")
     assert "training diverged at step 7: .... Lower optimizer.lr (recognizer-lr-find suggests one" in caplog.text
     assert all(torch.equal(a, b) for a, b in zip(before, state.model.parameters()))
 
 
 def test_with_rollback_the_loop_restores_and_lowers_the_lr_then_gives_up() -> None:
-    state = tiny_state("rollback")
-    assert state.rollback is not None
-    state.rollback.take(state)
+    state, monitors = tiny_state("rollback")
+    assert monitors.rollback is not None
+    monitors.rollback.take(state)
     good = [p.detach().clone() for p in state.model.parameters()]
     with torch.no_grad():
         for p in state.model.parameters():
             p.add_(1.0)  # the state a diverging run reached
-    handle_divergence(state, "training diverged at step 7: ...")
+    monitors.handle_divergence(state, "training diverged at step 7: ...")
     assert all(torch.equal(a, b) for a, b in zip(good, state.model.parameters()))
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3)
     with pytest.raises(RollbackError, match=re.escape("stability.max_rollbacks=1 rollbacks already done")):
-        handle_divergence(state, "training diverged at step 9: ...")
+        monitors.handle_divergence(state, "training diverged at step 9: ...")
 
 
 def test_a_rise_during_the_warmup_records_the_rate_at_the_rise() -> None:
@@ -191,8 +193,8 @@ def test_divergence_lr_factor_is_checked() -> None:
 
 
 def test_rollback_keeps_the_newest_snapshot_at_or_before_the_keep_step() -> None:
-    state = tiny_state("rollback")
-    rollback = state.rollback
+    state, monitors = tiny_state("rollback")
+    rollback = monitors.rollback
     assert rollback is not None
     weights = {}
     for step, keep_step in [(0, 0), (50, 60), (100, 60), (150, 60)]:
@@ -210,18 +212,18 @@ def test_rollback_keeps_the_newest_snapshot_at_or_before_the_keep_step() -> None
 
 
 def test_a_divergence_in_the_warmup_rolls_back_to_the_best_step_with_the_rate_below_the_rise() -> None:
-    state = tiny_state("rollback")
-    assert state.rollback is not None and state.divergence is not None
-    state.rollback.take(state, keep_step=0)  # step 0: the run's best point
+    state, monitors = tiny_state("rollback")
+    assert monitors.rollback is not None and monitors.divergence is not None
+    monitors.rollback.take(state, keep_step=0)  # step 0: the run's best point
     good = [p.detach().clone() for p in state.model.parameters()]
     state.step = 50
     with torch.no_grad():
         for p in state.model.parameters():
             p.add_(1.0)  # looked fine by its loss, but already damaged
-    state.rollback.take(state, keep_step=0)
-    state.divergence.rise_lr = 4e-3  # as update_train records it for a rise during the warmup
-    handle_divergence(state, "training diverged at step 60: ...")
+    monitors.rollback.take(state, keep_step=0)
+    monitors.divergence.rise_lr = 4e-3  # as update_train records it for a rise during the warmup
+    monitors.handle_divergence(state, "training diverged at step 60: ...")
     assert all(torch.equal(a, b) for a, b in zip(good, state.model.parameters()))
     # peak 1e-2; new peak = 0.03 × 4e-3 (below the rollback's own × 0.5)
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.03 * 4e-3)
-    assert state.rollback.history[-1].restored_step == 0
+    assert monitors.rollback.history[-1].restored_step == 0

@@ -15,12 +15,13 @@ from recognizer.alphabet import Alphabet
 from recognizer.checkpoint import load_checkpoint, save_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.data.batching import Batch
-from recognizer.engine.loop import TrainState, evaluate, train_step
+from recognizer.engine.loop import TrainState, evaluate_loader, train_step
 from recognizer.engine.precision import resolve_precision
 from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
 from recognizer.stability.collapse import BlankCollapseMonitor, blank_frames
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
+from recognizer.stability.monitors import StabilityMonitors
 from recognizer.stability.rollback import Rollback, RollbackError, finite_weights
 from recognizer.stability.runtime import NativeCTCLoss, attach_stability, make_ctc
 
@@ -45,8 +46,15 @@ def make_state(poison: NanOnCalls, every: int = 2, max_rollbacks: int = 2) -> Tr
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     precision = resolve_precision("32", torch.device("cpu"))
     state = TrainState(model, optimizer, constant(optimizer, 10), precision, NonFiniteGuard("rollback"))
-    state.rollback = Rollback(every_n_steps=every, lr_factor=0.5, max_rollbacks=max_rollbacks)
+    state.callbacks.append(StabilityMonitors(rollback=Rollback(every, lr_factor=0.5, max_rollbacks=max_rollbacks)))
     return state
+
+
+def rollback_of(state: TrainState) -> Rollback:
+    """The rollback behind the state's stability callback."""
+    (monitors,) = [c for c in state.callbacks if isinstance(c, StabilityMonitors)]
+    assert monitors.rollback is not None
+    return monitors.rollback
 
 
 def make_batch() -> Batch:
@@ -72,7 +80,7 @@ def test_rollback_restores_the_last_good_state_and_lowers_the_lr() -> None:
     assert state.scheduler.base_lrs == [pytest.approx(0.5e-2)]
     assert train_step(state, batch, ctc, 1.0).applied  # training goes on at the lower lr
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
-    assert [e.restored_step for e in state.rollback.history] == [2]
+    assert [e.restored_step for e in rollback_of(state).history] == [2]
     assert finite_weights(state.model)
 
 
@@ -82,7 +90,7 @@ def test_repeated_rollbacks_to_one_snapshot_compound_the_lr_factor() -> None:
     train_step(state, batch, ctc, 1.0)  # step 1 healthy; snapshot is the state before step 1
     train_step(state, batch, ctc, 1.0)
     train_step(state, batch, ctc, 1.0)
-    assert state.rollback.lr_scale == 0.25
+    assert rollback_of(state).lr_scale == 0.25
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-2)
 
 
@@ -116,7 +124,7 @@ def test_rollback_count_and_lr_scale_survive_a_checkpoint(tmp_path: Path) -> Non
 
     resumed = make_state(NanOnCalls({1}), every=100, max_rollbacks=1)  # NaN at once after the resume
     resumed.load_state_dict(load_checkpoint(tmp_path / "last.ckpt"))
-    assert resumed.rollback.lr_scale == 0.5 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
+    assert rollback_of(resumed).lr_scale == 0.5 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(0.5e-2)
     with pytest.raises(RollbackError, match=r"max_rollbacks=1 rollbacks already done.*\n  step 2 → restored step 0"):
         train_step(resumed, batch, ctc, 1.0)  # the budget was spent before the interruption
 
@@ -154,7 +162,9 @@ def test_evaluate_reports_blank_statistics_of_a_collapsed_model() -> None:
         model.head.bias.copy_(torch.tensor([100.0, 0.0, 0.0]))  # blank wins everywhere
     batch = make_batch()
     batch.targets = torch.tensor([[1, 2], [2, 1]])
-    metrics, _ = evaluate(model, [batch], CTCLoss(), Alphabet(["a", "b"]), resolve_precision("32", torch.device("cpu")))
+    metrics, _ = evaluate_loader(
+        model, [batch], CTCLoss(), Alphabet(["a", "b"]), resolve_precision("32", torch.device("cpu"))
+    )
     assert metrics["blank"] == 1.0 and metrics["empty"] == 1.0 and metrics["cer"] == 1.0
 
 
@@ -165,14 +175,16 @@ def stability_node(**overrides: object) -> DictConfig:
 
 def test_attach_stability_builds_the_configured_parts(tmp_path: Path) -> None:
     state = make_state(NanOnCalls(set()))
-    state.rollback = None
-    attach_stability(state, stability_node(nonfinite_policy="rollback", rollback_every_n_steps=7), tmp_path)
-    assert state.rollback.every_n_steps == 7 and state.inspector.folder == tmp_path / "nonfinite"
-    assert state.collapse.patience == 2
+    state.callbacks.clear()
+    monitors = attach_stability(state, stability_node(nonfinite_policy="rollback", rollback_every_n_steps=7), tmp_path)
+    assert state.callbacks == [monitors] and state.inspector.folder == tmp_path / "nonfinite"
+    assert monitors.rollback is not None and monitors.rollback.every_n_steps == 7
+    assert monitors.collapse is not None and monitors.collapse.patience == 2
+    assert monitors.divergence is not None
     plain = make_state(NanOnCalls(set()))
-    plain.rollback = None
-    attach_stability(plain, stability_node(collapse_patience=0), tmp_path)
-    assert plain.rollback is None and plain.collapse is None
+    plain.callbacks.clear()
+    quiet = attach_stability(plain, stability_node(collapse_patience=0, divergence_check=False), tmp_path)
+    assert quiet.rollback is None and quiet.collapse is None and quiet.divergence is None
 
 
 def test_native_ctc_disables_cudnn_only_around_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recognizer.engine.lr_finder import LRFindOptions, exponential_factor, smooth, steepest, suggest, valley
+from recognizer.engine.lr_range_test import LRFindOptions, exponential_factor, smooth, steepest, suggest, valley
 from recognizer.lr_find import find_lr
 from tests.conftest import compose_config, tiny_overrides
 from tests.helpers.runs import run_cli
