@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from recognizer.data.pages.formats import PageLine, Point
+from recognizer.data.pages.formats import Page, PageLine, Point
 
 NO_TEXT = "no text"
 NO_GEOMETRY = "no geometry"
@@ -22,8 +22,48 @@ DEGENERATE = "degenerate geometry"
 OUT_OF_PAGE = "outside the page"
 MISSING_IMAGE = "missing image"
 REFUSED_IMAGE = "image outside the allowed folders"
+PAGE_MISFIT = "page geometry does not fit its image"
 #: Why a line yields no sample, in the order they are checked.
-REASONS = (REFUSED_IMAGE, MISSING_IMAGE, NO_TEXT, NO_GEOMETRY, DEGENERATE, OUT_OF_PAGE)
+REASONS = (REFUSED_IMAGE, MISSING_IMAGE, NO_TEXT, NO_GEOMETRY, DEGENERATE, OUT_OF_PAGE, PAGE_MISFIT)
+#: A page whose lines reach past its edges this often (and at least twice) has coordinates made for another
+#: scan or size of the page: its other lines are cut from the wrong place too, so none of them is used.
+MISFIT_SHARE = 0.5
+#: How far past the page's declared edge (a fraction of its width or height) a point may lie before its line
+#: counts as reaching outside: outlines drawn a few pixels past the scan's border are an ordinary slip.
+MISFIT_MARGIN = 0.05
+
+
+def page_misfit(page: Page, reasons: Sequence[str | None]) -> str | None:
+    """Why a page's geometry does not fit its image, or None when it fits.
+
+    A line is counted when its outline reaches more than :data:`MISFIT_MARGIN` past the size the XML
+    declares for the page (in the XML's own units), or, for a page that declares none, when the line
+    lies outside its image (``reasons``: each line's reason from the line cache). One line past the
+    edge is an annotation slip (that line alone is dropped when it has no pixels on the page); most of
+    them means the XML was made for another scan or size of the page, and its lines inside the image hold
+    the wrong text.
+    """
+    placed = [line for line in page.lines if line.polygon or line.baseline]
+    if page.declared_size is None:
+        out = sum(r == OUT_OF_PAGE for r in reasons)
+    else:
+        width, height = page.declared_size
+        lo_x, hi_x, lo_y, hi_y = (
+            -MISFIT_MARGIN * width,
+            (1 + MISFIT_MARGIN) * width,
+            -MISFIT_MARGIN * height,
+            (1 + MISFIT_MARGIN) * height,
+        )
+        out = sum(
+            any(not (lo_x <= x <= hi_x and lo_y <= y <= hi_y) for x, y in (line.polygon or ()) + (line.baseline or ()))
+            for line in placed
+        )
+    if out < 2 or out < MISFIT_SHARE * len(placed):
+        return None
+    return (
+        f"{out} of its {len(placed)} lines reach past the page's edges: the XML's coordinates are for another scan "
+        "or size of this page (compare imageWidth/imageHeight with the image, or export the page again with its image)"
+    )
 
 
 class LineGeometryError(ValueError):

@@ -18,7 +18,7 @@ from recognizer.data.images.augment import LineAugment
 from recognizer.data.images.lines import LineDataset, Record
 from recognizer.data.pages.cache import LineCache
 from recognizer.data.pages.formats import parse_page
-from recognizer.data.pages.geometry import NO_TEXT
+from recognizer.data.pages.geometry import NO_TEXT, PAGE_MISFIT, page_misfit
 from recognizer.data.pages.sources import collect_xml, split_by_document
 
 log = logging.getLogger(__name__)
@@ -173,10 +173,14 @@ class PagesData(SplitData):
         self.line_cache.reset_counters()
         for xml in files:
             page = parse_page(xml, self.text_index, self.hyphen, self.image_dirs, self.allow_outside_images)
-            for line, cached in zip(page.lines, self.line_cache.lines(page)):
+            lines = list(zip(page.lines, self.line_cache.lines(page)))
+            misfit = page_misfit(page, [cached.reason for _, cached in lines])
+            for line, cached in lines:
                 reason, detail = cached.reason, cached.detail
                 if reason is None and not line.text:
                     reason, detail = NO_TEXT, "no TextEquiv/Unicode or String text" if line.text is None else "empty"
+                if misfit is not None:
+                    reason, detail = PAGE_MISFIT, misfit
                 if reason is not None:
                     where = f"{xml}: line {line.id}: {reason} ({detail})"
                     if self.audit_policy == "error":

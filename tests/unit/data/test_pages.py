@@ -180,6 +180,39 @@ def test_bad_lines_are_dropped_and_counted_by_reason(tmp_path, caplog):
     assert f"{xml}: line outside: outside the page (x 500..600, y 500..520 on a 120x60 page)" in caplog.text
 
 
+def scaled_lines(inside: int, outside: int) -> str:
+    """Lines that fit a 120x60 page, then lines placed as on a scan twice that size (past its edges)."""
+    fits = [
+        page_line(f"in{i}", "text", coords=f"1,{1 + 5 * i} 50,{1 + 5 * i} 50,{4 + 5 * i} 1,{4 + 5 * i}")
+        for i in range(inside)
+    ]
+    past = [
+        page_line(f"out{i}", "text", coords=f"100,{70 + 9 * i} 230,{70 + 9 * i} 230,{76 + 9 * i} 100,{76 + 9 * i}")
+        for i in range(outside)
+    ]
+    return "\n".join(fits + past)
+
+
+def test_a_page_whose_lines_mostly_fall_outside_its_image_is_dropped_whole(tmp_path, caplog):
+    write_page_image(tmp_path / "page.png")
+    xml = write(tmp_path / "p.xml", page_xml(scaled_lines(inside=2, outside=3)))
+    data = pages_data(tmp_path, train=str(xml), audit_policy="drop")
+    with caplog.at_level(logging.INFO), pytest.raises(DataError, match="hold no usable line"):
+        data.records("train")  # its two lines inside the image are not used either: their text is elsewhere
+    assert data.drops["train"] == {"page geometry does not fit its image": 5}
+    assert f"{xml}: line in0: page geometry does not fit its image (3 of its 5 lines reach past the page" in caplog.text
+    with pytest.raises(DataError, match=re.escape("the XML's coordinates are for another scan or size of this page")):
+        pages_data(tmp_path, train=str(xml)).records("train")
+
+
+def test_a_few_lines_past_the_edge_drop_alone(tmp_path):
+    write_page_image(tmp_path / "page.png")
+    xml = write(tmp_path / "p.xml", page_xml(scaled_lines(inside=5, outside=2)))
+    data = pages_data(tmp_path, train=str(xml), audit_policy="drop")
+    assert [r.id for r in data.records("train")] == [f"p/in{i}" for i in range(5)]
+    assert data.drops["train"] == {"outside the page": 2}
+
+
 @pytest.mark.parametrize(
     ("line", "message"),
     [
