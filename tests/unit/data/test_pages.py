@@ -205,6 +205,20 @@ def test_a_page_whose_lines_mostly_fall_outside_its_image_is_dropped_whole(tmp_p
         pages_data(tmp_path, train=str(xml)).records("train")
 
 
+def test_without_a_declared_size_lines_outside_the_image_tell_a_misfit_page(tmp_path):
+    write_page_image(tmp_path / "page.png")  # 120x60; the ALTO file says nothing of its size
+    inside = alto_line("in", '<String CONTENT="x"/>', polygon="1 1 30 1 30 10 1 10")
+    outside = [
+        alto_line(f"out{i}", '<String CONTENT="y"/>', polygon=f"500 {9 * i} 600 {9 * i} 600 {9 * i + 8}")
+        for i in range(3)
+    ]
+    xml = write(tmp_path / "a.xml", alto_xml("\n".join([inside, *outside]), width=None))
+    data = pages_data(tmp_path, train=str(xml), audit_policy="drop")
+    with pytest.raises(DataError, match="hold no usable line"):
+        data.records("train")
+    assert data.drops["train"] == {"page geometry does not fit its image": 4}
+
+
 def test_a_few_lines_past_the_edge_drop_alone(tmp_path):
     write_page_image(tmp_path / "page.png")
     xml = write(tmp_path / "p.xml", page_xml(scaled_lines(inside=5, outside=2)))
