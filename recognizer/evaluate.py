@@ -19,7 +19,7 @@ from recognizer.decoding import GreedyDecoder, build_decoder, decode_loader
 from recognizer.engine.loop import evaluate_loader
 from recognizer.engine.precision import resolve_device, resolve_precision
 from recognizer.metrics import ErrorRates
-from recognizer.score import write_predictions
+from recognizer.score import score, suspect_summary, write_predictions
 from recognizer.stability.options import StabilityOptions
 from recognizer.stability.runtime import make_ctc, run_audit
 
@@ -77,6 +77,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     metrics = {f"{cfg.split}/{k}": v for k, v in values.items()} | {f"{cfg.split}/samples": len(rows)}
     metrics |= {f"{cfg.split}/{k}": n for k, n in report.counts().items()}  # what the score does not cover
     predictions = write_predictions(rows, run_dir / f"predictions_{cfg.split}.tsv")
+    if warning := suspect_summary(score(rows), cfg.split):
+        log.warning("%s", warning)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)
     return metrics

@@ -98,6 +98,43 @@ def score(rows: Sequence[tuple[str, str, str]]) -> Report:
     return report
 
 
+#: A page is named as suspect when it has this many scored lines, and a CER at least this many times the whole
+#: split's and at least this high: text placed on the wrong lines (coordinates for another scan, a shifted
+#: reading order) looks so, and no rule on the XML alone can find it when the coordinates stay inside the image.
+SUSPECT_MIN_LINES, SUSPECT_FACTOR, SUSPECT_MIN_CER = 3, 2.0, 0.5
+
+
+def suspect_pages(report: Report) -> list[tuple[str, int, float]]:
+    """Pages whose CER is far above the split's, worst first: ``(page, lines, CER)``.
+
+    A page is the part of a line id before its last ``/`` (page data names its lines ``<xml stem>/<line
+    id>``); ids without one form no page. The thresholds: :data:`SUSPECT_MIN_LINES`, :data:`SUSPECT_FACTOR`,
+    :data:`SUSPECT_MIN_CER`.
+    """
+    pages: dict[str, list[int]] = {}
+    for errors, id_, ref, _ in report.lines:
+        if "/" in id_:
+            counts = pages.setdefault(id_.rsplit("/", 1)[0], [0, 0, 0])
+            counts[0], counts[1], counts[2] = counts[0] + 1, counts[1] + errors, counts[2] + len(ref)
+    floor = max(SUSPECT_MIN_CER, SUSPECT_FACTOR * report.chars.rate)
+    found = [(page, n, errors / chars) for page, (n, errors, chars) in pages.items() if chars]
+    suspects = [(page, n, cer) for page, n, cer in found if n >= SUSPECT_MIN_LINES and cer >= floor]
+    return sorted(suspects, key=lambda p: (-p[2], p[0]))
+
+
+def suspect_summary(report: Report, split: str) -> str | None:
+    """One message naming the suspect pages of ``split`` and what to check, or None when there are none."""
+    suspects = suspect_pages(report)
+    if not suspects:
+        return None
+    named = ", ".join(f"{page} ({n} lines, CER {cer:.2f})" for page, n, cer in suspects)
+    return (
+        f"{split}: {len(suspects)} page(s) score far below the rest (CER >= {SUSPECT_MIN_CER} and >= "
+        f"{SUSPECT_FACTOR:g} x the split's {report.chars.rate:.3f}): {named}. Check that their transcriptions sit on "
+        "the right lines (draw the line outlines on the image): misplaced ground truth looks like this"
+    )
+
+
 #: What names a line in a reference or hypothesis file: an id, transcribe's ``path``, or a data
 #: manifest's ``image`` (line TSV/JSONL) or ``audio_filepath`` (speech JSONL); the first present wins.
 ID_KEYS = ("id", "path", "image", "audio_filepath")
@@ -171,6 +208,10 @@ def format_report(report: Report, worst: int) -> str:
             f"{c.deletions} deletions, {c.insertions} insertions)"
         )
     lines.append(f"{len(report.lines)} lines, {sum(1 for e, *_ in report.lines if e)} with errors")
+    suspects = suspect_pages(report)
+    if suspects:
+        lines.append(f"pages far below the rest ({len(suspects)}: page, lines, CER):")
+        lines += [f"  {page}\t{n}\t{cer:.3f}" for page, n, cer in suspects]
     ranked = sorted((r for r in report.lines if r[0]), key=lambda r: (-r[0], r[1]))[:worst]
     if ranked:
         lines.append(f"worst {len(ranked)} lines (char errors, id, reference → hypothesis):")

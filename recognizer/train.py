@@ -36,7 +36,7 @@ from recognizer.engine.loop import TrainerOptions, TrainState, evaluate_loader, 
 from recognizer.engine.seeding import seed_everything
 from recognizer.loggers import JsonlLogger, MultiLogger, rewind_jsonl
 from recognizer.run import AlphabetChoice, Run, build_run
-from recognizer.score import write_predictions
+from recognizer.score import score, suspect_summary, write_predictions
 from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
 from recognizer.sweeps import register_resolvers
@@ -328,6 +328,8 @@ def final_evaluation(
             continue
         values, rows = evaluate_loader(state.model, loader, ctc, alphabet, state.precision, keep_predictions=True)
         write_predictions(rows, run_dir / f"predictions_{split}.tsv")
+        if warning := suspect_summary(score(rows), split):
+            log.warning("%s", warning)
         metrics |= {f"{split}/{k}": v for k, v in values.items()}
     for split, report in reports.items():
         metrics |= {f"{split}/{k}": n for k, n in report.counts().items()}

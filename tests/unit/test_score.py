@@ -8,7 +8,7 @@ import pytest
 
 from recognizer.cli.score import main
 from recognizer.metrics import edit_distance
-from recognizer.score import edit_counts, score
+from recognizer.score import edit_counts, format_report, score, suspect_pages, suspect_summary
 
 
 @pytest.mark.parametrize(
@@ -88,3 +88,26 @@ def test_errors_name_the_file_and_fix(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit, match="2"):  # argparse usage error
         main([str(hyp), "--ref", str(ref), "--worst", "-1"])
     assert "--worst must be >= 0, got -1" in capsys.readouterr().err
+
+
+def page_rows(page: str, lines: int, wrong: bool) -> list[tuple[str, str, str]]:
+    """``lines`` rows of ``page``: read right, or every character wrong."""
+    return [(f"{page}/l{i}", "abcd", "wxyz" if wrong else "abcd") for i in range(lines)]
+
+
+def test_pages_far_below_the_rest_are_named() -> None:
+    rows = page_rows("p1", 10, False) + page_rows("p2", 10, False) + page_rows("bad", 4, True)
+    rows += page_rows("tiny", 2, True)  # too few lines to say anything of a page
+    report = score(rows)
+    assert suspect_pages(report) == [("bad", 4, 1.0)]
+    message = suspect_summary(report, "test")
+    assert message is not None and message.startswith(
+        "test: 1 page(s) score far below the rest (CER >= 0.5 and >= 2 x the split's 0.231): bad (4 lines, CER 1.00)."
+    )
+    assert "pages far below the rest (1: page, lines, CER):\n  bad\t4\t1.000" in format_report(report, worst=0)
+
+
+def test_no_suspect_where_every_page_is_as_bad_or_lines_have_no_page() -> None:
+    uniform = score(page_rows("p1", 5, True) + page_rows("p2", 5, True))  # CER 1 everywhere: nothing stands out
+    assert suspect_pages(uniform) == [] and suspect_summary(uniform, "val") is None
+    assert suspect_pages(score([("line1.png", "ab", "zz"), ("line2.png", "ab", "ab")] * 3)) == []
