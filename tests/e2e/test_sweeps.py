@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from recognizer import CONFIG_DIR
-from recognizer import report as report_module
+from recognizer import sweep_report as report_module
 from recognizer.cli.sweep_report import main
 from recognizer.cli.train import main as train_main
 from recognizer.stability.guard import NonFiniteGuard, NonFiniteStepError
