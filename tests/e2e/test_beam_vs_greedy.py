@@ -1,0 +1,55 @@
+"""scripts/beam_vs_greedy.py: an LM from the train transcripts only, tuned on val, scored on val and test."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny_checkpoint import tiny_checkpoint
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "beam_vs_greedy.py"
+
+
+def load_script():  # scripts/ is not a package
+    spec = importlib.util.spec_from_file_location("beam_vs_greedy_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_word_lm_and_lexicon_come_from_the_given_text_only(tmp_path: Path) -> None:
+    script = load_script()
+    lexicon, lm = script.language_model(["ba na", "na mo"], [" ", "a", "b", "m", "n", "o"], tmp_path, 2, "words")
+    assert Path(lexicon).read_text(encoding="utf-8").splitlines() == ["ba b a", "na n a", "mo m o"]
+    arpa = Path(lm).read_text(encoding="utf-8")
+    assert "\tna mo" in arpa and "ngram 2=" in arpa  # a word bigram seen in the text
+    assert "\tba mo" not in arpa  # and none that is not
+
+
+def test_character_lm_without_lexicon_spells_spaces_as_the_decoder_token(tmp_path: Path) -> None:
+    lexicon, lm = load_script().language_model(["ab ba"], [" ", "a", "b"], tmp_path, 3, "none")
+    assert lexicon is None
+    assert "\tb <space> b" in Path(lm).read_text(encoding="utf-8")  # "ab ba": b, space, b
+
+
+def test_script_tunes_on_val_and_scores_val_and_test(
+    tmp_path_factory: pytest.TempPathFactory, data_root: Path, tmp_path: Path
+) -> None:
+    ckpt = tiny_checkpoint(tmp_path_factory, data_root)
+    data = [f"data.root={data_root}/digit_lines", "data.num_train=96", "data.num_val=24", "data.num_test=24"]
+    cmd = [sys.executable, str(SCRIPT), str(ckpt), "--out", str(tmp_path), "--order", "2", "--lm-weights", "0.1", "0.5"]
+    done = subprocess.run([*cmd, "--word-scores", "0", "--", *data], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "beam_vs_greedy.json").read_text())
+    assert [(w, s) for w, s, _ in report["grid"]] == [(0.1, 0.0), (0.5, 0.0)]
+    assert report["chosen_on_val"]["lm_weight"] in (0.1, 0.5)
+    for split in ("val", "test"):
+        assert set(report[split]) == {"greedy", "beam", "beam+symbols+lm2"}
+        chars = {figures["chars"] for figures in report[split].values()}
+        assert len(chars) == 1 and chars.pop() > 0  # every decoder scored the whole split
+    assert "chosen on val" in done.stdout and "test beam+symbols+lm2" in done.stdout
