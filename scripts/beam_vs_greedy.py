@@ -6,7 +6,7 @@ Usage::
         [--lm-weights 0.1 0.3 0.5 1.0] [--word-scores 0 1 2] -- [DATA OVERRIDES ...]
 
     python scripts/beam_vs_greedy.py best.ckpt --out runs/lm --order 6 --lexicon none -- \
-        experiment=asr_mboshi_conformer data.root=/path/to/mboshi-french-parallel-corpus
+        experiment=asr_mboshi_crnn data.root=/path/to/mboshi-french-parallel-corpus
 
 The data come from the overrides (the training config composed with them, as ``recognizer-eval``
 does; the checkpoint only sets their preprocessing): nothing in the checkpoint names code to run.
