@@ -30,6 +30,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from recognizer import CONFIG_DIR
 from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.data.loaders import make_loader
 from recognizer.decoding import (
@@ -44,8 +45,6 @@ from recognizer.decoding import (
 from recognizer.engine.precision import resolve_precision
 from recognizer.evaluate import eval_data_config
 from recognizer.metrics import ErrorRates
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "recognizer" / "conf")
 
 
 def language_model(texts: list[str], symbols: list[str], out: Path, order: int, lexicon: str) -> tuple[str | None, str]:
