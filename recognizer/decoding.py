@@ -100,8 +100,10 @@ class BeamDecoder:
             ``<space>`` for a space); None decodes lexicon-free (any token sequence).
         lm: optional KenLM model, ARPA (``.arpa``) or binary; None decodes without an LM.
         lm_weight: weight of the LM log-probability.
-        word_score: score added per word (lexicon) or per token (lexicon-free with LM).
-        sil_score: score added per word separator token.
+        word_score: score added per word; the lexicon decoder only (flashlight's lexicon-free
+            decoder never reads it).
+        sil_score: score added per word-separator token (``<space>``, or ``<sil>``): the insertion
+            score of lexicon-free decoding.
         unk_score: score of words outside the lexicon (``-inf`` forbids them).
         log_add: sum the probabilities of merged paths (True) instead of keeping the best (False).
         nbest: hypotheses computed per sample (the best one is returned).
@@ -369,23 +371,27 @@ def tune_lm(
     alphabet: Alphabet,
     precision: Precision,
     lm_weights: Sequence[float],
-    word_scores: Sequence[float],
+    insertion_scores: Sequence[float],
     **beam: object,
 ) -> tuple[dict[str, float], list[tuple[float, float, int]]]:
-    """Choose ``lm_weight`` and ``word_score`` for beam search on a held-out split (a grid, as NeMo does).
+    """Choose ``lm_weight`` and the insertion score for beam search on a held-out split (a grid, as NeMo does).
 
-    The model runs once; every grid point decodes the stored outputs. Pick the split you tune on
-    (validation) apart from the one you report (test).
+    The insertion score is ``word_score`` with a lexicon and ``sil_score`` (per word separator) without
+    one: flashlight's lexicon-free decoder never reads ``word_score``. The model runs once; every grid
+    point decodes the stored outputs. Pick the split you tune on (validation) apart from the one you
+    report (test).
 
     Args:
         model, loader, alphabet, precision: as for :func:`decode_loader`.
-        lm_weights, word_scores: the grid.
+        lm_weights, insertion_scores: the grid.
         beam: the other :class:`BeamDecoder` arguments (``lexicon``, ``lm``, ``beam_size`` ...).
 
     Returns:
-        ``({"lm_weight": w, "word_score": s}, [(w, s, character errors), ...])``: the first point of
-        the grid with the fewest character errors, and the whole table in grid order.
+        ``({"lm_weight": w, KEY: s}, [(w, s, character errors), ...])`` with KEY ``word_score`` or
+        ``sil_score``: the first point of the grid with the fewest character errors, and the whole
+        table in grid order.
     """
+    key = "word_score" if beam.get("lexicon") is not None else "sil_score"
     model.eval()
     outputs = []
     for batch in loader:
@@ -395,11 +401,11 @@ def tune_lm(
         outputs.append((logits.float().cpu(), lengths.cpu(), batch.texts))
     table = []
     for weight in lm_weights:
-        for word_score in word_scores:
-            decoder = BeamDecoder(alphabet.symbols, lm_weight=weight, word_score=word_score, **beam)  # type: ignore[arg-type]
+        for insertion in insertion_scores:
+            decoder = BeamDecoder(alphabet.symbols, lm_weight=weight, **{key: insertion}, **beam)  # type: ignore[arg-type]
             rates = ErrorRates()
             for logits, lengths, texts in outputs:
                 rates.update(texts, [alphabet.decode(h.ids) for h in decoder(logits, lengths)])
-            table.append((weight, word_score, rates.char_errors))
+            table.append((weight, insertion, rates.char_errors))
     best = min(table, key=lambda row: row[2])
-    return {"lm_weight": best[0], "word_score": best[1]}, table
+    return {"lm_weight": best[0], key: best[1]}, table

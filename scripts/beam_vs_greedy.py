@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/beam_vs_greedy.py CHECKPOINT --out DIR [--order 3] [--lexicon symbols|words|none]
-        [--lm-weights 0.1 0.3 0.5 1.0] [--word-scores 0 1 2] -- [DATA OVERRIDES ...]
+        [--lm-weights 0.1 0.3 0.5 1.0] [--insertion-scores 0 1 2] -- [DATA OVERRIDES ...]
 
     python scripts/beam_vs_greedy.py best.ckpt --out runs/lm --order 6 --lexicon none -- \
         experiment=asr_mboshi_crnn data.root=/path/to/mboshi-french-parallel-corpus
@@ -13,9 +13,10 @@ does; the checkpoint only sets their preprocessing): nothing in the checkpoint n
 From the ``train`` split (never val or test) it writes a character
 n-gram ARPA LM of ``--order`` and, with ``--lexicon``, a lexicon: ``symbols`` (one-symbol words: digit
 lines, which have no spaces) or ``words`` (the distinct words of the train text; then the LM is a word
-n-gram over them and words outside it are allowed at ``--unk-score``). ``lm_weight`` and ``word_score``
-are chosen on the validation split (:func:`recognizer.decoding.tune_lm`), then greedy, beam without LM
-and beam with the LM are scored on val and test with them. The figures go to stdout and to
+n-gram over them and words outside it are allowed at ``--unk-score``). ``lm_weight`` and the insertion
+score (``word_score`` with a lexicon, ``sil_score`` without: the lexicon-free decoder ignores
+``word_score``) are chosen on the validation split (:func:`recognizer.decoding.tune_lm`), then greedy,
+beam without LM and beam with the LM are scored on val and test with them. The figures go to stdout and to
 ``OUT_DIR/beam_vs_greedy.json``.
 """
 
@@ -72,7 +73,13 @@ def main() -> None:
     p.add_argument("--order", type=int, default=3, help="n-gram order of the LM (>= 2)")
     p.add_argument("--lexicon", choices=("symbols", "words", "none"), default="symbols")
     p.add_argument("--lm-weights", type=float, nargs="+", default=[0.1, 0.3, 0.5, 1.0])
-    p.add_argument("--word-scores", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    p.add_argument(
+        "--insertion-scores",
+        type=float,
+        nargs="+",
+        default=[0.0, 1.0, 2.0],
+        help="word_score grid with a lexicon, sil_score grid without one (the lexicon-free decoder ignores word_score)",
+    )
     p.add_argument("--unk-score", type=float, default=float("-inf"), help="--lexicon words: score of other words")
     p.add_argument("--beam-size", type=int, default=50)
     argv = sys.argv[1:]
@@ -94,9 +101,9 @@ def main() -> None:
         dataset = data.dataset(split)
         loaders[split], _ = make_loader(dataset, list(range(len(dataset))), alphabet, 32, False, 0, "error")
     chosen, table = tune_lm(
-        model, loaders["val"], alphabet, precision, args.lm_weights, args.word_scores, lm=lm, **beam
+        model, loaders["val"], alphabet, precision, args.lm_weights, args.insertion_scores, lm=lm, **beam
     )
-    print("val char errors per (lm_weight, word_score):", " ".join(f"({w}, {s}): {e}" for w, s, e in table))
+    print("val char errors per (lm_weight, insertion score):", " ".join(f"({w}, {s}): {e}" for w, s, e in table))
     print(f"chosen on val: {chosen}")
     decoders = {
         "greedy": GreedyDecoder(),

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from recognizer import CONFIG_DIR
 
 #: The beam decoder's options, each a ``--flag`` here and a key of the decoding config.
-BEAM_FLAGS = ("beam_size", "lexicon", "lm", "lm_weight", "word_score")
+BEAM_FLAGS = ("beam_size", "lexicon", "lm", "lm_weight", "word_score", "sil_score")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,7 +58,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lexicon", help="beam: lexicon file (WORD T O K E N S per line)")
     p.add_argument("--lm", help="beam: KenLM model, ARPA or binary")
     p.add_argument("--lm-weight", type=float, help="beam: LM weight")
-    p.add_argument("--word-score", type=float, help="beam: word insertion score")
+    p.add_argument("--word-score", type=float, help="beam with --lexicon: word insertion score")
+    p.add_argument(
+        "--sil-score", type=float, help="beam: score per word separator (the insertion score without a lexicon)"
+    )
     args = p.parse_args(argv)
     if args.timings and not args.jsonl:
         p.error("--timings needs --jsonl PATH (token positions are written to the JSONL only)")

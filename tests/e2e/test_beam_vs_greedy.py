@@ -43,7 +43,7 @@ def test_script_tunes_on_val_and_scores_val_and_test(
     ckpt = tiny_checkpoint(tmp_path_factory, data_root)
     data = [f"data.root={data_root}/digit_lines", "data.num_train=96", "data.num_val=24", "data.num_test=24"]
     cmd = [sys.executable, str(SCRIPT), str(ckpt), "--out", str(tmp_path), "--order", "2", "--lm-weights", "0.1", "0.5"]
-    done = subprocess.run([*cmd, "--word-scores", "0", "--", *data], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([*cmd, "--insertion-scores", "0", "--", *data], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "beam_vs_greedy.json").read_text())
     assert [(w, s) for w, s, _ in report["grid"]] == [(0.1, 0.0), (0.5, 0.0)]

@@ -100,6 +100,48 @@ def test_lexicon_with_spaces_decodes_words(tmp_path: Path) -> None:
     assert hyp.ids == ids("ab ba", symbols)
 
 
+# "a", a frame torn between the space (0.45) and the blank (0.55), "b": greedy says "ab"
+TORN_SPACE = [{2: 0.9}, {}, {1: 0.45}, {}, {3: 0.9}, {}]
+
+
+def test_lexicon_free_insertion_is_sil_score_and_word_score_is_ignored() -> None:
+    symbols = [" ", "a", "b"]
+    x = emissions(TORN_SPACE, 4)
+    assert greedy_decode(x, torch.tensor([6]))[0] == ids("ab", symbols)
+
+    def decode(**scores: float) -> list[int]:
+        (hyp,) = BeamDecoder(symbols, beam_size=8, **scores)(x, torch.tensor([6]))
+        return hyp.ids
+
+    assert decode(sil_score=2.0) == ids("a b", symbols)
+    assert decode(sil_score=-2.0) == decode(word_score=2.0) == decode(word_score=-2.0) == ids("ab", symbols)
+
+
+class FixedLogits(torch.nn.Module):
+    """A "model" that returns the same log-probs for any input: decoding alone is under test."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.logits, torch.full((len(inputs),), self.logits.shape[1])
+
+
+def test_tune_lm_tunes_sil_score_without_a_lexicon(tmp_path: Path) -> None:
+    from recognizer.alphabet import Alphabet
+    from recognizer.data.batching import Batch
+
+    alphabet = Alphabet([" ", "a", "b"])
+    batch = Batch(torch.zeros(1, 1, 1, 6), torch.tensor([6]), torch.zeros(1, 3), torch.tensor([3]), ["a b"], ["0"])
+    lm = write_arpa([list("ab"), list("ba")], tmp_path / "lm.arpa")
+    precision = resolve_precision("32", torch.device("cpu"))
+    model = FixedLogits(emissions(TORN_SPACE, 4))
+    chosen, table = tune_lm(model, [batch], alphabet, precision, (0.0,), (-2.0, 2.0), lm=str(lm), beam_size=8)
+    assert chosen == {"lm_weight": 0.0, "sil_score": 2.0}
+    assert table == [(0.0, -2.0, 1), (0.0, 2.0, 0)]  # "ab" misses the space; "a b" is right
+
+
 def test_arpa_conditional_probabilities_sum_to_one(tmp_path: Path) -> None:
     path = write_arpa([list("121"), list("13"), list("2")], tmp_path / "lm.arpa", order=2)
     uni, bi, backoff = {}, {}, {}
