@@ -21,9 +21,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from recognizer import CONFIG_DIR
 from recognizer.data.base import DataError
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "recognizer" / "conf")
 
 
 def write_lists(data: object, out: Path, xml_dir: Path | None = None) -> dict[str, int]:

@@ -38,8 +38,9 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", "audit.json", "nonf
 
 #: Settings that never change what is trained: a resume may change them freely. Everything else under
 #: :data:`COMPARED` must match the checkpoint's run unless ``trainer.resume_allow`` names it.
-#: ``trainer.max_epochs`` is here because extending a run is the common case (the cosine is stretched
-#: from the current step on; the log says so).
+#: ``trainer.max_epochs`` is here because extending a run is the common case: the schedule is rebuilt for
+#: the new length and read at the current step, so the LR moves to where the new plan has it (a cosine
+#: is not stretched from here on; the "LR schedule" log line gives the new end).
 OPERATIONAL = frozenset(
     {
         *("trainer.max_epochs", "trainer.max_steps", "trainer.early_stopping_patience", "trainer.progress_bar"),

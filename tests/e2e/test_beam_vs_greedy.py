@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,20 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.scripts import SCRIPTS, load_script
 from tests.helpers.tiny_checkpoint import tiny_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "beam_vs_greedy.py"
-
-
-def load_script():  # scripts/ is not a package
-    spec = importlib.util.spec_from_file_location("beam_vs_greedy_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = SCRIPTS / "beam_vs_greedy.py"
 
 
 def test_word_lm_and_lexicon_come_from_the_given_text_only(tmp_path: Path) -> None:
-    script = load_script()
+    script = load_script("beam_vs_greedy")
     lexicon, lm = script.language_model(["ba na", "na mo"], [" ", "a", "b", "m", "n", "o"], tmp_path, 2, "words")
     assert Path(lexicon).read_text(encoding="utf-8").splitlines() == ["ba b a", "na n a", "mo m o"]
     arpa = Path(lm).read_text(encoding="utf-8")
@@ -32,7 +25,7 @@ def test_word_lm_and_lexicon_come_from_the_given_text_only(tmp_path: Path) -> No
 
 
 def test_character_lm_without_lexicon_spells_spaces_as_the_decoder_token(tmp_path: Path) -> None:
-    lexicon, lm = load_script().language_model(["ab ba"], [" ", "a", "b"], tmp_path, 3, "none")
+    lexicon, lm = load_script("beam_vs_greedy").language_model(["ab ba"], [" ", "a", "b"], tmp_path, 3, "none")
     assert lexicon is None
     assert "\tb <space> b" in Path(lm).read_text(encoding="utf-8")  # "ab ba": b, space, b
 

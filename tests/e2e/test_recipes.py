@@ -3,13 +3,11 @@ that scripts/reproduce.py can check."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from hydra.utils import get_class
@@ -18,22 +16,14 @@ from omegaconf import DictConfig
 from recognizer import CONFIG_DIR
 from recognizer.train import train
 from tests.conftest import compose_config
+from tests.helpers.scripts import SCRIPTS, load_script
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: RESULTS.md, README.md
 RECIPES = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-SCRIPT = ROOT / "scripts" / "reproduce.py"
+SCRIPT = SCRIPTS / "reproduce.py"
 
 
-def load_reproduce() -> ModuleType:
-    """scripts/reproduce.py as a module (scripts/ is not a package; no sys.path change)."""
-    spec = importlib.util.spec_from_file_location("reproduce_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-reproduce = load_reproduce()
+reproduce = load_script("reproduce")
 
 
 def tiny_librispeech(root: Path) -> list[str]:

@@ -520,14 +520,9 @@ def test_pages_config_takes_data_augment(tmp_path: Path) -> None:
 
 def test_split_lists_for_a_peer_tool_are_the_training_split(tmp_path):
     """scripts/page_split_lists.py writes exactly the pages each split trains on (kraken's -t/-e lists)."""
-    import importlib.util
+    from tests.helpers.scripts import load_script
 
-    spec = importlib.util.spec_from_file_location(
-        "page_split_lists", Path(__file__).resolve().parents[3] / "scripts" / "page_split_lists.py"
-    )
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("page_split_lists")
     write_page_image(tmp_path / "page.png")
     for i in range(10):
         write(tmp_path / "pages" / f"p{i}.xml", page_xml(page_line(f"l{i}", f"t{i}", "1,1 30,1 30,10"), "../page.png"))
