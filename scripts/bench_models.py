@@ -8,6 +8,9 @@ guard) on the default config of its recipe:
   set's range (11–131 px), so shapes vary from step to step as in training;
 - ``crnn-lines``: the generic ``data=lines`` CRNN (height 64), widths 128–390 px (kraken's digit-line
   set of ``../shared/peer/make_lines.py`` scaled to 64 px); use ``--batch-size 16`` (``data=lines``'s);
+- ``crnn-hooker``: ``experiment=htr_hooker_crnn`` (``crnn_large``, 4.2M, 48 px), widths 100–770 px
+  (5th–95th percentile of the Hooker lines at 48 px); an image recipe's widths scale with
+  ``--override data.height=H``;
 - ``crnn-fsdd``: ``experiment=asr_fsdd_crnn`` (0.88M, 40 log-mel bins), batches of 32 FSDD clips with
   their padding (0.55–1.5 s: 55–150 frames);
 - ``conformer``: ``experiment=asr_digits_conformer`` (80 log-mel bins), batches of 32 utterances of
@@ -54,6 +57,7 @@ from recognizer.stability.runtime import attach_stability, make_ctc
 RECIPES = {
     "crnn": (["data=digit_lines", "model=crnn"], (11, 131)),
     "crnn-lines": (["data=lines", "model=crnn"], (128, 390)),
+    "crnn-hooker": (["experiment=htr_hooker_crnn"], (100, 770)),
     "crnn-fsdd": (["experiment=asr_fsdd_crnn"], (55, 150)),
     "conformer": (["experiment=asr_digits_conformer"], (50, 250)),
     # the GPU recipe's model (26M) on LibriSpeech-like lengths: 2-15 s
@@ -91,6 +95,9 @@ def profiler_activities(device: torch.device) -> list:
 def bench(name: str, compiled: bool, precision_name: str, ctc_kind: str, args: argparse.Namespace) -> dict:
     overrides, widths = RECIPES[name]
     cfg = config([*overrides, f"stability.cudnn_ctc={ctc_kind == 'cudnn'}", *args.override])
+    if "n_mels" not in cfg.data:  # line images: the widths keep their aspect ratio at another height
+        scale = cfg.data.height / config(overrides).data.height
+        widths = (round(widths[0] * scale), round(widths[1] * scale))
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = instantiate(cfg.model, num_classes=11).to(device)

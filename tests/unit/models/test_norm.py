@@ -85,3 +85,47 @@ def test_gradients_ignore_the_padding() -> None:
 def test_bad_input_is_named() -> None:
     with pytest.raises(ValueError, match=r"MaskedBatchNorm expects \(B, C, \.\.\.\) input, got shape \(4,\)"):
         MaskedBatchNorm(4)(torch.randn(4), torch.ones(4))
+
+
+def reference_masked_norm(
+    x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """The masked BatchNorm written plainly, for autograd to differentiate (statistics included); padded
+    outputs zeroed, as the models do with them."""
+    dims = [0, *range(2, x.dim())]
+    m = mask.expand(x.size(0), 1, *x.shape[2:]).to(x.dtype)
+    n = m.sum()
+    mean = (x * m).sum(dims, keepdim=True) / n
+    var = (((x - mean) ** 2) * m).sum(dims, keepdim=True) / n
+    shape = [1, -1, *([1] * (x.dim() - 2))]
+    return ((x - mean) / torch.sqrt(var + 1e-5) * weight.view(shape) + bias.view(shape)) * m
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous_3d"])
+def test_output_and_gradients_match_autograd_through_the_masked_statistics(layout: str) -> None:
+    """The closed-form backward on rows against float64 autograd of the plain formula, in the CRNN's
+    layout (channels-last 4-D, where the rows are a view) and the Conformer's (contiguous (B, C, T))."""
+    torch.manual_seed(0)
+    if layout == "channels_last":
+        x = torch.randn(3, 4, 5, 20).contiguous(memory_format=torch.channels_last) * 3 + 1
+        mask = width_mask(torch.tensor([20, 7, 13]), 20)
+    else:
+        x = torch.randn(3, 4, 20) * 3 + 1
+        mask = (torch.arange(20) < torch.tensor([[20], [7], [13]])).unsqueeze(1)
+    x.requires_grad_()
+    norm = MaskedBatchNorm(4)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2)
+        norm.bias.uniform_(-1, 1)
+    dy = torch.randn(x.shape) * mask  # callers zero the padded outputs: no gradient comes from them
+    y = norm(x, mask)
+    y.backward(dy)
+    assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+    x64 = x.detach().double().requires_grad_()
+    w64, b64 = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    y64 = reference_masked_norm(x64, mask, w64, b64)
+    y64.backward(dy.double())
+    torch.testing.assert_close(y.double() * mask, y64, atol=1e-5, rtol=0)
+    for ours, reference in ((x.grad, x64.grad), (norm.weight.grad, w64.grad), (norm.bias.grad, b64.grad)):
+        torch.testing.assert_close(ours.double(), reference, atol=1e-5, rtol=1e-5)
