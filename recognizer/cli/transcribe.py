@@ -59,9 +59,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--lm", help="beam: KenLM model, ARPA or binary")
     p.add_argument("--lm-weight", type=float, help="beam: LM weight")
     p.add_argument("--word-score", type=float, help="beam with --lexicon: word insertion score")
-    p.add_argument(
-        "--sil-score", type=float, help="beam: score per word separator (the insertion score without a lexicon)"
-    )
+    p.add_argument("--sil-score", type=float, help="beam: score per word separator (lexicon-free insertion)")
     args = p.parse_args(argv)
     if args.timings and not args.jsonl:
         p.error("--timings needs --jsonl PATH (token positions are written to the JSONL only)")
