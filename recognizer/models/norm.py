@@ -15,8 +15,6 @@ that is what batch normalisation is. It no longer depends on the padding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -53,14 +51,14 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
         xf = x.float()
-        valid = _rows(mask.to(torch.float32).expand(x.size(0), 1, *x.shape[2:]))  # (N, 1)
+        m = mask.to(torch.float32).expand(x.size(0), 1, *x.shape[2:])  # (B, 1, *S)
         with torch.no_grad():  # the statistics' dependence on x is in _MaskedNorm.backward
-            mean, var, count = _valid_stats(_rows(xf), valid)
+            mean, var, count = _valid_stats(xf, m)
             if self.training and self.track_running_stats:
                 self._update_running(mean, var, count)
         weight = self.weight.float() if self.weight is not None else torch.ones_like(mean)
         bias = self.bias.float() if self.bias is not None else torch.zeros_like(mean)
-        y = _MaskedNorm.apply(xf, valid, mean, torch.rsqrt(var + self.eps), count.clamp(min=1.0), weight, bias)
+        y = _MaskedNorm.apply(xf, m, mean, torch.rsqrt(var + self.eps), count.clamp(min=1.0), weight, bias)
         return y.to(x.dtype)
 
     @torch.no_grad()
@@ -79,82 +77,54 @@ class MaskedBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def _rows(t: Tensor) -> Tensor:
-    """``(B, C, *S)`` → ``(N, C)``: a view for channels-last activations (the CRNN's), else a copy.
-
-    Every full-size operation of the norm runs on rows, the mask as an ``(N, 1)`` column and each sum a
-    reduction over the first axis: forward and backward together measured 2.3× faster than the same
-    formulas broadcast in ``(B, C, H, W)`` against a ``(B, 1, H, W)`` mask (crnn_large's first block on
-    Hooker-sized lines, 16 × 16 × 48 × 700 channels-last, one thread: 310–323 ms → 126–143 ms).
-    """
+    """``(B, C, *S)`` → ``(N, C)``: a view for channels-last activations, where a reduction over rows is
+    fast (reducing (B, H, W) of a channels-last tensor in place is several times slower)."""
     return t.movedim(1, -1).reshape(-1, t.size(1))
 
 
-def _rows_into(like: Tensor, compute: Callable[[Tensor | None], Tensor]) -> Tensor:
-    """A new ``(B, C, *S)`` tensor in ``like``'s layout holding ``compute(out)``'s rows: written in place
-    through ``out`` when the rows of that layout are a view, else computed (``out=None``) and laid out.
-    Never a view of a temporary: the models apply in-place activations to a norm's output."""
-    result = torch.empty_like(like)
-    rows = _rows(result)
-    if rows.data_ptr() == result.data_ptr() and rows.is_contiguous():
-        compute(rows)
-        return result
-    shape = (like.size(0), *like.shape[2:], like.size(1))
-    return result.copy_(compute(None).view(shape).movedim(-1, 1))
-
-
-def _valid_stats(rows: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``rows`` ``(N, C)`` over the rows where ``valid`` ``(N, 1)``
-    is 1, and their count. ``sum`` rather than a matrix product with the mask: its pairwise summation
-    keeps fp32 sums over 10^5-10^6 rows accurate (a GEMV is ~100x less so)."""
+def _valid_stats(x: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``x`` over the positions where ``m`` is 1, and their count."""
+    rows, valid = _rows(x), _rows(m)  # (N, C), (N, 1)
     count = valid.sum()  # a 0-dim tensor: no host sync
     n = count.clamp(min=1.0)
     masked = rows * valid
     mean = masked.sum(0) / n
-    var = (masked.mul_(rows).sum(0) / n - mean.pow(2)).clamp(min=0.0)  # E[x²] − E[x]² in fp32: ample here
+    var = ((masked * rows).sum(0) / n - mean.pow(2)).clamp(min=0.0)  # E[x²] − E[x]² in fp32: ample here
     return mean, var, count
 
 
 class _MaskedNorm(torch.autograd.Function):
-    """``y = (x − mean) · rstd · weight + bias`` on rows ``(N, C)``, with BatchNorm's gradient restricted to
-    the valid rows ``m`` ``(N, 1)``.
+    """``y = (x − mean) · rstd · weight + bias`` with BatchNorm's gradient restricted to the valid positions.
 
     Autograd through the masked statistics takes about twice the full-size operations of this closed
     form (measured: the CRNN's training step at 64 px went from 1.00 to 1.45 × plain BatchNorm's time;
     with this backward, see docs/training.md, "Speed per step on CPU").
-    With ``x̂ = (x − mean) · rstd`` and sums over the valid rows of each channel:
-    ``db = Σ m·dy``, ``dw = Σ m·dy·x̂ = rstd · (Σ m·dy·x − mean · db)``,
-    ``dx = w · rstd · (dy − m · (db + x̂ · dw) / n) = s · dy − m · s · (k0 + k1 · x)`` with ``s = w · rstd``,
-    ``k1 = rstd · dw / n``, ``k0 = db / n − mean · k1``: three full-size passes after the two sums.
+    ``dx = w · rstd · (dy − m · (Σ m·dy + x̂ · Σ m·dy·x̂) / n)``,
+    ``dw = Σ m·dy·x̂``, ``db = Σ m·dy`` (sums over the valid positions of each channel).
     """
 
     @staticmethod
     def forward(ctx, x, m, mean, rstd, n, weight, bias):
         scale = rstd * weight
         ctx.save_for_backward(x, m, mean, rstd, n, weight)
-        shift = bias - mean * scale
-        return _rows_into(x, lambda out: torch.addcmul(shift, _rows(x), scale, out=out))
+        return torch.addcmul(_channel(bias - mean * scale, x.dim()), x, _channel(scale, x.dim()))
 
     @staticmethod
     def backward(ctx, dy):
         x, m, mean, rstd, n, weight = ctx.saved_tensors
-        rows, g = _rows(x), _rows(dy.contiguous(memory_format=_layout(x)))
-        gm = g * m  # the statistics only see the valid rows
-        db = gm.sum(0)
-        dw = rstd * (gm.mul_(rows).sum(0) - mean * db)
-        s = rstd * weight
-        k1 = rstd * dw / n
-        k0 = db / n - mean * k1
-
-        def dx(out: Tensor | None) -> Tensor:  # s · dy − m · s · (k0 + k1 · x)
-            return torch.addcmul(-k0 * s, rows, -k1 * s, out=out).mul_(m).addcmul_(g, s)
-
-        return _rows_into(x, dx), None, None, None, None, dw, db
+        dim = x.dim()
+        xhat = (x - _channel(mean, dim)) * _channel(rstd, dim)
+        gm = dy * m  # the statistics only see the valid positions
+        db = _rows(gm).sum(0)
+        dw = _rows(gm * xhat).sum(0)
+        correction = (_channel(db, dim) + xhat * _channel(dw, dim)) * (m / n)
+        dx = (dy - correction) * _channel(rstd * weight, dim)
+        return dx, None, None, None, None, dw, db
 
 
-def _layout(t: Tensor) -> torch.memory_format:
-    """Channels-last for a 4-D channels-last tensor, else the contiguous format."""
-    channels_last = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
-    return torch.channels_last if channels_last else torch.contiguous_format
+def _channel(v: Tensor, dim: int) -> Tensor:
+    """``(C,)`` → ``(1, C, 1, ...)`` for broadcasting against a ``dim``-dimensional input."""
+    return v.view(1, -1, *([1] * (dim - 2)))
 
 
 def masked_batch_norm_from(norm: nn.modules.batchnorm._BatchNorm) -> MaskedBatchNorm:
