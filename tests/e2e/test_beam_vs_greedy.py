@@ -13,10 +13,10 @@ from tests.helpers.scripts import SCRIPTS, load_script
 from tests.helpers.tiny_checkpoint import tiny_checkpoint
 
 SCRIPT = SCRIPTS / "beam_vs_greedy.py"
+script = load_script("beam_vs_greedy")
 
 
 def test_word_lm_and_lexicon_come_from_the_given_text_only(tmp_path: Path) -> None:
-    script = load_script("beam_vs_greedy")
     lexicon, lm = script.language_model(["ba na", "na mo"], [" ", "a", "b", "m", "n", "o"], tmp_path, 2, "words")
     assert Path(lexicon).read_text(encoding="utf-8").splitlines() == ["ba b a", "na n a", "mo m o"]
     arpa = Path(lm).read_text(encoding="utf-8")
@@ -25,7 +25,7 @@ def test_word_lm_and_lexicon_come_from_the_given_text_only(tmp_path: Path) -> No
 
 
 def test_character_lm_without_lexicon_spells_spaces_as_the_decoder_token(tmp_path: Path) -> None:
-    lexicon, lm = load_script("beam_vs_greedy").language_model(["ab ba"], [" ", "a", "b"], tmp_path, 3, "none")
+    lexicon, lm = script.language_model(["ab ba"], [" ", "a", "b"], tmp_path, 3, "none")
     assert lexicon is None
     assert "\tb <space> b" in Path(lm).read_text(encoding="utf-8")  # "ab ba": b, space, b
 

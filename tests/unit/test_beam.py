@@ -10,8 +10,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from recognizer.alphabet import Alphabet
 from recognizer.checkpoint import build_model, load_checkpoint
 from recognizer.ctc import greedy_decode
+from recognizer.data.batching import Batch
 from recognizer.data.loaders import make_loader
 from recognizer.decoding import (
     BeamDecoder,
@@ -129,9 +131,6 @@ class FixedLogits(torch.nn.Module):
 
 
 def test_tune_lm_tunes_sil_score_without_a_lexicon(tmp_path: Path) -> None:
-    from recognizer.alphabet import Alphabet
-    from recognizer.data.batching import Batch
-
     alphabet = Alphabet([" ", "a", "b"])
     batch = Batch(torch.zeros(1, 1, 1, 6), torch.tensor([6]), torch.zeros(1, 3), torch.tensor([3]), ["a b"], ["0"])
     lm = write_arpa([list("ab"), list("ba")], tmp_path / "lm.arpa")

@@ -103,8 +103,8 @@ def reference_masked_norm(
 
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous_3d"])
 def test_output_and_gradients_match_autograd_through_the_masked_statistics(layout: str) -> None:
-    """The closed-form backward on rows against float64 autograd of the plain formula, in the CRNN's
-    layout (channels-last 4-D, where the rows are a view) and the Conformer's (contiguous (B, C, T))."""
+    """The closed-form backward against float64 autograd of the plain formula, in the CRNN's layout
+    (channels-last 4-D) and the Conformer's (contiguous (B, C, T)); the output keeps the input's layout."""
     torch.manual_seed(0)
     if layout == "channels_last":
         x = torch.randn(3, 4, 5, 20).contiguous(memory_format=torch.channels_last) * 3 + 1
