@@ -1,0 +1,176 @@
+"""What a base model buys: train on N lines from scratch and from a base checkpoint, at equal steps.
+
+For each N of ``--lines`` (``all``: every train line) this runs the training command twice, the same N
+seeded lines (``trainer.train_samples``) and the same number of optimizer steps (``--steps``), so the two
+runs of a row take about the same wall time:
+
+- ``scratch``: the recipe as it is;
+- ``base``: ``trainer.init_from=BASE trainer.init_alphabet=union`` (the base model's symbols kept, the new
+  ones added with fresh output rows) and ``trainer.freeze_backbone_steps`` from ``--freeze``.
+
+Each run's schedule spans about ``--steps`` (``trainer.max_epochs`` is derived from N and the batch size,
+``trainer.max_steps`` stops it there) and it validates ``--validations`` times. Runs go to
+``OUT/<start>_<N>/`` and resume there (``trainer.resume=auto``), so a stopped table continues where it
+was. The table of test CER (and val CER, steps, minutes of training) is written to ``OUT/table.md`` and
+``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``.
+
+Usage::
+
+    python scripts/finetune_table.py --base BASE/checkpoints/best.ckpt --lines 100 300 1000 all \\
+        --steps 1200 --out runs/ft -- experiment=htr_hooker_crnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTS = ("scratch", "base")
+
+
+@dataclass
+class Plan:
+    start: str  # scratch | base
+    lines: int | None  # None: all train lines
+    overrides: list[str]
+
+    @property
+    def name(self) -> str:
+        return f"{self.start}_{'all' if self.lines is None else self.lines}"
+
+
+def plan_runs(
+    lines: list[int | None],
+    steps: int,
+    batch_size: int,
+    all_lines: int,
+    base: str,
+    freeze: int = 0,
+    validations: int = 8,
+) -> list[Plan]:
+    """The overrides of every run: for each N, from scratch then from ``base``, ``steps`` steps each.
+
+    Args:
+        lines: train line counts; None for all of them (``all_lines``).
+        steps: optimizer steps per run (equal for every run).
+        batch_size: the recipe's ``data.batch_size`` (steps per epoch = ceil(N / batch_size)).
+        all_lines: how many train lines "all" is, for its epoch count.
+        base: the base checkpoint.
+        freeze: ``trainer.freeze_backbone_steps`` of the fine-tuned runs.
+        validations: about how many validations a run makes.
+    """
+    if steps < 1 or batch_size < 1 or validations < 1:
+        raise ValueError(f"need steps, batch size and validations >= 1, got {steps}, {batch_size}, {validations}")
+    plans = []
+    for n in lines:
+        count = all_lines if n is None else n
+        if count < 1:
+            raise ValueError(f"a run needs at least 1 train line, got {count}")
+        epochs = math.ceil(steps / math.ceil(count / batch_size))
+        common = [
+            *([] if n is None else [f"trainer.train_samples={n}"]),
+            f"trainer.max_steps={steps}",
+            f"trainer.max_epochs={epochs}",
+            f"trainer.val_every_n_epochs={max(1, epochs // validations)}",
+            "trainer.early_stopping_patience=null",  # equal steps: no run stops before the others
+        ]
+        finetune = [
+            f"trainer.init_from={base}",
+            "trainer.init_alphabet=union",
+            f"trainer.freeze_backbone_steps={freeze}",
+        ]
+        plans.append(Plan("scratch", n, common))
+        plans.append(Plan("base", n, [*common, *finetune]))
+    return plans
+
+
+def run(plan: Plan, recipe: list[str], out: Path, command: list[str]) -> dict:
+    """Train ``plan`` (resuming its folder; nothing to do when it has finished) and return its final metrics."""
+    folder = out / plan.name
+    metrics_file = folder / "metrics.json"
+    if not metrics_file.exists():
+        args = [*command, *recipe, *plan.overrides, "trainer.resume=auto", "trainer.progress_bar=false"]
+        args.append(f"hydra.run.dir={folder}")
+        print("+", " ".join(args), flush=True)
+        subprocess.run(args, check=True)
+    return json.loads(metrics_file.read_text())
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per N, test CER (val CER) from scratch and from the base, steps and minutes of
+    training (``train/time``: validation included, across resumes)."""
+    lines = [
+        "| train lines | from scratch: test CER (val) | from the base: test CER (val) | steps "
+        "| minutes (scratch / base) |",
+        "|---|---|---|---|---|",
+    ]
+    by_n: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_n.setdefault(r["lines"], {})[r["start"]] = r
+    for n, pair in by_n.items():
+        cells = [f"{pair[s]['test/cer']:.3f} ({pair[s]['val/cer']:.3f})" if s in pair else "—" for s in STARTS]
+        steps = next(iter(pair.values()))["train/steps"]
+        minutes = " / ".join(f"{pair[s]['train/time'] / 60:.1f}" if s in pair else "—" for s in STARTS)
+        lines.append(f"| {n} | {cells[0]} | {cells[1]} | {steps} | {minutes} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: Path, all_lines: int) -> None:
+    """Test CER against train lines (log axis), one curve per start."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for start, label in (("scratch", "from scratch"), ("base", "from the base model")):
+        points = sorted(
+            (all_lines if r["lines"] == "all" else int(r["lines"]), r["test/cer"]) for r in rows if r["start"] == start
+        )
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("train lines")
+    ax.set_ylabel("test CER")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="the base checkpoint (a best.ckpt)")
+    parser.add_argument("--lines", nargs="+", default=["100", "300", "1000", "all"], help="train line counts, or all")
+    parser.add_argument("--all-lines", type=int, required=True, help="how many train lines the recipe trains on")
+    parser.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run")
+    parser.add_argument("--batch-size", type=int, default=16, help="the recipe's data.batch_size")
+    parser.add_argument("--freeze", type=int, default=0, help="trainer.freeze_backbone_steps of the fine-tuned runs")
+    parser.add_argument("--validations", type=int, default=8, help="about how many validations per run")
+    parser.add_argument("--out", type=Path, required=True, help="folder of the runs and the table")
+    parser.add_argument("--command", default="recognizer-train", help="the training command")
+    parser.add_argument("recipe", nargs=argparse.REMAINDER, help="the recipe's overrides, after --")
+    args = parser.parse_args(argv)
+    recipe = [a for a in args.recipe if a != "--"]
+    counts = [None if n == "all" else int(n) for n in args.lines]
+    plans = plan_runs(counts, args.steps, args.batch_size, args.all_lines, args.base, args.freeze, args.validations)
+    rows = []
+    for plan in plans:
+        metrics = run(plan, recipe, args.out, args.command.split())
+        rows.append({"start": plan.start, "lines": "all" if plan.lines is None else str(plan.lines), **metrics})
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "table.md").write_text(table(rows))
+    plot(rows, args.out / "cer_vs_lines.png", args.all_lines)
+    sys.stdout.write(table(rows))
+
+
+if __name__ == "__main__":
+    main()
