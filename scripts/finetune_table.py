@@ -40,8 +40,13 @@ class Plan:
     overrides: list[str]
 
     @property
+    def label(self) -> str:
+        """The line count as the table shows it: ``100`` or ``all``."""
+        return "all" if self.lines is None else str(self.lines)
+
+    @property
     def name(self) -> str:
-        return f"{self.start}_{'all' if self.lines is None else self.lines}"
+        return f"{self.start}_{self.label}"
 
 
 def plan_runs(
@@ -120,8 +125,8 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: Path, all_lines: int) -> None:
-    """Test CER against train lines (log axis), one curve per start."""
+def plot(rows: list[dict], path: Path) -> None:
+    """Test CER against train lines (``count``, log axis), one curve per start."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,9 +134,7 @@ def plot(rows: list[dict], path: Path, all_lines: int) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for start, label in (("scratch", "from scratch"), ("base", "from the base model")):
-        points = sorted(
-            (all_lines if r["lines"] == "all" else int(r["lines"]), r["test/cer"]) for r in rows if r["start"] == start
-        )
+        points = sorted((r["count"], r["test/cer"]) for r in rows if r["start"] == start)
         if points:
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax.set_xscale("log")
@@ -164,12 +167,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for plan in plans:
         metrics = run(plan, recipe, args.out, args.command.split())
-        rows.append({"start": plan.start, "lines": "all" if plan.lines is None else str(plan.lines), **metrics})
+        count = args.all_lines if plan.lines is None else plan.lines
+        rows.append({"start": plan.start, "lines": plan.label, "count": count, **metrics})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.json").write_text(json.dumps(rows, indent=2))
-    (args.out / "table.md").write_text(table(rows))
-    plot(rows, args.out / "cer_vs_lines.png", args.all_lines)
-    sys.stdout.write(table(rows))
+    markdown = table(rows)
+    (args.out / "table.md").write_text(markdown)
+    plot(rows, args.out / "cer_vs_lines.png")
+    sys.stdout.write(markdown)
 
 
 if __name__ == "__main__":
