@@ -146,6 +146,34 @@ def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, t
     assert list(embedded.channels) == [16, 32, 64]  # the embedded digits keep the small default
 
 
+#: The real-page recipes built on experiment/common/htr_pages.yaml.
+PAGE_RECIPES = ["htr_cremma_mss18_crnn", "htr_french_base_crnn", "htr_hooker_crnn"]
+
+
+@pytest.mark.parametrize("recipe", PAGE_RECIPES)
+def test_the_french_base_model_loads_into_every_page_recipe(recipe: str, tmp_path: Path) -> None:
+    """trainer.init_from needs the same model config and height: the shared settings keep them equal."""
+    base = compose_config("train", ["experiment=htr_french_base_crnn", f"paths.output_dir={tmp_path}"])
+    cfg = compose_config("train", [f"experiment={recipe}", f"paths.output_dir={tmp_path}"])
+    assert cfg.model == base.model
+    assert cfg.data.height == base.data.height == 48
+    assert cfg.data.augment.enabled and cfg.trainer.bucketing and cfg.trainer.checkpoint_every_n_steps == 100
+    assert cfg.task_name == recipe
+
+
+def test_french_base_keeps_the_splits_of_its_corpora(tmp_path: Path) -> None:
+    """data=french_base repeats CREMMA's folder names (a config cannot read another option's list): they must stay
+    data=cremma_mss18's split, and Copiste's are the list files of scripts/page_split_lists.py, so no val or test
+    page of either corpus is trained on."""
+    out = f"paths.output_dir={tmp_path}"
+    base = compose_config("train", ["data=french_base", out]).data
+    cremma = compose_config("train", ["data=cremma_mss18", out]).data
+    data_dir = compose_config("train", [out]).paths.data_dir
+    assert list(base.train) == [f"{data_dir}/splits/copiste/train.txt", *cremma.train]
+    assert list(base.val) == [f"{data_dir}/splits/copiste/val.txt", cremma.val]
+    assert list(base.test) == [f"{data_dir}/splits/copiste/test.txt", cremma.test]
+
+
 def test_the_config_tree_ships_in_the_package_and_every_file_is_package_data() -> None:
     """A wheel holds what pyproject's package-data names: every file of the config tree and of the shipped
     resources (lexicons) must match it."""
