@@ -37,6 +37,8 @@ def collect_xml(source: str | Path | Sequence[str | Path]) -> list[Path]:
             files = _read_list(p)
         else:
             files = sorted(Path(f) for f in glob.glob(str(entry), recursive=True) if f.lower().endswith(".xml"))
+        if not files and not p.exists() and not glob.has_magic(str(entry)):
+            raise DataError(f"{entry}: {_missing(p)}")
         if not files:
             raise DataError(
                 f"{entry}: no XML page found; expected a folder of .xml files, a glob such as 'pages/*.xml', "
@@ -44,6 +46,18 @@ def collect_xml(source: str | Path | Sequence[str | Path]) -> list[Path]:
             )
         found += files
     return list(dict.fromkeys(found))
+
+
+def _missing(path: Path) -> str:
+    """Why a source that does not exist is missing, and what makes it."""
+    if path.suffix.lower() == ".xml":
+        return "no such XML file"
+    if path.suffix:
+        return (
+            "no such list file (one XML path per line); `python scripts/page_split_lists.py --out DIR data=NAME` "
+            "writes the split of a pages data config as DIR/train.txt, val.txt and test.txt"
+        )
+    return "no such folder; clone or copy the corpus there first (docs/data.md), or point the data config elsewhere"
 
 
 def _read_list(path: Path) -> list[Path]:

@@ -294,6 +294,21 @@ def test_sources_folder_glob_and_list_file(tmp_path):
         collect_xml(str(tmp_path / "bad.txt"))
     with pytest.raises(DataError, match=re.escape("nowhere/*.xml: no XML page found")):
         collect_xml("nowhere/*.xml")
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            "splits/train.txt: no such list file (one XML path per line); "
+            "`python scripts/page_split_lists.py --out DIR data=NAME` writes"
+        ),
+    ):
+        collect_xml("splits/train.txt")
+    with pytest.raises(DataError, match=re.escape("hooker: no such folder; clone or copy the corpus there")):
+        collect_xml([tmp_path / "hooker"])
+    with pytest.raises(DataError, match=re.escape("gone.xml: no such XML file")):
+        collect_xml(str(tmp_path / "gone.xml"))
+    write(tmp_path / "empty" / "notes.txt", "")
+    with pytest.raises(DataError, match=re.escape("empty: no XML page found")):
+        collect_xml(str(tmp_path / "empty"))
 
 
 # --------------------------------------------------------------------------- split
