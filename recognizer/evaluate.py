@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
@@ -22,6 +22,14 @@ from recognizer.metrics import ErrorRates
 from recognizer.score import score, suspect_summary, write_predictions
 from recognizer.stability.options import StabilityOptions
 from recognizer.stability.runtime import make_ctc, run_audit
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from recognizer.alphabet import Alphabet
+    from recognizer.data.images.lines import LineDataset
+    from recognizer.models.base import Recognizer
+    from recognizer.stability.audit import AuditReport
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +54,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
             f"unknown=unk: {cfg.checkpoint} was trained without <unk> in its alphabet (stability.unknown="
             f"{trained['stability']['unknown']}), so it cannot score unknown symbols as <unk>; use unknown=drop"
         )
-    drop_hint = (
-        "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
-        "these samples (they are listed in the log)"
-    )
-    report = run_audit(
-        cfg.split, dataset, alphabet, model, stability, training=False, drop_hint=drop_hint, unknown_key="unknown"
-    )
-    if report.dropped or report.filtered:
-        log.warning("%s", report.summary())
-    loader, _ = make_loader(
-        dataset,
-        report.kept,
-        alphabet,
-        data.batch_size,
-        shuffle=False,
-        seed=0,
-        unknown=stability.unknown,
-        **data.loader_options(),
+    loader, report = scored_loader(
+        cfg.split, dataset, alphabet, model, stability, data.batch_size, data.loader_options()
     )
     ctc = make_ctc(stability)  # the loss the model was trained with
     values, rows = evaluate_loader(model, loader, ctc, alphabet, precision, keep_predictions=True)
@@ -82,6 +74,45 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)
     return metrics
+
+
+def scored_loader(
+    split: str,
+    dataset: LineDataset,
+    alphabet: Alphabet,
+    model: Recognizer,
+    stability: StabilityOptions,
+    batch_size: int,
+    loader_options: dict[str, Any] | None = None,
+) -> tuple[DataLoader, AuditReport]:
+    """The loader of the samples a checkpoint is scored on, and the audit that chose them.
+
+    The audit runs with ``stability``'s policies as for scoring (not training): every sample CTC can align is
+    kept; what it drops or filters is logged. Unknown symbols follow ``stability.unknown``.
+
+    Raises:
+        DataError: a sample breaks a rule under ``audit_policy=error`` (the message names it and the fix).
+    """
+    drop_hint = (
+        "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
+        "these samples (they are listed in the log)"
+    )
+    report = run_audit(
+        split, dataset, alphabet, model, stability, training=False, drop_hint=drop_hint, unknown_key="unknown"
+    )
+    if report.dropped or report.filtered:
+        log.warning("%s", report.summary())
+    loader, _ = make_loader(
+        dataset,
+        report.kept,
+        alphabet,
+        batch_size,
+        shuffle=False,
+        seed=0,
+        unknown=stability.unknown,
+        **(loader_options or {}),
+    )
+    return loader, report
 
 
 def eval_data_config(data_cfg: DictConfig, ckpt: dict[str, Any], audit_policy: str) -> DictConfig:

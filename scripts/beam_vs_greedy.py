@@ -9,7 +9,10 @@ Usage::
         experiment=asr_mboshi_crnn data.root=/path/to/mboshi-french-parallel-corpus
 
 The data come from the overrides (the training config composed with them, as ``recognizer-eval``
-does; the checkpoint only sets their preprocessing): nothing in the checkpoint names code to run.
+does; the checkpoint only sets their preprocessing): nothing in the checkpoint names code to run. The lines
+scored are those ``recognizer-eval`` scores with the checkpoint's policies (``stability.audit_policy``,
+``stability.unknown``): with a recipe that drops bad lines, lines without an image or with a symbol the model
+does not know are left out and counted in the log.
 From the ``train`` split (never val or test) it writes a character
 n-gram ARPA LM of ``--order`` and, with ``--lexicon``, a lexicon: ``symbols`` (one-symbol words: digit
 lines, which have no spaces) or ``words`` (the distinct words of the train text; then the LM is a word
@@ -33,7 +36,6 @@ from hydra.utils import instantiate
 
 from recognizer import CONFIG_DIR
 from recognizer.checkpoint import build_model, load_checkpoint
-from recognizer.data.loaders import make_loader
 from recognizer.decoding import (
     BeamDecoder,
     GreedyDecoder,
@@ -44,8 +46,9 @@ from recognizer.decoding import (
     write_lexicon,
 )
 from recognizer.engine.precision import resolve_precision
-from recognizer.evaluate import eval_data_config
+from recognizer.evaluate import eval_data_config, scored_loader
 from recognizer.metrics import ErrorRates
+from recognizer.stability.options import StabilityOptions
 
 
 def language_model(texts: list[str], symbols: list[str], out: Path, order: int, lexicon: str) -> tuple[str | None, str]:
@@ -66,7 +69,7 @@ def score(rows: list[tuple[str, str, str]]) -> dict[str, float | int]:
     return {"cer": rates.cer, "wer": rates.wer, "char_errors": rates.char_errors, "chars": rates.chars}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint")
     p.add_argument("--out", type=Path, default=Path("outputs/beam_vs_greedy"), help="folder for the LM and figures")
@@ -82,7 +85,7 @@ def main() -> None:
     )
     p.add_argument("--unk-score", type=float, default=float("-inf"), help="--lexicon words: score of other words")
     p.add_argument("--beam-size", type=int, default=50)
-    argv = sys.argv[1:]
+    argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)  # after "--": config overrides naming the data
     args, overrides = p.parse_args(argv[:cut]), argv[cut + 1 :]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -91,15 +94,16 @@ def main() -> None:
     precision = resolve_precision("32", torch.device("cpu"))
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", [*overrides, "paths.output_dir=."])
-    data = instantiate(eval_data_config(cfg.data, ckpt, "error"))
+    # the lines recognizer-eval scores: the checkpoint's training policies (audit_policy, unknown) decide
+    stability = StabilityOptions.from_config(ckpt["config"]["stability"], strict=False)
+    data = instantiate(eval_data_config(cfg.data, ckpt, stability.audit_policy))
     lexicon, lm = language_model(
         list(data.dataset("train").texts), list(alphabet.symbols), args.out, args.order, args.lexicon
     )
     beam = {"lexicon": lexicon, "beam_size": args.beam_size, "unk_score": args.unk_score}
     loaders = {}
     for split in ("val", "test"):
-        dataset = data.dataset(split)
-        loaders[split], _ = make_loader(dataset, list(range(len(dataset))), alphabet, 32, False, 0, "error")
+        loaders[split], _ = scored_loader(split, data.dataset(split), alphabet, model, stability, batch_size=32)
     chosen, table = tune_lm(
         model, loaders["val"], alphabet, precision, args.lm_weights, args.insertion_scores, lm=lm, **beam
     )

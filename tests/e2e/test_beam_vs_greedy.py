@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from recognizer.train import train
+from tests.conftest import compose_config
+from tests.helpers.runs import lines_overrides, write_lines
 from tests.helpers.scripts import SCRIPTS, load_script
 from tests.helpers.tiny_checkpoint import tiny_checkpoint
 
@@ -46,3 +49,20 @@ def test_script_tunes_on_val_and_scores_val_and_test(
         chars = {figures["chars"] for figures in report[split].values()}
         assert len(chars) == 1 and chars.pop() > 0  # every decoder scored the whole split
     assert "chosen on val" in done.stdout and "test beam+symbols+lm2" in done.stdout
+
+
+def test_script_scores_the_lines_recognizer_eval_scores(tmp_path: Path) -> None:
+    """A recipe that drops bad lines: the script leaves out what the checkpoint's policies leave out (a symbol
+    the model does not know, a line CTC cannot align) instead of stopping on them."""
+    train_set = write_lines(tmp_path / "train", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
+    out = tmp_path / "run"
+    policies = ["stability.audit_policy=drop", "stability.unknown=drop"]
+    train(compose_config("train", lines_overrides(train_set, out, *policies)))
+    # t2: 21 labels in 16 frames; t3: 'd' the model never saw; t4 is alignable (9 labels), so it is scored
+    test_set = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abc" * 7, "t3": "abd", "t4": "abcabcabc"})
+    data = ["data=lines", f"data.train={train_set}", f"data.val={train_set}", f"data.test={test_set}"]
+    args = ["--out", str(tmp_path / "lm"), "--order", "2", "--lm-weights", "0.5", "--insertion-scores", "0"]
+    script.main([str(out / "checkpoints" / "best.ckpt"), *args, "--", *data])  # the policies: the checkpoint's
+    report = json.loads((tmp_path / "lm" / "beam_vs_greedy.json").read_text())
+    assert {figures["chars"] for figures in report["test"].values()} == {3 + 9}  # t1 and t4
+    assert {figures["chars"] for figures in report["val"].values()} == {3 + 3 + 2}
