@@ -147,7 +147,7 @@ def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, t
 
 
 #: The real-page recipes built on experiment/common/htr_pages.yaml.
-PAGE_RECIPES = ["htr_cremma_mss18_crnn", "htr_french_base_crnn", "htr_hooker_crnn"]
+PAGE_RECIPES = ["htr_copiste_crnn", "htr_cremma_mss18_crnn", "htr_french_base_crnn", "htr_hooker_crnn"]
 
 
 @pytest.mark.parametrize("recipe", PAGE_RECIPES)
