@@ -35,10 +35,10 @@ def collect_xml(source: str | Path | Sequence[str | Path]) -> list[Path]:
             files = [p]
         elif p.is_file():
             files = _read_list(p)
+        elif not p.exists() and not glob.has_magic(str(entry)):
+            raise DataError(f"{entry}: {_missing(p)}")
         else:
             files = sorted(Path(f) for f in glob.glob(str(entry), recursive=True) if f.lower().endswith(".xml"))
-        if not files and not p.exists() and not glob.has_magic(str(entry)):
-            raise DataError(f"{entry}: {_missing(p)}")
         if not files:
             raise DataError(
                 f"{entry}: no XML page found; expected a folder of .xml files, a glob such as 'pages/*.xml', "

@@ -297,11 +297,11 @@ def test_sources_folder_glob_and_list_file(tmp_path):
     with pytest.raises(
         DataError,
         match=re.escape(
-            "splits/train.txt: no such list file (one XML path per line); "
+            "train.txt: no such list file (one XML path per line); "
             "`python scripts/page_split_lists.py --out DIR data=NAME` writes"
         ),
     ):
-        collect_xml("splits/train.txt")
+        collect_xml(str(tmp_path / "splits" / "train.txt"))
     with pytest.raises(DataError, match=re.escape("hooker: no such folder; clone or copy the corpus there")):
         collect_xml([tmp_path / "hooker"])
     with pytest.raises(DataError, match=re.escape("gone.xml: no such XML file")):
