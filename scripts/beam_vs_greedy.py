@@ -11,8 +11,8 @@ Usage::
 The data come from the overrides (the training config composed with them, as ``recognizer-eval``
 does; the checkpoint only sets their preprocessing): nothing in the checkpoint names code to run. The lines
 scored are those ``recognizer-eval`` scores with the checkpoint's policies (``stability.audit_policy``,
-``stability.unknown``): with a recipe that drops bad lines, lines without an image or with a symbol the model
-does not know are left out and counted in the log.
+``stability.unknown``; ``--audit-policy`` and ``--unknown`` replace them): with a recipe that drops bad lines,
+lines without an image or with a symbol the model does not know are left out and counted in the log.
 From the ``train`` split (never val or test) it writes a character
 n-gram ARPA LM of ``--order`` and, with ``--lexicon``, a lexicon: ``symbols`` (one-symbol words: digit
 lines, which have no spaces) or ``words`` (the distinct words of the train text; then the LM is a word
@@ -63,6 +63,12 @@ def language_model(texts: list[str], symbols: list[str], out: Path, order: int, 
     return None, lm
 
 
+DROP_HINT = (
+    "pass --audit-policy drop (and --unknown drop for symbols the model does not know) to score without these "
+    "samples (they are listed in the log)"
+)
+
+
 def score(rows: list[tuple[str, str, str]]) -> dict[str, float | int]:
     rates = ErrorRates()
     rates.update([ref for _, ref, _ in rows], [hyp for _, _, hyp in rows])
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--unk-score", type=float, default=float("-inf"), help="--lexicon words: score of other words")
     p.add_argument("--beam-size", type=int, default=50)
+    for flag, choices in (("--audit-policy", ("error", "drop")), ("--unknown", ("error", "drop"))):
+        p.add_argument(flag, choices=choices, help=f"default: the checkpoint's stability.{flag[2:].replace('-', '_')}")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)  # after "--": config overrides naming the data
     args, overrides = p.parse_args(argv[:cut]), argv[cut + 1 :]
@@ -94,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     precision = resolve_precision("32", torch.device("cpu"))
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", [*overrides, "paths.output_dir=."])
-    # the lines recognizer-eval scores: the checkpoint's training policies (audit_policy, unknown) decide
+    # the lines recognizer-eval scores: the checkpoint's training policies, unless --audit-policy/--unknown say
     stability = StabilityOptions.from_config(ckpt["config"]["stability"], strict=False)
+    chosen_policies = {"audit_policy": args.audit_policy, "unknown": args.unknown}
+    stability = stability.replace(**{k: v for k, v in chosen_policies.items() if v is not None})
     data = instantiate(eval_data_config(cfg.data, ckpt, stability.audit_policy))
     lexicon, lm = language_model(
         list(data.dataset("train").texts), list(alphabet.symbols), args.out, args.order, args.lexicon
@@ -103,7 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     beam = {"lexicon": lexicon, "beam_size": args.beam_size, "unk_score": args.unk_score}
     loaders = {}
     for split in ("val", "test"):
-        loaders[split], _ = scored_loader(split, data.dataset(split), alphabet, model, stability, batch_size=32)
+        loaders[split], _ = scored_loader(
+            split,
+            data.dataset(split),
+            alphabet,
+            model,
+            stability,
+            batch_size=32,
+            drop_hint=DROP_HINT,
+            unknown_key="--unknown",
+        )
     chosen, table = tune_lm(
         model, loaders["val"], alphabet, precision, args.lm_weights, args.insertion_scores, lm=lm, **beam
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from recognizer.stability.audit import AuditError
 from recognizer.train import train
 from tests.conftest import compose_config
 from tests.helpers.runs import lines_overrides, write_lines
@@ -66,3 +67,22 @@ def test_script_scores_the_lines_recognizer_eval_scores(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "lm" / "beam_vs_greedy.json").read_text())
     assert {figures["chars"] for figures in report["test"].values()} == {3 + 9}  # t1 and t4
     assert {figures["chars"] for figures in report["val"].values()} == {3 + 3 + 2}
+
+
+def test_script_refusal_names_its_own_flags_and_they_replace_the_checkpoints_policies(tmp_path: Path) -> None:
+    """A checkpoint trained with audit_policy=error meets a bad test line: the refusal names the script's flags
+    (not recognizer-eval's keys), and with them the script scores what recognizer-eval would with drop."""
+    train_set = write_lines(tmp_path / "train", {"ok": "abc", "ok2": "cab", "ok3": "ba"})
+    out = tmp_path / "run"
+    train(compose_config("train", lines_overrides(train_set, out)))  # stability's defaults: error, error
+    test_set = write_lines(tmp_path / "test", {"t1": "abc", "t2": "abc" * 7, "t3": "abd"})
+    data = ["data=lines", f"data.train={train_set}", f"data.val={train_set}", f"data.test={test_set}"]
+    args = [str(out / "checkpoints" / "best.ckpt"), "--out", str(tmp_path / "lm"), "--order", "2"]
+    args += ["--lm-weights", "0.5", "--insertion-scores", "0"]
+    with pytest.raises(AuditError, match=r"pass --audit-policy drop \(and --unknown drop for symbols"):
+        script.main([*args, "--", *data])
+    with pytest.raises(AuditError, match=r"(?s)\(--unknown=error\):.*or set --unknown=drop"):  # t3's 'd'
+        script.main([*args, "--audit-policy", "drop", "--", *data])
+    script.main([*args, "--audit-policy", "drop", "--unknown", "drop", "--", *data])
+    report = json.loads((tmp_path / "lm" / "beam_vs_greedy.json").read_text())
+    assert {figures["chars"] for figures in report["test"].values()} == {3}  # t1 only
