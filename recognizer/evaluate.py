@@ -33,12 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The fix recognizer-eval's refusal of a bad val/test sample names (its own keys).
-EVAL_DROP_HINT = (
-    "set audit_policy=drop (and unknown=drop for symbols the model does not know) to score without "
-    "these samples (they are listed in the log)"
-)
-
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     """Score ``cfg.checkpoint`` on ``cfg.split`` of ``cfg.data``; return the metrics."""
@@ -90,7 +84,7 @@ def scored_loader(
     stability: StabilityOptions,
     batch_size: int,
     loader_options: dict[str, Any] | None = None,
-    drop_hint: str = EVAL_DROP_HINT,
+    audit_key: str = "audit_policy",
     unknown_key: str = "unknown",
 ) -> tuple[DataLoader, AuditReport]:
     """The loader of the samples a checkpoint is scored on, and the audit that chose them.
@@ -98,12 +92,16 @@ def scored_loader(
     The audit runs with ``stability``'s policies as for scoring (not training): every sample CTC can align is
     kept; what it drops or filters is logged. Unknown symbols follow ``stability.unknown``.
 
-    ``drop_hint`` and ``unknown_key``: the fix a refusal names, in the caller's own options (recognizer-eval's by
-    default).
+    ``audit_key`` and ``unknown_key``: how the caller's user sets the two policies, which a refusal names as its
+    fix (recognizer-eval's keys by default).
 
     Raises:
         AuditError: a sample breaks a rule under ``audit_policy=error`` (the message names it and the fix).
     """
+    drop_hint = (
+        f"set {audit_key}=drop (and {unknown_key}=drop for symbols the model does not know) to score without "
+        "these samples (they are listed in the log)"
+    )
     report = run_audit(
         split, dataset, alphabet, model, stability, training=False, drop_hint=drop_hint, unknown_key=unknown_key
     )

@@ -63,12 +63,6 @@ def language_model(texts: list[str], symbols: list[str], out: Path, order: int, 
     return None, lm
 
 
-DROP_HINT = (
-    "pass --audit-policy drop (and --unknown drop for symbols the model does not know) to score without these "
-    "samples (they are listed in the log)"
-)
-
-
 def score(rows: list[tuple[str, str, str]]) -> dict[str, float | int]:
     rates = ErrorRates()
     rates.update([ref for _, ref, _ in rows], [hyp for _, _, hyp in rows])
@@ -91,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--unk-score", type=float, default=float("-inf"), help="--lexicon words: score of other words")
     p.add_argument("--beam-size", type=int, default=50)
-    for flag, choices in (("--audit-policy", ("error", "drop")), ("--unknown", ("error", "drop"))):
-        p.add_argument(flag, choices=choices, help=f"default: the checkpoint's stability.{flag[2:].replace('-', '_')}")
+    p.add_argument("--audit-policy", choices=("error", "drop"), help="default: the checkpoint's stability.audit_policy")
+    p.add_argument("--unknown", choices=("error", "drop"), help="default: the checkpoint's stability.unknown")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)  # after "--": config overrides naming the data
     args, overrides = p.parse_args(argv[:cut]), argv[cut + 1 :]
@@ -120,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             model,
             stability,
             batch_size=32,
-            drop_hint=DROP_HINT,
+            audit_key="--audit-policy",
             unknown_key="--unknown",
         )
     chosen, table = tune_lm(

@@ -79,7 +79,7 @@ def test_script_refusal_names_its_own_flags_and_they_replace_the_checkpoints_pol
     data = ["data=lines", f"data.train={train_set}", f"data.val={train_set}", f"data.test={test_set}"]
     args = [str(out / "checkpoints" / "best.ckpt"), "--out", str(tmp_path / "lm"), "--order", "2"]
     args += ["--lm-weights", "0.5", "--insertion-scores", "0"]
-    with pytest.raises(AuditError, match=r"pass --audit-policy drop \(and --unknown drop for symbols"):
+    with pytest.raises(AuditError, match=r"set --audit-policy=drop \(and --unknown=drop for symbols"):
         script.main([*args, "--", *data])
     with pytest.raises(AuditError, match=r"(?s)\(--unknown=error\):.*or set --unknown=drop"):  # t3's 'd'
         script.main([*args, "--audit-policy", "drop", "--", *data])
