@@ -49,11 +49,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, model.bf16_on_cpu)
     model.to(device)
-    if cfg.unknown == "unk" and not alphabet.has_unk:
-        raise ValueError(
-            f"unknown=unk: {cfg.checkpoint} was trained without <unk> in its alphabet (stability.unknown="
-            f"{trained['stability']['unknown']}), so it cannot score unknown symbols as <unk>; use unknown=drop"
-        )
+    check_unk_scorable(stability.unknown, alphabet, cfg.checkpoint, trained)
     loader, report = scored_loader(
         cfg.split, dataset, alphabet, model, stability, data.batch_size, data.loader_options()
     )
@@ -74,6 +70,26 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     log.info("predictions written to %s", predictions)
     return metrics
+
+
+def check_unk_scorable(unknown: str, alphabet: Alphabet, checkpoint: str, trained: Any, key: str = "unknown") -> None:
+    """Refuse to score unknown symbols as ``<unk>`` with a model whose alphabet has none.
+
+    Args:
+        unknown: the scoring policy for symbols outside the alphabet (error, drop or unk).
+        alphabet: the checkpoint's alphabet.
+        checkpoint: the checkpoint's path, for the message.
+        trained: the checkpoint's training config (its ``stability.unknown`` is named in the message).
+        key: how the caller's user sets the policy (recognizer-eval's key by default).
+
+    Raises:
+        ValueError: ``unknown`` is unk and the alphabet has no ``<unk>``.
+    """
+    if unknown == "unk" and not alphabet.has_unk:
+        raise ValueError(
+            f"{key}=unk: {checkpoint} was trained without <unk> in its alphabet (stability.unknown="
+            f"{trained['stability']['unknown']}), so it cannot score unknown symbols as <unk>; use {key}=drop"
+        )
 
 
 def scored_loader(

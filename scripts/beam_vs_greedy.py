@@ -46,7 +46,7 @@ from recognizer.decoding import (
     write_lexicon,
 )
 from recognizer.engine.precision import resolve_precision
-from recognizer.evaluate import eval_data_config, scored_loader
+from recognizer.evaluate import check_unk_scorable, eval_data_config, scored_loader
 from recognizer.metrics import ErrorRates
 from recognizer.stability.options import StabilityOptions
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unk-score", type=float, default=float("-inf"), help="--lexicon words: score of other words")
     p.add_argument("--beam-size", type=int, default=50)
     p.add_argument("--audit-policy", choices=("error", "drop"), help="default: the checkpoint's stability.audit_policy")
-    p.add_argument("--unknown", choices=("error", "drop"), help="default: the checkpoint's stability.unknown")
+    p.add_argument("--unknown", choices=("error", "drop", "unk"), help="default: the checkpoint's stability.unknown")
     argv = sys.argv[1:] if argv is None else argv
     cut = argv.index("--") if "--" in argv else len(argv)  # after "--": config overrides naming the data
     args, overrides = p.parse_args(argv[:cut]), argv[cut + 1 :]
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     stability = StabilityOptions.from_config(ckpt["config"]["stability"], strict=False)
     chosen_policies = {"audit_policy": args.audit_policy, "unknown": args.unknown}
     stability = stability.replace(**{k: v for k, v in chosen_policies.items() if v is not None})
+    check_unk_scorable(stability.unknown, alphabet, str(args.checkpoint), ckpt["config"], key="--unknown")
     data = instantiate(eval_data_config(cfg.data, ckpt, stability.audit_policy))
     lexicon, lm = language_model(
         list(data.dataset("train").texts), list(alphabet.symbols), args.out, args.order, args.lexicon

@@ -83,6 +83,10 @@ def test_script_refusal_names_its_own_flags_and_they_replace_the_checkpoints_pol
         script.main([*args, "--", *data])
     with pytest.raises(AuditError, match=r"(?s)\(--unknown=error\):.*or set --unknown=drop"):  # t3's 'd'
         script.main([*args, "--audit-policy", "drop", "--", *data])
+    # the refusal's other offer, =unk, needs <unk> in the model's alphabet: this one has none
+    no_unk = r"--unknown=unk: .*best.ckpt was trained without <unk> .*; use --unknown=drop"
+    with pytest.raises(ValueError, match=no_unk):
+        script.main([*args, "--audit-policy", "drop", "--unknown", "unk", "--", *data])
     script.main([*args, "--audit-policy", "drop", "--unknown", "drop", "--", *data])
     report = json.loads((tmp_path / "lm" / "beam_vs_greedy.json").read_text())
     assert {figures["chars"] for figures in report["test"].values()} == {3}  # t1 only
