@@ -1,15 +1,17 @@
 """What a base model buys: train on N lines from scratch and from a base checkpoint, at equal steps.
 
 For each N of ``--lines`` (``all``: every train line) this runs the training command twice, the same N
-seeded lines (``trainer.train_samples``) and the same number of optimizer steps (``--steps``), so the two
-runs of a row take about the same wall time:
+seeded lines (``trainer.train_samples``) and the same number of optimizer steps (``--steps``, rounded up to
+whole epochs of N lines, so that a run ends on a validation), so the two runs of a row take about the same
+wall time:
 
 - ``scratch``: the recipe as it is;
 - ``base``: ``trainer.init_from=BASE trainer.init_alphabet=union`` (the base model's symbols kept, the new
   ones added with fresh output rows) and ``trainer.freeze_backbone_steps`` from ``--freeze``.
 
-Each run's schedule spans about ``--steps`` (``trainer.max_epochs`` is derived from N and the batch size,
-``trainer.max_steps`` stops it there) and it validates ``--validations`` times. Runs go to
+Each run's schedule spans those steps (``trainer.max_epochs`` is derived from N and the batch size) and it
+validates about ``--validations`` times, the last one at its end, so its best checkpoint (by val CER, the one
+tested) may be its final weights. Runs go to
 ``OUT/<start>_<N>/`` and resume there (``trainer.resume=auto``), so a stopped table continues where it
 was. The table of test CER (and val CER, steps, minutes of training) is written to ``OUT/table.md`` and
 ``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``.
@@ -62,7 +64,7 @@ def plan_runs(
 
     Args:
         lines: train line counts; None for all of them (``all_lines``).
-        steps: optimizer steps per run (equal for every run).
+        steps: optimizer steps per run, rounded up to whole epochs (equal for the two runs of a row).
         batch_size: the recipe's ``data.batch_size`` (steps per epoch = ceil(N / batch_size)).
         all_lines: how many train lines "all" is, for its epoch count.
         base: the base checkpoint.
@@ -79,7 +81,6 @@ def plan_runs(
         epochs = math.ceil(steps / math.ceil(count / batch_size))
         common = [
             *([] if n is None else [f"trainer.train_samples={n}"]),
-            f"trainer.max_steps={steps}",
             f"trainer.max_epochs={epochs}",
             f"trainer.val_every_n_epochs={max(1, epochs // validations)}",
             "trainer.early_stopping_patience=null",  # equal steps: no run stops before the others

@@ -23,19 +23,20 @@ line = " ".join(sys.argv[1:]) + "\\n"
 calls.write_text((calls.read_text() if calls.exists() else "") + line)
 n = int(args.get("trainer.train_samples", 1000))
 cer = (0.3 if "trainer.init_from" in args else 0.9) * 100 / n
-metrics = {"test/cer": cer, "val/cer": cer + 0.01, "train/steps": int(args["trainer.max_steps"]), "train/time": 120.0}
+steps = int(args["trainer.max_epochs"]) * -(-n // 16)  # whole epochs of batches of 16
+metrics = {"test/cer": cer, "val/cer": cer + 0.01, "train/steps": steps, "train/time": 120.0}
 (folder / "metrics.json").write_text(json.dumps(metrics))
 """
 
 
-def test_plan_gives_every_run_the_same_steps_and_the_base_its_init() -> None:
+def test_plan_gives_the_runs_of_a_row_the_same_whole_epochs_and_the_base_its_init() -> None:
+    """Whole epochs, not max_steps: a run that max_steps stopped inside an epoch would end unvalidated."""
     plans = finetune_table.plan_runs([100, None], steps=1200, batch_size=16, all_lines=5190, base="b.ckpt", freeze=50)
     assert [p.name for p in plans] == ["scratch_100", "base_100", "scratch_all", "base_all"]
     scratch, base = plans[0].overrides, plans[1].overrides
-    # 100 lines = 7 batches an epoch: 172 epochs hold 1,200 steps; about 8 validations
+    # 100 lines = 7 batches an epoch: 172 epochs (1,204 steps) hold 1,200; about 8 validations
     assert scratch == [
         "trainer.train_samples=100",
-        "trainer.max_steps=1200",
         "trainer.max_epochs=172",
         "trainer.val_every_n_epochs=21",
         "trainer.early_stopping_patience=null",
@@ -46,7 +47,7 @@ def test_plan_gives_every_run_the_same_steps_and_the_base_its_init() -> None:
         "trainer.init_alphabet=union",
         "trainer.freeze_backbone_steps=50",
     ]
-    assert plans[2].overrides[:3] == ["trainer.max_steps=1200", "trainer.max_epochs=4", "trainer.val_every_n_epochs=1"]
+    assert plans[2].overrides[:2] == ["trainer.max_epochs=4", "trainer.val_every_n_epochs=1"]  # 325 batches an epoch
 
 
 def test_plan_refuses_empty_runs() -> None:
@@ -67,8 +68,8 @@ def test_table_and_plot_from_the_runs_and_a_rerun_trains_nothing(tmp_path: Path)
     assert len(calls) == 4 and all(c.startswith("experiment=htr_hooker_crnn ") for c in calls)
     assert all("trainer.resume=auto" in c for c in calls)
     assert (out / "table.md").read_text().splitlines()[2:] == [
-        "| 100 | 0.900 (0.910) | 0.300 (0.310) | 40 | 2.0 / 2.0 |",
-        "| 300 | 0.300 (0.310) | 0.100 (0.110) | 40 | 2.0 / 2.0 |",
+        "| 100 | 0.900 (0.910) | 0.300 (0.310) | 42 | 2.0 / 2.0 |",  # 6 epochs of 7 batches
+        "| 300 | 0.300 (0.310) | 0.100 (0.110) | 57 | 2.0 / 2.0 |",  # 3 epochs of 19
     ]
     rows = json.loads((out / "table.json").read_text())
     assert [(r["start"], r["lines"]) for r in rows] == [
