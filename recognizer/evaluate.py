@@ -49,7 +49,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, model.bf16_on_cpu)
     model.to(device)
-    check_unk_scorable(stability.unknown, alphabet, cfg.checkpoint, trained)
+    check_unk_scorable(stability.unknown, alphabet, cfg.checkpoint, trained["stability"]["unknown"])
     loader, report = scored_loader(
         cfg.split, dataset, alphabet, model, stability, data.batch_size, data.loader_options()
     )
@@ -72,14 +72,16 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def check_unk_scorable(unknown: str, alphabet: Alphabet, checkpoint: str, trained: Any, key: str = "unknown") -> None:
+def check_unk_scorable(
+    unknown: str, alphabet: Alphabet, checkpoint: str, trained_unknown: str, key: str = "unknown"
+) -> None:
     """Refuse to score unknown symbols as ``<unk>`` with a model whose alphabet has none.
 
     Args:
         unknown: the scoring policy for symbols outside the alphabet (error, drop or unk).
         alphabet: the checkpoint's alphabet.
         checkpoint: the checkpoint's path, for the message.
-        trained: the checkpoint's training config (its ``stability.unknown`` is named in the message).
+        trained_unknown: the checkpoint's training ``stability.unknown``, named in the message.
         key: how the caller's user sets the policy (recognizer-eval's key by default).
 
     Raises:
@@ -88,7 +90,7 @@ def check_unk_scorable(unknown: str, alphabet: Alphabet, checkpoint: str, traine
     if unknown == "unk" and not alphabet.has_unk:
         raise ValueError(
             f"{key}=unk: {checkpoint} was trained without <unk> in its alphabet (stability.unknown="
-            f"{trained['stability']['unknown']}), so it cannot score unknown symbols as <unk>; use {key}=drop"
+            f"{trained_unknown}), so it cannot score unknown symbols as <unk>; use {key}=drop"
         )
 
 

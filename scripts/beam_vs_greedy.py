@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     stability = StabilityOptions.from_config(ckpt["config"]["stability"], strict=False)
     chosen_policies = {"audit_policy": args.audit_policy, "unknown": args.unknown}
     stability = stability.replace(**{k: v for k, v in chosen_policies.items() if v is not None})
-    check_unk_scorable(stability.unknown, alphabet, str(args.checkpoint), ckpt["config"], key="--unknown")
+    trained_unknown = ckpt["config"]["stability"]["unknown"]
+    check_unk_scorable(stability.unknown, alphabet, str(args.checkpoint), trained_unknown, key="--unknown")
     data = instantiate(eval_data_config(cfg.data, ckpt, stability.audit_policy))
     lexicon, lm = language_model(
         list(data.dataset("train").texts), list(alphabet.symbols), args.out, args.order, args.lexicon
