@@ -425,7 +425,7 @@ class FitRun:
     """What one call of :func:`fit` shares between its epochs: the clock, the checkpoint writer, the stop rule."""
 
     def __init__(self, state: TrainState, opts: TrainerOptions, run_dir: Path, describe: dict[str, Any]) -> None:
-        self.state, self.opts, self.describe = state, opts, describe
+        self.state, self.opts, self.describe, self.run_dir = state, opts, describe, run_dir
         self.ckpt_dir = run_dir / "checkpoints"
         self.start = time.perf_counter()
         self.elapsed_before = state.train_time
@@ -495,17 +495,23 @@ def fit(
             if train_epoch(run, sampler, train_loader, ctc, logger, step_opts, stop):
                 raise preempt(state, stop.signum or signal.SIGTERM, run.checkpoint)  # after the step in flight
             if run.done() and state.batch_in_epoch < len(sampler) + sampler.start_batch:
-                run.checkpoint("last.ckpt")  # stopped inside an epoch: resume continues this epoch
+                # max_steps stopped the run inside an epoch: its final weights are validated too (best.ckpt,
+                # metrics.json) and last.ckpt keeps the position, so a resume continues this epoch. The
+                # loaders have their own generators and eval mode has no dropout: a validation draws nothing
+                # from the random streams, and the resumed steps are those of a run never stopped here.
+                log.info(
+                    "max_steps %d reached inside epoch %d: validating the final weights",
+                    opts.max_steps,
+                    state.epoch + 1,
+                )
+                validate_and_checkpoint(state, val_loader, ctc, alphabet, logger, run, f"step_{state.step:07d}")
                 break
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or run.done():
                 stop_early = validate_and_checkpoint(
-                    state, val_loader, ctc, alphabet, opts, logger, run.elapsed(), run.checkpoint
+                    state, val_loader, ctc, alphabet, logger, run, f"epoch_{state.epoch:03d}"
                 )
-                if opts.alignment_samples and dist.is_main:
-                    folder = run_dir / "alignments" / f"epoch_{state.epoch:03d}"
-                    write_alignments(state.model, val_loader, alphabet, opts.alignment_samples, folder)
                 if stop_early:
                     log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
                     break
@@ -613,12 +619,16 @@ def validate_and_checkpoint(
     val_loader: Iterable[Batch],
     ctc: CTCLoss,
     alphabet: Alphabet,
-    opts: TrainerOptions,
     logger: MetricLogger,
-    elapsed: float,
-    checkpoint: Any,
+    run: FitRun,
+    name: str,
 ) -> bool:
-    """Validate, log, write best/last checkpoints; return True if early stopping triggers."""
+    """Validate, log, write best/last checkpoints and alignment pictures (to ``alignments/NAME``).
+
+    Returns:
+        True if early stopping triggers.
+    """
+    opts, elapsed = run.opts, run.elapsed()  # the time of the record: the training up to this validation
     sync_buffers(state.model, state.dist)  # every rank validates the weights and statistics rank 0 saves
     if state.ema is not None:
         sync_buffers(state.ema.module, state.dist)  # averaged from each rank's own statistics
@@ -644,9 +654,12 @@ def validate_and_checkpoint(
     )
     for callback in state.callbacks:  # blank collapse, divergence (which may roll back before the checkpoint)
         callback.on_validation_end(state, metrics, improved)
-    checkpoint("last.ckpt")
+    run.checkpoint("last.ckpt")
     if improved:
-        checkpoint("best.ckpt")
+        run.checkpoint("best.ckpt")
+    if opts.alignment_samples and state.dist.is_main:
+        folder = run.run_dir / "alignments" / name
+        write_alignments(state.model, val_loader, alphabet, opts.alignment_samples, folder)
     patience = opts.early_stopping_patience
     return patience is not None and state.bad_epochs >= patience
 

@@ -42,12 +42,19 @@ def test_resume_reproduces_the_uninterrupted_run(data_root: Path, tmp_path: Path
     train(compose_config("train", tiny_overrides(data_root, full)))
     parts = tmp_path / "parts"
     train(compose_config("train", tiny_overrides(data_root, parts, "trainer.max_steps=4")))
-    assert load_checkpoint(parts / "checkpoints" / "last.ckpt")["batch_in_epoch"] == 4  # mid-epoch
-    # stopped inside its first epoch (no validation yet): its training time is still measured
-    first_time = json.loads((parts / "metrics.json").read_text())["train/time"]
+    last = load_checkpoint(parts / "checkpoints" / "last.ckpt")
+    assert last["batch_in_epoch"] == 4 and last["epoch"] == 0  # mid-epoch: resume goes on inside epoch 1
+    # stopped inside its first epoch, its final weights are still validated, saved as best and tested
     rows = [json.loads(line) for line in (parts / "metrics.jsonl").read_text().splitlines()]
-    last_logged = [r["time"] for r in rows if "time" in r][-1]
-    assert 0 < last_logged <= first_time
+    (val,) = [r for r in rows if "val/cer" in r and "epoch" in r]  # the final evaluation has no epoch
+    assert val["step"] == 4 and last["history"] == [val]
+    assert torch.equal(
+        load_checkpoint(parts / "checkpoints" / "best.ckpt")["model"]["head.weight"], last["model"]["head.weight"]
+    )
+    stopped = json.loads((parts / "metrics.json").read_text())
+    assert stopped["val/cer"] == val["val/cer"] and "test/cer" in stopped
+    first_time = stopped["train/time"]  # its training time is measured
+    assert 0 < val["time"] <= first_time
     train(compose_config("train", tiny_overrides(data_root, parts, "trainer.resume=auto")))
     assert step_losses(parts) == step_losses(full)  # same per-step losses, bit for bit
     assert json.loads((parts / "metrics.json").read_text())["train/time"] > first_time  # counted on after resume
