@@ -76,3 +76,23 @@ def test_constant_accepts_automatic_warmup() -> None:
     assert values[:10] == pytest.approx([(i + 1) / 10 for i in range(10)])
     assert values[10:] == pytest.approx([1.0] * 10)
     assert math.isclose(lrs(constant(optimizer(), total_steps=200), 1)[0], 1.0)  # default: no warmup
+
+
+def test_a_longer_run_resumes_on_the_new_plan_at_the_current_step() -> None:
+    """trainer.max_epochs raised on resume: the schedule is rebuilt and read at the step reached (docs/training.md)."""
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    opt = torch.optim.SGD(params, lr=1.0)
+    short = warmup_cosine(opt, total_steps=12, warmup_steps=2)
+    for _ in range(6):
+        opt.step()
+        short.step()
+    saved_opt, saved_sched = opt.state_dict(), short.state_dict()
+    resumed_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    longer = warmup_cosine(resumed_opt, total_steps=24, warmup_steps=2)  # as recognizer.train builds it
+    resumed_opt.load_state_dict(saved_opt)
+    longer.load_state_dict(saved_sched)
+    resumed_opt.step()
+    longer.step()
+    expected = warmup_cosine_factor(7, warmup_steps=2, total_steps=24, min_lr_ratio=0.01)
+    assert resumed_opt.param_groups[0]["lr"] == pytest.approx(expected)
+    assert expected > warmup_cosine_factor(7, warmup_steps=2, total_steps=12, min_lr_ratio=0.01)
