@@ -504,14 +504,12 @@ def fit(
                     opts.max_steps,
                     state.epoch + 1,
                 )
-                validate_and_checkpoint(state, val_loader, ctc, alphabet, logger, run, f"step_{state.step:07d}")
+                validate_and_checkpoint(run, val_loader, ctc, alphabet, logger, f"step_{state.step:07d}")
                 break
             state.epoch += 1
             state.batch_in_epoch = 0
             if state.epoch % opts.val_every_n_epochs == 0 or state.epoch == opts.max_epochs or run.done():
-                stop_early = validate_and_checkpoint(
-                    state, val_loader, ctc, alphabet, logger, run, f"epoch_{state.epoch:03d}"
-                )
+                stop_early = validate_and_checkpoint(run, val_loader, ctc, alphabet, logger, f"epoch_{state.epoch:03d}")
                 if stop_early:
                     log.info("early stopping: no improvement of %s for %d validations", opts.monitor, state.bad_epochs)
                     break
@@ -615,12 +613,11 @@ def preempt(state: TrainState, signum: int, checkpoint: Any) -> Preempted:
 
 
 def validate_and_checkpoint(
-    state: TrainState,
+    run: FitRun,
     val_loader: Iterable[Batch],
     ctc: CTCLoss,
     alphabet: Alphabet,
     logger: MetricLogger,
-    run: FitRun,
     name: str,
 ) -> bool:
     """Validate, log, write best/last checkpoints and alignment pictures (to ``alignments/NAME``).
@@ -628,7 +625,7 @@ def validate_and_checkpoint(
     Returns:
         True if early stopping triggers.
     """
-    opts, elapsed = run.opts, run.elapsed()  # the time of the record: the training up to this validation
+    state, opts, elapsed = run.state, run.opts, run.elapsed()  # elapsed: the training up to this validation
     sync_buffers(state.model, state.dist)  # every rank validates the weights and statistics rank 0 saves
     if state.ema is not None:
         sync_buffers(state.ema.module, state.dist)  # averaged from each rank's own statistics
