@@ -19,7 +19,7 @@ from recognizer.data.images.lines import LineDataset, Record
 from recognizer.data.pages.cache import LineCache
 from recognizer.data.pages.formats import parse_page
 from recognizer.data.pages.geometry import NO_TEXT, PAGE_MISFIT, page_misfit
-from recognizer.data.pages.sources import collect_xml, split_by_document
+from recognizer.data.pages.sources import collect_xml, split_by_document, split_names
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,12 @@ class PagesData(SplitData):
 
     Args:
         train, val, test: per split, a folder, glob, list file or XML file, or a list of them (or None).
-        pages: instead of ``train``/``val``/``test``: one set of pages, split by document.
-        split: with ``pages``, the fraction of documents per split, e.g. ``{train: 0.8, val: 0.1, test: 0.1}``.
-        split_seed: seeds the document split.
+        pages: instead of ``train``/``val``/``test``: one set of pages, split by document (or by line).
+        split: with ``pages``, the fraction of documents (lines) per split, e.g. ``{train: 0.8, val: 0.1, test: 0.1}``.
+        split_seed: seeds the split.
+        split_unit: with ``pages``: ``document`` (pages of one document stay in one split: a test of new
+            documents) or ``line`` (every line drawn on its own, as ``ketos train -p`` does: val and test
+            lines come from pages that are also trained on, which measures a hand already seen).
         document_pattern: regular expression on the XML file stem whose first group names a page's
             document (pages of one document stay in one split); None: each page is a document.
         image_dirs: more folders to look for page images in (relative ones: relative to each XML's folder).
@@ -100,6 +103,7 @@ class PagesData(SplitData):
         pages: Source = None,
         split: Mapping[str, float] | None = None,
         split_seed: int = 0,
+        split_unit: str = "document",
         document_pattern: str | None = None,
         image_dirs: Sequence[str] = (),
         allow_outside_images: bool = False,
@@ -130,10 +134,15 @@ class PagesData(SplitData):
         if pages is not None:
             sources = {s: pages if self.split.get(s, 0) > 0 else None for s in ("train", "val", "test")}
         super().__init__(sources, alphabet, batch_size, num_workers, pin_memory, persistent_workers)
+        if split_unit not in ("document", "line"):
+            raise DataError(f"data.split_unit must be document or line, got {split_unit!r}")
+        if split_unit == "line" and pages is None:
+            raise DataError("data.split_unit=line splits data.pages; with data.train/val/test the splits are given")
         if audit_policy not in (None, "error", "drop"):
             raise ValueError(f"data.audit_policy must be error or drop, got {audit_policy!r}")
         self.pages = pages
         self.split_seed = split_seed
+        self.split_unit = split_unit
         self.augment = augment if augment is not None and augment.enabled else None
         self.document_pattern = document_pattern
         self.image_dirs = list(image_dirs)
@@ -149,7 +158,11 @@ class PagesData(SplitData):
     def files(self, split: str) -> list[Path]:
         """The XML files of ``split`` (for ``pages``: its documents' share)."""
         if self._files is None:
-            if self.pages is not None:
+            if self.pages is not None and self.split_unit == "line":
+                every = collect_xml(self.pages)
+                self._files = {s: every for s, f in self.split.items() if f > 0}
+                log.info("pages split by line (seed %d): %d pages", self.split_seed, len(every))
+            elif self.pages is not None:
                 self._files = split_by_document(
                     collect_xml(self.pages), self.split, self.split_seed, self.document_pattern
                 )
@@ -171,11 +184,19 @@ class PagesData(SplitData):
         examples: dict[str, str] = {}
         files = self.files(split)
         self.line_cache.reset_counters()
-        for xml in files:
-            page = parse_page(xml, self.text_index, self.hyphen, self.image_dirs, self.allow_outside_images)
+        pages = [
+            parse_page(xml, self.text_index, self.hyphen, self.image_dirs, self.allow_outside_images) for xml in files
+        ]
+        keep = None
+        if self.split_unit == "line":  # every line of every page is drawn, dropped ones too: the audit moves none
+            keys = [f"{xml.stem}/{line.id}" for xml, page in zip(files, pages) for line in page.lines]
+            keep = set(split_names(keys, self.split, self.split_seed, "line")[split])
+        for xml, page in zip(files, pages):
             lines = list(zip(page.lines, self.line_cache.lines(page)))
             misfit = page_misfit(page, [cached.reason for _, cached in lines])
             for line, cached in lines:
+                if keep is not None and f"{xml.stem}/{line.id}" not in keep:
+                    continue
                 reason, detail = cached.reason, cached.detail
                 if reason is None and not line.text:
                     reason, detail = NO_TEXT, "no TextEquiv/Unicode or String text" if line.text is None else "empty"

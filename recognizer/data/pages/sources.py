@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import glob
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,26 +97,42 @@ def split_by_document(
     Raises:
         DataError: fractions that are negative or do not sum to 1, or fewer documents than splits.
     """
-    total = sum(fractions.values())
-    if any(f < 0 for f in fractions.values()) or abs(total - 1.0) > 1e-6:
-        raise DataError(f"data.split fractions must be >= 0 and sum to 1, got {dict(fractions)} (sum {total:g})")
     groups: dict[str, list[Path]] = {}
     for xml in xmls:
         groups.setdefault(document_of(xml, pattern), []).append(xml)
-    names = sorted(groups)
+    cut = split_names(groups, fractions, seed, "document")
+    return {s: sorted(p for name in names for p in groups[name]) for s, names in cut.items()}
+
+
+def split_names(
+    names: Iterable[str], fractions: Mapping[str, float], seed: int, what: str = "item"
+) -> dict[str, list[str]]:
+    """Cut distinct ``names`` (documents, or lines for ``data.split_unit=line``) into ``fractions``.
+
+    The names are sorted, shuffled with ``seed`` and cut in the order of ``fractions``, so the result
+    does not depend on the order they come in. A split with a positive fraction gets at least one name;
+    rounding goes to the first split.
+
+    Raises:
+        DataError: fractions that are negative or do not sum to 1, or fewer names than splits.
+    """
+    total = sum(fractions.values())
+    if any(f < 0 for f in fractions.values()) or abs(total - 1.0) > 1e-6:
+        raise DataError(f"data.split fractions must be >= 0 and sum to 1, got {dict(fractions)} (sum {total:g})")
+    ordered = sorted(set(names))
     wanted = [s for s, f in fractions.items() if f > 0]
-    if len(names) < len(wanted):
-        raise DataError(f"{len(names)} document(s) cannot be split into {len(wanted)} non-empty splits {wanted}")
-    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
-    counts = {s: round(f * len(names)) for s, f in fractions.items()}
-    for s in wanted:  # every asked-for split gets a document, taken from the largest
+    if len(ordered) < len(wanted):
+        raise DataError(f"{len(ordered)} {what}(s) cannot be split into {len(wanted)} non-empty splits {wanted}")
+    order = [ordered[i] for i in np.random.default_rng(seed).permutation(len(ordered))]
+    counts = {s: round(f * len(ordered)) for s, f in fractions.items()}
+    for s in wanted:  # every asked-for split gets a name, taken from the largest
         if counts[s] == 0:
             counts[s] = 1
             counts[max(counts, key=lambda k: counts[k])] -= 1
-    counts[next(iter(fractions))] += len(names) - sum(counts.values())  # rounding goes to the first split
-    split: dict[str, list[Path]] = {}
+    counts[next(iter(fractions))] += len(ordered) - sum(counts.values())  # rounding goes to the first split
+    split: dict[str, list[str]] = {}
     start = 0
     for s, n in counts.items():
-        split[s] = sorted(p for name in order[start : start + n] for p in groups[name])
+        split[s] = order[start : start + n]
         start += n
     return split

@@ -357,6 +357,43 @@ def test_pages_split_never_shares_a_page(tmp_path):
         pages_data(tmp_path, pages="x", train="y")
 
 
+def test_pages_split_by_line_draws_lines_across_pages_and_moves_none_for_the_audit(tmp_path):
+    write_page_image(tmp_path / "page.png")
+    for folder in ("pages", "complete"):  # 4 pages of 5 lines; in pages/, line 0 of page 0 has no text
+        for i in range(4):
+            lines = [
+                page_line(
+                    f"l{j}",
+                    "" if folder == "pages" and i == j == 0 else f"t{i}{j}",
+                    f"1,{1 + 5 * j} 30,{1 + 5 * j} 30,{4 + 5 * j} 1,{4 + 5 * j}",
+                )
+                for j in range(5)
+            ]
+            write(tmp_path / folder / f"p{i}.xml", page_xml("\n".join(lines), image="../page.png"))
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+
+    def split(folder: str = "pages", **kwargs) -> dict[str, list[str]]:
+        data = pages_data(
+            tmp_path, pages=str(tmp_path / folder), split=fractions, split_unit="line", image_dirs=[".."], **kwargs
+        )
+        return {s: [r.id for r in data.records(s)] for s in fractions}
+
+    complete = split("complete")
+    assert [len(complete[s]) for s in fractions] == [12, 4, 4]
+    assert set().union(*map(set, complete.values())) == {f"p{i}/l{j}" for i in range(4) for j in range(5)}
+    ids = split(audit_policy="drop")  # the line without text is dropped from its split; no other line moves
+    assert ids == {s: [i for i in complete[s] if i != "p0/l0"] for s in fractions}
+    assert not (set(ids["train"]) & set(ids["val"])) and not (set(ids["val"]) & set(ids["test"]))
+    pages_in = {s: {i.split("/")[0] for i in ids[s]} for s in fractions}
+    assert pages_in["val"] & pages_in["train"]  # pages are shared: that is what a line split measures
+    assert split(audit_policy="drop") == ids  # deterministic
+    assert split(audit_policy="drop", split_seed=1) != ids
+    with pytest.raises(DataError, match=re.escape("data.split_unit=line splits data.pages; with data.train/val/test")):
+        pages_data(tmp_path, train="y", split_unit="line")
+    with pytest.raises(DataError, match=re.escape("data.split_unit must be document or line, got 'page'")):
+        pages_data(tmp_path, pages="x", split_unit="page")
+
+
 # --------------------------------------------------------------------------- cache
 
 
