@@ -28,6 +28,11 @@ from recognizer.data.base import DataError
 def write_lists(data: object, out: Path, xml_dir: Path | None = None) -> dict[str, int]:
     """Write ``out/{split}.txt`` for every split the data config has (each XML as ``xml_dir/NAME`` when
     given); return the page counts."""
+    if getattr(data, "split_unit", "document") == "line":
+        raise DataError(
+            "data.split_unit=line splits lines, not pages: no page list holds it. kraken draws such a split "
+            "itself (ketos train -p 0.9 on all the pages); or split by document to give both tools the same pages"
+        )
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
     for split in ("train", "val", "test"):

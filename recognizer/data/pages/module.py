@@ -156,7 +156,7 @@ class PagesData(SplitData):
         self._files: dict[str, list[Path]] | None = None
 
     def files(self, split: str) -> list[Path]:
-        """The XML files of ``split`` (for ``pages``: its documents' share)."""
+        """The XML files ``split`` reads (for ``pages``: its documents' share; with ``split_unit=line``: all)."""
         if self._files is None:
             if self.pages is not None and self.split_unit == "line":
                 every = collect_xml(self.pages)

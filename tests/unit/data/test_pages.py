@@ -583,6 +583,10 @@ def test_split_lists_for_a_peer_tool_are_the_training_split(tmp_path):
     assert counts == {"train": 6, "val": 4, "test": 0}
     listed = (tmp_path / "lists" / "val.txt").read_text(encoding="utf-8").split()
     assert listed == [str((tmp_path / "flat" / f.name).absolute()) for f in data.files("val")]
+    by_line = pages_data(tmp_path, pages=str(tmp_path / "pages"), split_unit="line")
+    with pytest.raises(DataError, match=re.escape("data.split_unit=line splits lines, not pages: no page list holds")):
+        script.write_lists(by_line, tmp_path / "line_lists")
+    assert not (tmp_path / "line_lists").exists()
 
 
 def test_cremma_config_splits_by_manuscript_and_maps_line_end_hyphens(tmp_path: Path) -> None:
