@@ -64,6 +64,11 @@ def apply_char_map(text: str, mapping: Mapping[str, str]) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
+def line_key(xml: Path, line_id: str) -> str:
+    """A page line's sample id (``STEM/LINE_ID``): its record id, and what a line split draws."""
+    return f"{xml.stem}/{line_id}"
+
+
 class PagesData(SplitData):
     """ALTO/PAGE XML pages with their images (``recognizer/conf/data/pages.yaml``).
 
@@ -189,13 +194,13 @@ class PagesData(SplitData):
         ]
         keep = None
         if self.split_unit == "line":  # every line of every page is drawn, dropped ones too: the audit moves none
-            keys = [f"{xml.stem}/{line.id}" for xml, page in zip(files, pages) for line in page.lines]
+            keys = [line_key(xml, line.id) for xml, page in zip(files, pages) for line in page.lines]
             keep = set(split_names(keys, self.split, self.split_seed, "line")[split])
         for xml, page in zip(files, pages):
             lines = list(zip(page.lines, self.line_cache.lines(page)))
             misfit = page_misfit(page, [cached.reason for _, cached in lines])
             for line, cached in lines:
-                if keep is not None and f"{xml.stem}/{line.id}" not in keep:
+                if keep is not None and line_key(xml, line.id) not in keep:
                     continue
                 reason, detail = cached.reason, cached.detail
                 if reason is None and not line.text:
@@ -215,7 +220,7 @@ class PagesData(SplitData):
                     continue
                 assert cached.path is not None and line.text is not None
                 text = apply_char_map(line.text, self.char_map)
-                records.append(Record(f"{xml.stem}/{line.id}", cached.path, text))
+                records.append(Record(line_key(xml, line.id), cached.path, text))
         check_unique(records, f"the {split} pages")
         self.drops[split] = drops
         dropped = ", ".join(f"{r}: {n}" for r, n in drops.most_common())
