@@ -14,7 +14,8 @@ validates about ``--validations`` times, the last one at its end, so its best ch
 tested) may be its final weights. Runs go to
 ``OUT/<start>_<N>/`` and resume there (``trainer.resume=auto``), so a stopped table continues where it
 was. The table of test CER (and val CER, steps, minutes of training) is written to ``OUT/table.md`` and
-``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``.
+``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``. ``--starts base`` trains
+only the fine-tuned runs (for a second base: the runs from scratch do not depend on it; their cells show —).
 
 Usage::
 
@@ -156,6 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--all-lines", type=int, required=True, help="how many train lines the recipe trains on")
     parser.add_argument("--steps", type=int, default=1200, help="optimizer steps of every run")
     parser.add_argument("--batch-size", type=int, default=16, help="the recipe's data.batch_size")
+    parser.add_argument(
+        "--starts",
+        nargs="+",
+        choices=STARTS,
+        default=list(STARTS),
+        help="which runs of a row: scratch, base or both (the scratch runs do not depend on the base, so a table "
+        "of a second base need not train them again)",
+    )
     parser.add_argument("--freeze", type=int, default=0, help="trainer.freeze_backbone_steps of the fine-tuned runs")
     parser.add_argument("--validations", type=int, default=8, help="about how many validations per run")
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs and the table")
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     counts = [None if n == "all" else int(n) for n in args.lines]
     plans = plan_runs(counts, args.steps, args.batch_size, args.all_lines, args.base, args.freeze, args.validations)
     rows = []
-    for plan in plans:
+    for plan in (p for p in plans if p.start in args.starts):
         metrics = run(plan, recipe, args.out, args.command.split())
         count = args.all_lines if plan.lines is None else plan.lines
         rows.append({"start": plan.start, "lines": plan.label, "count": count, **metrics})

@@ -81,3 +81,17 @@ def test_table_and_plot_from_the_runs_and_a_rerun_trains_nothing(tmp_path: Path)
     assert (out / "cer_vs_lines.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finetune_table.main(argv)  # every run has its metrics: nothing is trained again
     assert len((out / "calls.txt").read_text().splitlines()) == 4
+
+
+def test_starts_base_trains_only_the_fine_tuned_runs(tmp_path: Path) -> None:
+    """A second base model's table: the runs from scratch do not depend on the base and are not trained."""
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    out = tmp_path / "ft"
+    argv = ["--base", "b.ckpt", "--lines", "100", "--all-lines", "1000", "--steps", "40", "--out", str(out)]
+    argv += ["--starts", "base", "--command", f"{sys.executable} {fake}", "--", "experiment=htr_hooker_crnn"]
+    finetune_table.main(argv)
+    calls = (out / "calls.txt").read_text().splitlines()
+    assert len(calls) == 1 and "trainer.init_from=b.ckpt" in calls[0]
+    assert not (out / "scratch_100").exists()
+    assert (out / "table.md").read_text().splitlines()[2:] == ["| 100 | — | 0.300 (0.310) | 42 | — / 2.0 |"]
