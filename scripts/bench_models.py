@@ -7,7 +7,7 @@ guard) on the default config of its recipe:
 - ``crnn``: ``data=digit_lines`` (height 16), batches of 32 lines with widths drawn from the embedded
   set's range (11–131 px), so shapes vary from step to step as in training;
 - ``crnn-lines``: the generic ``data=lines`` CRNN (height 64), widths 128–390 px (kraken's digit-line
-  set of ``../shared/peer/make_lines.py`` scaled to 64 px); use ``--batch-size 16`` (``data=lines``'s);
+  set of ``scripts/kraken_digit_lines.py`` scaled to 64 px); use ``--batch-size 16`` (``data=lines``'s);
 - ``crnn-hooker``: ``experiment=htr_hooker_crnn`` (``crnn_large``, 4.2M, 48 px), widths 100–770 px
   (5th–95th percentile of the Hooker lines at 48 px); an image recipe's widths scale with
   ``--override data.height=H``;
