@@ -14,8 +14,11 @@ validates about ``--validations`` times, the last one at its end, so its best ch
 tested) may be its final weights. Runs go to
 ``OUT/<start>_<N>/`` and resume there (``trainer.resume=auto``), so a stopped table continues where it
 was. The table of test CER (and val CER, steps, minutes of training) is written to ``OUT/table.md`` and
-``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``. ``--starts base`` trains
-only the fine-tuned runs (for a second base: the runs from scratch do not depend on it; their cells show —).
+``OUT/table.json``, the plot of CER against lines to ``OUT/cer_vs_lines.png``.
+
+A second base on the same lines: ``--starts base`` trains only its fine-tuned runs (the runs from scratch do
+not depend on the base), ``--label`` names its column and curve, and ``--include FIRST/table.json`` shows the
+first table's runs (from scratch and its base) beside them, in the table and the plot.
 
 Usage::
 
@@ -108,37 +111,46 @@ def run(plan: Plan, recipe: list[str], out: Path, command: list[str]) -> dict:
     return json.loads(metrics_file.read_text())
 
 
+SCRATCH = "from scratch"
+
+
+def column(row: dict) -> str:
+    """The table column (and plot curve) of a run: ``from scratch``, or its base's label."""
+    return SCRATCH if row["start"] == "scratch" else row.get("label", "from the base")
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown: one row per N, test CER (val CER) from scratch and from the base, steps and minutes of
-    training (``train/time``: validation included, across resumes)."""
+    """Markdown: one row per N, test CER (val CER) from scratch and from each base (in the order they come),
+    steps and minutes of training (``train/time``: validation included, across resumes; — where a run has none)."""
+    columns = list(dict.fromkeys([SCRATCH, *(column(r) for r in rows)]))
+    short = ["scratch" if c == SCRATCH else c.removeprefix("from ") for c in columns]
     lines = [
-        "| train lines | from scratch: test CER (val) | from the base: test CER (val) | steps "
-        "| minutes (scratch / base) |",
-        "|---|---|---|---|---|",
+        "| train lines | " + " | ".join(f"{c}: test CER (val)" for c in columns) + " | steps "
+        f"| minutes ({' / '.join(short)}) |",
+        "|---|" + "---|" * len(columns) + "---|---|",
     ]
     by_n: dict[str, dict[str, dict]] = {}
     for r in rows:
-        by_n.setdefault(r["lines"], {})[r["start"]] = r
-    for n, pair in by_n.items():
-        cells = [f"{pair[s]['test/cer']:.3f} ({pair[s]['val/cer']:.3f})" if s in pair else "—" for s in STARTS]
-        steps = next(iter(pair.values()))["train/steps"]
-        minutes = " / ".join(f"{pair[s]['train/time'] / 60:.1f}" if s in pair else "—" for s in STARTS)
-        lines.append(f"| {n} | {cells[0]} | {cells[1]} | {steps} | {minutes} |")
+        by_n.setdefault(r["lines"], {})[column(r)] = r
+    for n, runs in by_n.items():
+        cells = [f"{runs[c]['test/cer']:.3f} ({runs[c]['val/cer']:.3f})" if c in runs else "—" for c in columns]
+        steps = next(iter(runs.values()))["train/steps"]
+        minutes = [f"{runs[c]['train/time'] / 60:.1f}" if "train/time" in runs.get(c, {}) else "—" for c in columns]
+        lines.append(f"| {n} | {' | '.join(cells)} | {steps} | {' / '.join(minutes)} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Test CER against train lines (``count``, log axis), one curve per start."""
+    """Test CER against train lines (``count``, log axis), one curve per column of the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for start, label in (("scratch", "from scratch"), ("base", "from the base model")):
-        points = sorted((r["count"], r["test/cer"]) for r in rows if r["start"] == start)
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+    for label in dict.fromkeys(column(r) for r in rows):
+        points = sorted((r["count"], r["test/cer"]) for r in rows if column(r) == label)
+        ax.plot(*zip(*points, strict=True), marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("train lines")
     ax.set_ylabel("test CER")
@@ -165,6 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         help="which runs of a row: scratch, base or both (the scratch runs do not depend on the base, so a table "
         "of a second base need not train them again)",
     )
+    parser.add_argument(
+        "--label", default="from the base", help="the base's column and curve, e.g. 'from the Copiste model'"
+    )
+    parser.add_argument(
+        "--include",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="table.json files of earlier tables (another base, or the runs from scratch) to show beside these runs",
+    )
     parser.add_argument("--freeze", type=int, default=0, help="trainer.freeze_backbone_steps of the fine-tuned runs")
     parser.add_argument("--validations", type=int, default=8, help="about how many validations per run")
     parser.add_argument("--out", type=Path, required=True, help="folder of the runs and the table")
@@ -178,12 +200,16 @@ def main(argv: list[str] | None = None) -> None:
     for plan in (p for p in plans if p.start in args.starts):
         metrics = run(plan, recipe, args.out, args.command.split())
         count = args.all_lines if plan.lines is None else plan.lines
-        rows.append({"start": plan.start, "lines": plan.label, "count": count, **metrics})
+        label = SCRATCH if plan.start == "scratch" else args.label
+        rows.append({"start": plan.start, "label": label, "lines": plan.label, "count": count, **metrics})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "table.json").write_text(json.dumps(rows, indent=2))
-    markdown = table(rows)
+    mine = {(column(r), r["lines"]) for r in rows}
+    included = [r for f in args.include for r in json.loads(f.read_text()) if (column(r), r["lines"]) not in mine]
+    shown = sorted(included + rows, key=lambda r: r["count"])  # stable: columns keep the order they come in
+    markdown = table(shown)
     (args.out / "table.md").write_text(markdown)
-    plot(rows, args.out / "cer_vs_lines.png")
+    plot(shown, args.out / "cer_vs_lines.png")
     sys.stdout.write(markdown)
 
 

@@ -95,3 +95,22 @@ def test_starts_base_trains_only_the_fine_tuned_runs(tmp_path: Path) -> None:
     assert len(calls) == 1 and "trainer.init_from=b.ckpt" in calls[0]
     assert not (out / "scratch_100").exists()
     assert (out / "table.md").read_text().splitlines()[2:] == ["| 100 | — | 0.300 (0.310) | 42 | — / 2.0 |"]
+
+
+def test_a_second_base_is_shown_beside_the_first_tables_runs(tmp_path: Path) -> None:
+    """--include puts an earlier table's runs (from scratch, first base) in the columns before the new base's."""
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    common = ["--lines", "100", "--all-lines", "1000", "--steps", "40", "--command", f"{sys.executable} {fake}"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    finetune_table.main(["--base", "a.ckpt", "--label", "from A", "--out", str(first), *common, "--", "x=1"])
+    argv = ["--base", "b.ckpt", "--label", "from B", "--starts", "base", "--out", str(second), *common]
+    finetune_table.main([*argv, "--include", str(first / "table.json"), "--", "x=1"])
+    assert len((second / "calls.txt").read_text().splitlines()) == 1  # only B's run was trained
+    assert (second / "table.md").read_text().splitlines() == [
+        "| train lines | from scratch: test CER (val) | from A: test CER (val) | from B: test CER (val) | steps "
+        "| minutes (scratch / A / B) |",
+        "|---|---|---|---|---|---|",
+        "| 100 | 0.900 (0.910) | 0.300 (0.310) | 0.300 (0.310) | 42 | 2.0 / 2.0 / 2.0 |",
+    ]
+    assert [r["label"] for r in json.loads((second / "table.json").read_text())] == ["from B"]  # its own runs
