@@ -112,11 +112,12 @@ def run(plan: Plan, recipe: list[str], out: Path, command: list[str]) -> dict:
 
 
 SCRATCH = "from scratch"
+BASE = "from the base"  # a base's column when --label names none
 
 
 def column(row: dict) -> str:
     """The table column (and plot curve) of a run: ``from scratch``, or its base's label."""
-    return SCRATCH if row["start"] == "scratch" else row.get("label", "from the base")
+    return SCRATCH if row["start"] == "scratch" else row.get("label", BASE)
 
 
 def table(rows: list[dict]) -> str:
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         help="which runs of a row: scratch, base or both (the scratch runs do not depend on the base, so a table "
         "of a second base need not train them again)",
     )
-    parser.add_argument(
-        "--label", default="from the base", help="the base's column and curve, e.g. 'from the Copiste model'"
-    )
+    parser.add_argument("--label", default=BASE, help="the base's column and curve, e.g. 'from the Copiste model'")
     parser.add_argument(
         "--include",
         nargs="+",
