@@ -131,7 +131,7 @@ MODEL_CLASSES: dict[str, type[Recognizer]] = {
 #: (height equals n_mels).
 PREPROCESSING_KEYS = (
     *("height", "invert"),
-    *("baseline_above", "baseline_below", "extract_height", "hyphen"),
+    *("baseline_above", "baseline_below", "extract_height", "deskew", "hyphen"),
     *FEATURE_KEYS,
 )
 #: Hydra's special keys: in a checkpoint they would name code to run, so none may appear anywhere
@@ -204,10 +204,13 @@ def validate(ckpt: Mapping[str, Any], path: str | Path = "<checkpoint>") -> None
 def preprocessing_settings(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing settings of a (validated) checkpoint's data config, which eval must use.
 
-    An audio checkpoint older than a front-end key was trained without it: that key's default.
+    An audio checkpoint older than a front-end key was trained without it: that key's default; a pages
+    checkpoint older than ``deskew`` cut its lines unturned.
     """
     trained = ckpt["config"]["data"]
     settings = {key: trained[key] for key in PREPROCESSING_KEYS if key in trained}
+    if "extract_height" in trained:  # pages: a checkpoint older than data.deskew cut its lines unturned
+        settings.setdefault("deskew", False)
     if "n_mels" in trained:  # audio
         settings |= feature_settings(trained)
     return settings

@@ -40,7 +40,7 @@ from recognizer.data.batching import Collate
 from recognizer.data.images.lines import IMAGE_SUFFIXES, LineDataset, Record, _image_size
 from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.formats import parse_page
-from recognizer.data.pages.geometry import LineGeometryError, crop_line, line_box, outline
+from recognizer.data.pages.geometry import LineGeometryError, baseline_angle, crop_line, line_box, outline
 from recognizer.data.pages.module import BASELINE_ABOVE, BASELINE_BELOW
 from recognizer.data.pages.sources import collect_xml
 from recognizer.data.pages.write import LineText, write_page
@@ -257,8 +257,8 @@ class Transcriber:
     ) -> list[Path]:
         """Transcribe every line of ALTO/PAGE files and write each XML, with our text, into ``out_dir``.
 
-        Lines are cut as in training (the checkpoint's ``baseline_above``, ``baseline_below`` and
-        ``extract_height`` when it was trained on pages). A line whose geometry gives no image keeps its
+        Lines are cut as in training (the checkpoint's ``baseline_above``, ``baseline_below``, ``extract_height``
+        and ``deskew`` when it was trained on pages). A line whose geometry gives no image keeps its
         old text (and is logged).
 
         Args:
@@ -281,6 +281,7 @@ class Transcriber:
             "baseline_below": data.get("baseline_below", BASELINE_BELOW),
         }
         height = data.get("extract_height")
+        deskew = bool(data.get("deskew", False))
         dirs = list(image_dirs) if image_dirs is not None else checkpoint_image_dirs(data.get("image_dirs") or [])
         out = Path(out_dir)
         xmls = collect_xml([str(p) for p in pages] if not isinstance(pages, (str, Path)) else str(pages))
@@ -299,7 +300,8 @@ class Transcriber:
                 )
         above, below = band["baseline_above"], band["baseline_below"]
         return [
-            self._transcribe_page(xml, out / xml.name, dirs, above, below, height, allow_outside_images) for xml in xmls
+            self._transcribe_page(xml, out / xml.name, dirs, above, below, height, deskew, allow_outside_images)
+            for xml in xmls
         ]
 
     def _transcribe_page(
@@ -310,6 +312,7 @@ class Transcriber:
         above: float,
         below: float,
         height: int | None,
+        deskew: bool = False,
         allow_outside_images: bool = False,
     ) -> Path:
         page = parse_page(xml, image_dirs=image_dirs, allow_outside_images=allow_outside_images)
@@ -325,7 +328,8 @@ class Transcriber:
             try:
                 points = outline(line, scale, above, below)
                 boxes.append(line_box(pixels.shape, points))
-                crops.append(crop_line(pixels, points, height))  # as the line cache stored them for training
+                angle = baseline_angle(line, scale) if deskew else 0.0
+                crops.append(crop_line(pixels, points, height, angle))  # as the line cache stored them for training
             except LineGeometryError as e:
                 log.warning("%s: line %s keeps its text: %s", xml, line.id, e)
                 boxes.append(None)

@@ -186,3 +186,32 @@ def test_cli_pages_out_and_its_errors(ckpt: Path, data_root: Path, tmp_path: Pat
         SystemExit, match=re.escape(f"{pages / 'p.xml'}: page image not found (tried {pages / 'page.png'}")
     ):
         main([str(ckpt), str(pages / "p.xml"), "--out-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("deskew", [False, True])
+def test_pages_are_cut_as_the_checkpoint_cut_them_deskew_included(
+    model: Transcriber, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deskew: bool
+) -> None:
+    """A checkpoint trained with data.deskew=true turns sloping lines before reading them; one without does not."""
+    import recognizer.inference as inference
+
+    angles: list[float] = []
+
+    def spy(page: np.ndarray, points, height=None, angle: float = 0.0) -> np.ndarray:
+        angles.append(angle)
+        return crop(page, points, height, angle)
+
+    crop = inference.crop_line
+    monkeypatch.setattr(inference, "crop_line", spy)
+    monkeypatch.setitem(model.config["data"], "deskew", deskew)
+    pages = tmp_path / "in"
+    pages.mkdir()
+    _, [(x0, y0, x1, y1), level], _ = paste_page(data_root, pages, n=2)
+    sloped = page_line("l0", None, f"{x0},{y0} {x1},{y0 + 8} {x1},{y1 + 8} {x0},{y1}", f"{x0},{y1 - 4} {x1},{y1 + 4}")
+    flat = page_line(
+        "l1", None, "{0},{1} {2},{1} {2},{3} {0},{3}".format(*level), f"{level[0]},{level[3]} {level[2]},{level[3]}"
+    )
+    xml = write(pages / "p.xml", page_xml(f"{sloped}\n{flat}", width=Image.open(pages / "page.png").width, height=70))
+    model.transcribe_pages([xml], tmp_path / "out")
+    slope = np.degrees(np.arctan(8 / (x1 - x0)))
+    assert np.degrees(angles) == pytest.approx([slope if deskew else 0.0, 0.0])

@@ -29,7 +29,14 @@ from PIL import Image, UnidentifiedImageError
 from recognizer.data.base import DataError, generation_lock
 from recognizer.data.images.lines import open_image
 from recognizer.data.pages.formats import Page
-from recognizer.data.pages.geometry import MISSING_IMAGE, REFUSED_IMAGE, LineGeometryError, crop_line, outline
+from recognizer.data.pages.geometry import (
+    MISSING_IMAGE,
+    REFUSED_IMAGE,
+    LineGeometryError,
+    baseline_angle,
+    crop_line,
+    outline,
+)
 from recognizer.data.pages.safety import write_atomic
 
 log = logging.getLogger(__name__)
@@ -113,13 +120,22 @@ class LineCache:
         root: the cache folder (shared by all runs; safe for parallel jobs).
         above, below: the band around a baseline-only line, in pixels over and under it.
         height: store crops scaled to this height (None: the scan's resolution).
+        deskew: turn each line whose baseline slopes level before cutting it (:func:`baseline_angle`).
     """
 
-    def __init__(self, root: str | Path, above: float, below: float, height: int | None = None) -> None:
+    def __init__(
+        self, root: str | Path, above: float, below: float, height: int | None = None, deskew: bool = False
+    ) -> None:
         self.root = Path(root)
-        self.above, self.below, self.height = above, below, height
+        self.above, self.below, self.height, self.deskew = above, below, height, bool(deskew)
         # numbers normalised, so that 48 from a YAML file and 48.0 from Python are one cache
-        settings = {"above": float(above), "below": float(below), "height": None if height is None else int(height)}
+        settings: dict[str, Any] = {
+            "above": float(above),
+            "below": float(below),
+            "height": None if height is None else int(height),
+        }
+        if self.deskew:  # only when on: caches cut before the option existed keep their keys
+            settings["deskew"] = True
         self.settings = json.dumps({"version": EXTRACTION_VERSION, **settings}, sort_keys=True)
         self.reset_counters()
 
@@ -189,7 +205,8 @@ class LineCache:
         entries: list[dict] = []
         for n, line in enumerate(page.lines):
             try:
-                crop = crop_line(pixels, outline(line, scale, self.above, self.below), self.height)
+                angle = baseline_angle(line, scale) if self.deskew else 0.0
+                crop = crop_line(pixels, outline(line, scale, self.above, self.below), self.height, angle)
             except LineGeometryError as e:
                 entries.append({"id": line.id, "reason": e.reason, "detail": str(e).split(": ", 1)[-1]})
                 continue

@@ -93,6 +93,8 @@ class PagesData(SplitData):
         char_map: a ``from<TAB>to`` file or a mapping applied to every transcript (stored in the checkpoint).
         baseline_above, baseline_below: baseline-only lines: band height over and under the baseline (pixels).
         extract_height: store cached crops at this height (None: the scan's resolution).
+        deskew: turn each line whose baseline slopes (0.5-45 degrees) level before cutting it, so the crop holds
+            the writing rather than its slope (:func:`~recognizer.data.pages.geometry.baseline_angle`).
         audit_policy: lines without text or usable geometry, or whose image is missing: ``error`` (stop,
             naming the XML file and line id) or ``drop`` (skip, counted by reason). None means ``error``.
         height, invert, cache: as in :class:`~recognizer.data.images.modules.LinesData`.
@@ -119,6 +121,7 @@ class PagesData(SplitData):
         baseline_above: float = BASELINE_ABOVE,
         baseline_below: float = BASELINE_BELOW,
         extract_height: int | None = None,
+        deskew: bool = False,
         audit_policy: str | None = "error",
         height: int = 64,
         invert: bool = True,
@@ -154,7 +157,7 @@ class PagesData(SplitData):
         self.allow_outside_images = bool(allow_outside_images)
         self.text_index, self.hyphen = text_index, hyphen
         self.char_map = load_char_map(char_map)
-        self.line_cache = LineCache(cache_dir, baseline_above, baseline_below, extract_height)
+        self.line_cache = LineCache(cache_dir, baseline_above, baseline_below, extract_height, deskew)
         self.audit_policy = audit_policy or "error"
         self.height, self.invert, self.cache = height, invert, cache
         self.drops: dict[str, Counter[str]] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import re
 from pathlib import Path
 
@@ -12,7 +14,9 @@ from PIL import Image
 
 from recognizer.data.base import DataError
 from recognizer.data.pages import PagesData, parse_page
-from recognizer.data.pages.geometry import crop_line
+from recognizer.data.pages.cache import LineCache
+from recognizer.data.pages.formats import PageLine
+from recognizer.data.pages.geometry import baseline_angle, crop_line
 from recognizer.data.pages.module import apply_char_map, load_char_map
 from recognizer.data.pages.sources import collect_xml, split_by_document
 from tests.helpers.page_fixtures import (
@@ -451,6 +455,83 @@ def test_crop_line_direct():
     page[0:5, 0:80] = 0  # a dark scan border outside the line does not change its paper colour
     crop = crop_line(page, [(10, 10), (70, 10), (40, 40)])
     assert crop.shape == (30, 60) and crop[29, 0] == PAPER
+
+
+# --------------------------------------------------------------------------- deskew
+
+
+def sloped_line(degrees: float, width: int = 240, height: int = 140) -> tuple[np.ndarray, str, str]:
+    """A page with a 6-pixel ink stroke along a baseline falling ``degrees`` to the right, and that line's
+    PAGE ``Coords`` (a band 12 px over and 4 px under the baseline) and ``Baseline`` points."""
+    page = np.full((height, width), PAPER, dtype=np.uint8)
+    slope = math.tan(math.radians(degrees))
+    ends = [(x, height / 2 + (x - width / 2) * slope) for x in (20, width - 20)]
+    for x in range(20, width - 20):
+        y = round(height / 2 + (x - width / 2) * slope)
+        page[y - 6 : y, x] = INK
+    top = " ".join(f"{x:g},{y - 12:g}" for x, y in ends)
+    bottom = " ".join(f"{x:g},{y + 4:g}" for x, y in reversed(ends))
+    return page, f"{top} {bottom}", " ".join(f"{x:g},{y:g}" for x, y in ends)
+
+
+def ink_rows(crop: np.ndarray) -> np.ndarray:
+    """The mean row of the ink in each column that holds ink (the stroke's ends, cut by the outline, left out)."""
+    ink = crop < (int(INK) + int(PAPER)) // 2
+    columns = ink.any(axis=0)
+    rows = np.arange(crop.shape[0])[:, None]
+    return ((ink * rows).sum(axis=0)[columns] / ink.sum(axis=0)[columns])[3:-3]
+
+
+def test_baseline_angle_is_the_fitted_slope_within_its_limits():
+    def angle(*points: tuple[float, float]) -> float:
+        return math.degrees(baseline_angle(PageLine("l", "x", None, points or None)))
+
+    assert angle((0, 0), (50, 5), (100, 10)) == pytest.approx(math.degrees(math.atan(0.1)))
+    assert angle((100, 10), (0, 0)) == pytest.approx(math.degrees(math.atan(0.1)))  # point order does not matter
+    assert angle((0, 10), (100, 0)) == pytest.approx(-math.degrees(math.atan(0.1)))  # rising to the right
+    assert angle((0, 0), (50, 30), (100, 0)) == 0.0  # an arch: its fitted line is level
+    assert angle((0, 0), (100, 0.5)) == 0.0  # under MIN_DESKEW_DEGREES: cut as it is
+    assert angle((0, 0), (100, 200)) == 0.0  # over MAX_DESKEW_DEGREES: which way up it reads is unknown
+    assert angle((0, 0), (0.5, 100)) == 0.0 and angle((5, 5)) == 0.0 and angle() == 0.0
+    assert angle((0, 0), (100, float("nan"))) == 0.0
+
+
+def test_crop_line_turned_by_the_baseline_angle_lies_level():
+    page, coords, baseline = sloped_line(10)
+    points = [tuple(map(float, p.split(","))) for p in coords.split()]
+    angle = baseline_angle(PageLine("l", "x", None, tuple(tuple(map(float, p.split(","))) for p in baseline.split())))
+    assert math.degrees(angle) == pytest.approx(10, abs=0.01)
+    plain, turned = crop_line(page, points), crop_line(page, points, angle=angle)
+    assert np.ptp(ink_rows(plain)) > 25  # the stroke falls ~35 rows across the box
+    assert np.ptp(ink_rows(turned)) <= 2  # turned: level
+    assert turned.shape[0] < plain.shape[0] / 2 and turned.shape[1] > 0.95 * plain.shape[1] / math.cos(angle)
+    assert turned[0, 0] == PAPER and turned[-1, -1] == PAPER  # outside the outline: the paper colour
+    assert crop_line(page, points, height=8, angle=angle).shape[0] == 8
+
+
+def test_pages_deskew_cuts_turned_lines_and_keeps_the_old_cache_keys(tmp_path):
+    page, coords, baseline = sloped_line(10)
+    Image.fromarray(page, mode="L").save(tmp_path / "page.png")
+    xml = write(tmp_path / "p.xml", page_xml(page_line("l1", "x", coords, baseline), width=240, height=140))
+    [plain] = pages_data(tmp_path, train=str(xml)).records("train")
+    [turned] = pages_data(tmp_path, train=str(xml), deskew=True).records("train")  # the same cache folder
+    assert plain.path.parent != turned.path.parent
+    assert np.ptp(ink_rows(png(plain.path))) > 25 and np.ptp(ink_rows(png(turned.path))) <= 2
+    # off, the settings (and so the folders) are those of caches cut before data.deskew existed
+    expected = {"above": 48.0, "below": 16.0, "height": 32, "version": 2}
+    assert json.loads(LineCache(tmp_path, 48, 16, 32).settings) == expected
+    assert json.loads(LineCache(tmp_path, 48, 16, 32, deskew=True).settings) == {**expected, "deskew": True}
+
+
+def test_checkpoint_preprocessing_says_how_its_lines_were_cut():
+    from recognizer.checkpoint import preprocessing_settings
+
+    def settings(**data) -> dict:
+        return preprocessing_settings({"config": {"data": {"height": 48, **data}}})
+
+    assert settings(extract_height=48)["deskew"] is False  # a pages checkpoint older than data.deskew
+    assert settings(extract_height=48, deskew=True)["deskew"] is True
+    assert "deskew" not in settings()  # not trained on pages
 
 
 # --------------------------------------------------------------------------- character mapping
