@@ -102,9 +102,12 @@ def init_weights(model: nn.Module, ckpt: Mapping[str, Any], alphabet: Alphabet, 
             shape = tuple(value.shape) if value is not None else "missing"
             mismatched.append(f"{name}: checkpoint {shape}, model {tuple(target.shape)}")
     if mismatched:
+        trained = ckpt.get("config", {}).get("data", {})
+        size = next((f"data.{k}={trained[k]}" for k in ("n_mels", "height") if k in trained), None)
         raise ValueError(
             f"trainer.init_from={path}: its weights do not fit this model ({'; '.join(mismatched[:3])}). Use the "
             "checkpoint's model settings (model=... as in its config) and the same data.n_mels/height"
+            + (f" (it was trained with {size})" if size else "")
         )
     model.load_state_dict(loaded)
     kept = [s for s in base.symbols if s in alphabet.symbols]

@@ -54,6 +54,10 @@ def test_output_rows_follow_their_symbols() -> None:
     assert info == {"from": "x.ckpt", "kept": ["a", "c"], "added": ["x"], "dropped": ["b"]}
     with pytest.raises(ValueError, match=r"its weights do not fit this model \(.*rnn_hidden|its weights do not fit"):
         init_weights(CRNN(num_classes=4, height=32, rnn_hidden=32), ckpt, new_alphabet, "x.ckpt")
+    trained_at_32 = ckpt | {"config": {"data": {"height": 32}}}  # a base of another height: the message says which
+    said = r"rnn\.fwd\.0\.weight_ih_l0: .*data\.n_mels/height \(it was trained with data\.height=32\)$"
+    with pytest.raises(ValueError, match=said):
+        init_weights(CRNN(num_classes=4, height=48), trained_at_32, new_alphabet, "x.ckpt")
 
 
 def test_freeze_trains_only_the_head_until_its_step() -> None:
