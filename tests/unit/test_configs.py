@@ -136,6 +136,23 @@ def test_defaults_comments_list_every_option_of_their_group(config: str) -> None
         assert named - {"null"} == set(options(group)), f"recognizer/conf/{config}.yaml, {group}: {comment!r}"
 
 
+#: ``key: value`` (a value, not a section header) at any indentation; list items and comment lines are not keys
+KEY_WITH_VALUE = re.compile(r"^\s*[\w@/.]+\s*:\s*(?P<rest>[^#\s].*)$")
+
+
+def test_every_yaml_key_has_a_comment() -> None:
+    """README: "Each YAML key has a comment with its valid values": every key that sets a value says on its line
+    what it is (Hydra's ``_target_``/``_partial_`` name code, and ``override`` lines name options: not keys)."""
+    bare = []
+    for path in sorted(Path(CONFIG_DIR).rglob("*.yaml")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            m = KEY_WITH_VALUE.match(line)
+            commented = re.search(r"\s#", m["rest"]) if m else None  # YAML: a comment needs a space before '#'
+            if m and not commented and not line.lstrip().startswith(("_target_", "_partial_")):
+                bare.append(f"{path.relative_to(CONFIG_DIR)}:{number}: {line.strip()}")
+    assert not bare, "keys without a comment:\n" + "\n".join(bare)
+
+
 @pytest.mark.parametrize("data", ["lines", "pages", "copiste", "cremma_mss18", "hooker"])
 def test_line_and_page_data_start_from_a_model_sized_for_real_lines(data: str, tmp_path: Path) -> None:
     lines_model = compose_config("train", [f"data={data}", "model=crnn_lines", f"paths.output_dir={tmp_path}"]).model
