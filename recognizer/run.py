@@ -25,7 +25,7 @@ from recognizer.data.batching import EpochBatchSampler
 from recognizer.data.loaders import make_loader
 from recognizer.engine.distributed import Dist, device_for
 from recognizer.engine.loop import TrainerOptions
-from recognizer.engine.memory import fix_mmap_threshold
+from recognizer.engine.memory import set_malloc_policy
 from recognizer.engine.precision import Precision, resolve_device, resolve_precision
 from recognizer.models.base import Recognizer
 from recognizer.stability.audit import AuditReport
@@ -139,7 +139,7 @@ def build_run(
     trainer = trainer or instantiate(cfg.trainer)
     if trainer.num_threads:  # on a busy CPU fewer threads can be several times faster
         torch.set_num_threads(trainer.num_threads)
-    fix_mmap_threshold(trainer.malloc_mmap_threshold)  # freed variable-size blocks go back to the system
+    set_malloc_policy(trainer.malloc)  # where freed variable-size blocks go: back to the system, or kept
     stability = StabilityOptions.from_config(cfg.stability)
     with dist.main_first():  # rank 0 generates/caches embedded data before the others read it
         data: SplitData = instantiate(cfg.data)

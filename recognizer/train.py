@@ -33,6 +33,7 @@ from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
 from recognizer.engine.finetune import BackboneFreeze, init_alphabet, init_weights, train_subset
 from recognizer.engine.loop import TrainerOptions, TrainState, evaluate_loader, fit
+from recognizer.engine.memory import HeapTrim
 from recognizer.engine.seeding import seed_everything
 from recognizer.loggers import JsonlLogger, MultiLogger, rewind_jsonl
 from recognizer.run import AlphabetChoice, Run, build_run
@@ -247,6 +248,8 @@ def _training_state(
         if dist.enabled:  # DDP fixes the parameters that take gradients when it wraps the model
             raise ValueError("trainer.freeze_backbone_steps does not work under torchrun (DDP); run on one process")
         state.callbacks.append(BackboneFreeze(model, opts.freeze_backbone_steps))
+    if opts.malloc == "fast":  # without it the heap's fragments grow the process without bound
+        state.callbacks.append(HeapTrim())
     forward: Any = model if wrapped is None else wrapped
     if opts.compile:  # compile the DDP wrapper, not the other way round (DDP's recommended order)
         forward = torch.compile(forward)

@@ -83,7 +83,7 @@ class TrainerOptions:
     freeze_backbone_steps: int = 0
     train_samples: int | None = None
     num_threads: int | None = None
-    malloc_mmap_threshold: int | None = None
+    malloc: str = "system"
     bucketing: bool = False
     bucket_pool_batches: int = 50
     preempt_exit_code: int = 0

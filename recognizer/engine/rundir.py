@@ -47,7 +47,7 @@ OPERATIONAL = frozenset(
         *("trainer.log_every_n_steps", "trainer.num_threads", "trainer.resume", "trainer.resume_allow"),
         *("trainer.init_from", "trainer.overwrite", "trainer.checkpoint_every_n_steps", "trainer.preempt_exit_code"),
         *("trainer.alignment_samples", "trainer.dist_timeout_s", "trainer.device", "trainer.compile"),
-        "trainer.malloc_mmap_threshold",
+        *("trainer.malloc", "trainer.malloc_mmap_threshold"),  # the latter: its name before 2026-12-07
         *("data.num_workers", "data.pin_memory", "data.persistent_workers", "data.cache", "data.cache_dir"),
         *("stability.save_nonfinite", "stability.max_nonfinite_files", "stability.localize"),
         *("stability.grad_norm_every_step", "stability.detect_anomaly", "stability.scan_inputs"),

@@ -32,6 +32,9 @@ def test_training_changes_lists_what_changes_the_training() -> None:
     now["data"]["num_workers"] = 4  # loader settings never change what is trained
     now["model"]["new_key"] = 1  # a key the checkpoint lacks: its default is what that run did
     assert training_changes(saved, now) == []
+    saved["trainer"]["malloc_mmap_threshold"] = 131072  # the allocator setting's name before trainer.malloc
+    now["trainer"]["malloc"] = "fast"
+    assert training_changes(saved, now) == []
     now["optimizer"]["lr"] = 3e-4
     now["model"]["rnn_hidden"] = 128
     now["data"]["train"] = "b.tsv"

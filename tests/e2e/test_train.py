@@ -137,6 +137,19 @@ def test_init_from_refuses_an_incompatible_checkpoint(data_root: Path, tmp_path:
         train(compose_config("train", tiny_overrides(data_root, tmp_path / "wider", *wider)))
 
 
+def test_the_fast_malloc_policy_trims_when_memory_is_short_and_changes_no_number(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(compose_config("train", tiny_overrides(data_root, tmp_path / "system")))
+    trims: list[bool] = []
+    monkeypatch.setattr("recognizer.run.set_malloc_policy", lambda policy: False)  # leave pytest's malloc alone
+    monkeypatch.setattr("recognizer.engine.memory.malloc_trim", lambda: trims.append(True) or True)
+    monkeypatch.setattr("recognizer.engine.memory.available_memory", lambda: 0.1)  # always short
+    train(compose_config("train", tiny_overrides(data_root, tmp_path / "fast", "trainer.malloc=fast")))
+    assert step_losses(tmp_path / "fast") == step_losses(tmp_path / "system")
+    assert len(trims) == 2  # 12 steps: at step 1 and 11 (at most every 10)
+
+
 def test_user_lines_train_from_a_manifest(tmp_path: Path) -> None:
     manifest = write_lines(tmp_path / "lines", {f"l{i}": t for i, t in enumerate(["ab", "ba c", "cab", "a"])})
     metrics = train(compose_config("train", lines_overrides(manifest, tmp_path / "run")))

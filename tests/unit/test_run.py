@@ -44,12 +44,12 @@ def test_the_doctor_builds_a_wrong_head_and_collects_what_training_refuses(data_
     assert report.violations["too_long"] and len(report.kept) + len(report.violations["too_long"]) == 96
 
 
-@pytest.mark.parametrize(("value", "expected"), [("null", None), ("131072", 131072)])
-def test_build_run_hands_the_malloc_threshold_to_the_allocator(
-    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, expected: int | None
+@pytest.mark.parametrize("policy", ["system", "lean", "fast"])
+def test_build_run_hands_the_malloc_policy_to_the_allocator(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
-    calls: list[int | None] = []
-    monkeypatch.setattr("recognizer.run.fix_mmap_threshold", calls.append)
-    cfg = compose_config("train", tiny_overrides(data_root, tmp_path, f"trainer.malloc_mmap_threshold={value}"))
+    calls: list[str] = []
+    monkeypatch.setattr("recognizer.run.set_malloc_policy", calls.append)
+    cfg = compose_config("train", tiny_overrides(data_root, tmp_path, f"trainer.malloc={policy}"))
     build_run(cfg, splits=["train"])
-    assert calls == [expected]
+    assert calls == [policy]
