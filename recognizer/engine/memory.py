@@ -10,8 +10,8 @@ uses. Three policies, none of which changes a number the run computes (train los
 - ``system``: glibc's defaults, as above.
 - ``lean``: a fixed 128 KiB threshold: every block above it is returned when freed. The smallest process,
   and the slowest (every large tensor is fresh pages).
-- ``fast``: no mappings and no trimming after a free: every block comes from the heap and freed ones are
-  reused, with no page faults. The heap's fragments of every width grow the process for as long as the
+- ``fast``: no mappings, and the heap's top given back only past 2 GiB: every block comes from the heap and
+  freed ones are reused, with no page faults. The heap's fragments of every width grow the process for as long as the
   machine has memory to spare; when it has not (:data:`LOW_MEMORY`), :class:`HeapTrim` gives the free
   pages back, as PyTorch's CUDA allocator empties its cache when memory runs out.
 """
