@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import ctypes
+import logging
 import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from recognizer.engine import memory
 
-GLIBC = platform.libc_ver()[0] == "glibc"
+LIBC, LIBC_VERSION = platform.libc_ver()
+GLIBC = LIBC == "glibc"
+MALLINFO2 = GLIBC and tuple(map(int, LIBC_VERSION.split(".")[:2])) >= (2, 33)
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in memory.ENV.values()}
 
 
 @pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """glibc's variables unset during the test and restored after it, whatever the test sets."""
+def fresh(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """A process whose malloc has no policy yet and whose user set no variable, with a stand-in libc
+    recording the mallopt calls; glibc's variables restored after the test, whatever it sets."""
     for name in memory.ENV.values():
         monkeypatch.setenv(name, "0")
         monkeypatch.delenv(name)
-    return monkeypatch
-
-
-def fake_libc(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    monkeypatch.setattr(memory, "USER_ENV", [])
+    monkeypatch.setattr(memory, "_applied", [])
     calls: list[tuple[int, int]] = []
 
     class Libc:
@@ -33,7 +36,7 @@ def fake_libc(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
             calls.append((param, value))
             return 1
 
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(memory, "_libc", Libc)
     return calls
 
 
@@ -45,11 +48,10 @@ def fake_libc(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     ],
 )
 def test_a_policy_applies_here_and_reaches_the_processes_started_after(
-    no_env: pytest.MonkeyPatch, policy: str, expected: dict[str, str]
+    fresh: list[tuple[int, int]], policy: str, expected: dict[str, str]
 ) -> None:
-    calls = fake_libc(no_env)
     assert memory.set_malloc_policy(policy)
-    assert {memory.ENV[param]: str(value) for param, value in calls} == expected
+    assert {memory.ENV[param]: str(value) for param, value in fresh} == expected
     names = sorted(memory.ENV.values())
     child = subprocess.run(
         [sys.executable, "-c", f"import os; print([os.environ.get(n) for n in {names}])"],
@@ -59,21 +61,32 @@ def test_a_policy_applies_here_and_reaches_the_processes_started_after(
     assert child.stdout.strip() == str([expected.get(n) for n in names])
 
 
-def test_system_and_the_users_environment_leave_glibc_alone(no_env: pytest.MonkeyPatch) -> None:
-    calls = fake_libc(no_env)
+def test_system_and_the_users_variables_leave_glibc_alone(
+    fresh: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     assert not memory.set_malloc_policy("system")
-    no_env.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting of any of the variables wins
+    monkeypatch.setattr(memory, "USER_ENV", ["MALLOC_MMAP_THRESHOLD_"])  # set before the process started
+    with caplog.at_level(logging.WARNING, logger="recognizer.engine.memory"):
+        assert not memory.set_malloc_policy("fast")
+    assert "trainer.malloc=fast ignored: the environment sets MALLOC_MMAP_THRESHOLD_" in caplog.text
+    assert fresh == [] and "MALLOC_MMAP_MAX_" not in os.environ
+
+
+def test_a_second_policy_in_one_process_is_refused_with_a_warning(
+    fresh: list[tuple[int, int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert memory.set_malloc_policy("fast")
+    with caplog.at_level(logging.WARNING, logger="recognizer.engine.memory"):
+        assert not memory.set_malloc_policy("lean")  # a sequential sweep: glibc's settings cannot be undone
+        assert memory.set_malloc_policy("fast")  # the same one again is in force
+    assert caplog.text.count("trainer.malloc=lean ignored: this process runs with trainer.malloc=fast") == 1
+    assert len(fresh) == 2  # fast's two settings, made once
+
+
+def test_no_glibc_is_not_an_error(fresh: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_libc", lambda: None)
     assert not memory.set_malloc_policy("fast")
-    assert calls == []
-    assert "MALLOC_MMAP_MAX_" not in os.environ
-
-
-def test_no_glibc_is_not_an_error(no_env: pytest.MonkeyPatch) -> None:
-    def missing(name: str) -> None:
-        raise OSError(f"{name}: cannot open shared object file")
-
-    no_env.setattr(ctypes, "CDLL", missing)
-    assert not memory.set_malloc_policy("fast")
+    assert not memory.malloc_trim()
     assert not any(name in os.environ for name in memory.ENV.values())
 
 
@@ -82,34 +95,10 @@ def test_an_unknown_policy_is_refused_with_the_choices() -> None:
         memory.set_malloc_policy("quick")
 
 
-MAPPED_AFTER_A_64_MIB_BLOCK = """
-import ctypes, sys
-from recognizer.engine.memory import set_malloc_policy
-class Info(ctypes.Structure):  # glibc's struct mallinfo2
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
-set_malloc_policy(sys.argv[1])
-block = libc.malloc(64 << 20)
-print(libc.mallinfo2().hblkhd >= 64 << 20)
-"""
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-@pytest.mark.parametrize(("policy", "mapped"), [("system", "True"), ("fast", "False")])
-def test_fast_serves_a_large_block_from_the_heap_instead_of_a_mapping_of_its_own(policy: str, mapped: str) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in memory.ENV.values()}
-    out = subprocess.run(
-        [sys.executable, "-c", MAPPED_AFTER_A_64_MIB_BLOCK, policy], capture_output=True, text=True, env=env, check=True
-    )
-    assert out.stdout.strip() == mapped
-
-
 def test_heap_trim_gives_memory_back_only_when_it_runs_short(monkeypatch: pytest.MonkeyPatch) -> None:
     trims: list[int] = []
     state = SimpleNamespace(step=0)
-    monkeypatch.setattr(memory, "malloc_trim", lambda: trims.append(state.step) or True)
+    monkeypatch.setattr(memory, "malloc_trim", lambda: trims.append(state.step) or False)  # even if nothing returns
     available = {1: 0.9, 2: 0.2, 3: 0.1, 4: 0.1, 5: 0.3, 6: 0.1, 7: None}
     trim = memory.HeapTrim(low=0.25, min_steps=3, available=lambda: available[state.step])
     for state.step in range(1, 8):
@@ -122,11 +111,55 @@ def test_available_memory_is_a_fraction_of_the_machine() -> None:
     assert fraction is None if sys.platform != "linux" else 0 < fraction < 1
 
 
-RSS_AFTER_FREE_AND_AFTER_TRIM = """
+def test_a_container_limit_counts_reclaimable_cache_as_free(tmp_path: Path) -> None:
+    mib = 1 << 20
+    (tmp_path / "memory.max").write_text("max\n")  # cgroup v2 without a limit
+    assert memory._cgroup_available(tmp_path) is None
+    (tmp_path / "memory.max").write_text(f"{1024 * mib}\n")
+    (tmp_path / "memory.current").write_text(f"{900 * mib}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {500 * mib}\ninactive_file {400 * mib}\n")
+    assert memory._cgroup_available(tmp_path) == pytest.approx(1 - 500 / 1024)
+    v1 = tmp_path / "v1"
+    (v1 / "memory").mkdir(parents=True)
+    (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{1024 * mib}\n")
+    (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{1000 * mib}\n")
+    (v1 / "memory" / "memory.stat").write_text(f"total_inactive_file {24 * mib}\n")
+    assert memory._cgroup_available(v1) == pytest.approx(1 - 976 / 1024)
+
+
+MAPPED_AFTER_A_64_MIB_BLOCK = """
 import ctypes, sys
+from recognizer.engine.memory import set_malloc_policy
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+set_malloc_policy(sys.argv[1])
+block = libc.malloc(64 << 20)
+print(libc.mallinfo2().hblkhd >= 64 << 20)
+"""
+
+
+@pytest.mark.skipif(not MALLINFO2, reason="glibc 2.33 or later (mallinfo2)")
+@pytest.mark.parametrize(("policy", "mapped"), [("system", "True"), ("fast", "False")])
+def test_fast_serves_a_large_block_from_the_heap_instead_of_a_mapping_of_its_own(policy: str, mapped: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", MAPPED_AFTER_A_64_MIB_BLOCK, policy],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+        check=True,
+    )
+    assert out.stdout.strip() == mapped
+
+
+RSS_AFTER_FREE_AND_AFTER_TRIM = """
+import ctypes, os
 from recognizer.engine.memory import malloc_trim, set_malloc_policy
 def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes, libc.free.argtypes = [ctypes.c_size_t], [ctypes.c_void_p]
@@ -135,7 +168,6 @@ set_malloc_policy("fast")
 blocks = [libc.malloc(1 << 20) for _ in range(128)]  # 128 MiB, touched
 for b in blocks:
     libc.memset(b, 1, 1 << 20)
-keep = libc.malloc(64)  # a live block above them: the heap's top cannot shrink past it
 before = rss_mib()
 for b in blocks:
     libc.free(b)
@@ -145,11 +177,12 @@ print(before - freed, before - rss_mib())
 """
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
+@pytest.mark.skipif(not GLIBC or sys.platform != "linux", reason="glibc's malloc and /proc only")
 def test_fast_keeps_freed_memory_until_the_trim_gives_it_back() -> None:
-    env = {k: v for k, v in os.environ.items() if k not in memory.ENV.values()}
     out = subprocess.run(
-        [sys.executable, "-c", RSS_AFTER_FREE_AND_AFTER_TRIM], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", RSS_AFTER_FREE_AND_AFTER_TRIM], capture_output=True, text=True, env=CLEAN_ENV, check=True
     )
     kept, returned = map(int, out.stdout.split())
-    assert kept < 8 and returned > 120  # MiB: free keeps the pages resident, the trim returns them
+    # glibc's defaults would map each 1 MiB block and unmap it when freed; fast keeps the 128 MiB (below its
+    # 2 GiB trim threshold) resident, and the trim returns it
+    assert kept < 8 and returned > 120
