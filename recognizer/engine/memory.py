@@ -12,12 +12,13 @@ uses. Three policies, none of which changes a number the run computes (train los
   and the slowest (every large tensor is fresh pages).
 - ``fast``: no mappings, and the heap's free top given back only past 2 GiB (``M_TRIM_THRESHOLD``, 128 KiB by
   default): every block comes from the heap and freed ones are reused, with no page faults. The heap's
-  fragments of every width grow the process for as long as the machine has memory to spare; when it has
-  not (:data:`LOW_MEMORY`), :class:`HeapTrim` gives the free pages back, as PyTorch's CUDA allocator
-  empties its cache when memory runs out. (Blocks over 64 MiB that a thread other than the main one asks
-  for still get a mapping: a thread's arena cannot hold them.)
+  fragments of every width grow the process while the machine has memory to spare; :class:`HeapTrim` gives
+  the free pages back before it runs out, as PyTorch's CUDA allocator empties its cache when memory runs
+  out, and where the heap grows faster than a trim can keep up with, gives large blocks mappings again.
+  (Blocks over 64 MiB that a thread other than the main one asks for still get a mapping: a thread's arena
+  cannot hold them.)
 
-The settings hold for the whole process and cannot be undone in it: a second policy in the same process
+The settings hold for the whole process, and glibc has no way back to its defaults: a second policy in the same process
 (a sequential sweep over ``trainer.malloc``) is refused with a warning, as are the user's own variables.
 """
 
@@ -46,6 +47,8 @@ USER_ENV = sorted(name for name in ENV.values() if name in os.environ)  # set be
 INT_MAX = 2**31 - 1  # mallopt takes an int
 LOW_MEMORY = 0.25  # fast: trim the heap when less than this fraction of the machine's memory is available
 MIN_STEPS_BETWEEN_TRIMS = 10
+GROWTH_MARGIN = 2.0  # fast: keep this many times the largest growth of one batch available
+DEFAULT_MMAP_MAX = 65536  # glibc's
 
 #: ``trainer.malloc`` → the mallopt settings it makes
 POLICIES: dict[str, dict[int, int]] = {
@@ -118,9 +121,9 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> float | None:
-    """The fraction of the container's memory limit still free (cgroup v2, then v1), reclaimable page cache
-    (``inactive_file``) counted as free, as the kubelet counts it; None where no limit is set."""
+def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> tuple[int, int] | None:
+    """Bytes still free under the container's memory limit (cgroup v2, then v1), reclaimable page cache
+    (``inactive_file``) counted as free, as the kubelet counts it, and the limit; None where no limit is set."""
     for limit_file, usage_file, stat_file, inactive in (
         ("memory.max", "memory.current", "memory.stat", "inactive_file"),
         ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
@@ -133,47 +136,112 @@ def _cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> float | None:
             usage -= int(stat.get(inactive, 0))
         except (OSError, ValueError):
             pass
-        return max(0.0, 1 - usage / limit)
+        return max(0, limit - usage), limit
     return None
 
 
-def available_memory() -> float | None:
-    """The fraction of memory still available: /proc/meminfo's MemAvailable of MemTotal, or of the container's
-    limit where one is set and is lower; None where neither can be read (not Linux)."""
-    fractions = []
+def available_memory() -> tuple[int, int] | None:
+    """Bytes still available and the total they are part of: /proc/meminfo's MemAvailable and MemTotal, or
+    the container's free bytes and limit where one is set and leaves less; None where neither can be read
+    (not Linux)."""
+    found = []
     try:
         info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-        fractions.append(int(info["MemAvailable"].split()[0]) / int(info["MemTotal"].split()[0]))
-    except (OSError, KeyError, ValueError, ZeroDivisionError):
+        found.append((int(info["MemAvailable"].split()[0]) * 1024, int(info["MemTotal"].split()[0]) * 1024))
+    except (OSError, KeyError, ValueError):
         pass
     container = _cgroup_available()
     if container is not None:
-        fractions.append(container)
-    return min(fractions, default=None)
+        found.append(container)
+    return min(found, default=None)
+
+
+def resident_memory() -> int | None:
+    """This process's resident set in bytes (/proc/self/statm); None where it cannot be read (not Linux)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def give_back_mappings() -> bool:
+    """Serve large blocks with mappings again, as ``system`` does once glibc's threshold has risen: blocks
+    over 32 MiB get a mapping of their own, returned when freed, and the heap's top goes back past 64 MiB.
+    ``fast``'s way out where its heap grows faster than the machine can hold. False where not glibc."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    settings = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20, M_MMAP_MAX: DEFAULT_MMAP_MAX}
+    return all(libc.mallopt(param, value) for param, value in settings.items())
 
 
 class HeapTrim(Callback):
-    """``trainer.malloc=fast``: give the heap's free pages back when the machine runs short of memory.
+    """``trainer.malloc=fast``: give the heap's free pages back before the machine runs out of memory.
 
-    Checked after every batch; trims when less than ``low`` of the memory is available, at most once every
-    ``min_steps`` steps (a trim costs the pages the next steps fault back in).
+    Under ``fast`` a freed block stays in the process, so a step that cannot reuse the heap's free blocks
+    (a wider batch than before) takes fresh memory: a step of a large model on wide lines takes gigabytes (a
+    96 px model grew by ~2 GB a step and was killed for memory when checked every 10 steps with a fixed
+    margin). So after every batch the callback notes how much this process grew over the batch, and trims
+    when the memory available is less than ``low`` of the total or less than ``margin`` times the largest
+    growth of one batch seen so far. Where a trim leaves too little all the same:
+
+    - if even one batch's growth no longer fits, the heap cannot be kept: large blocks get mappings again
+      (:func:`give_back_mappings`; slower, bounded), with a warning;
+    - otherwise another process holds the memory: the next trim waits ``min_steps`` steps, since every trim
+      costs the pages the next steps fault back in.
     """
 
     def __init__(
         self,
         low: float = LOW_MEMORY,
+        margin: float = GROWTH_MARGIN,
         min_steps: int = MIN_STEPS_BETWEEN_TRIMS,
-        available: Callable[[], float | None] | None = None,
+        available: Callable[[], tuple[int, int] | None] | None = None,
+        resident: Callable[[], int | None] | None = None,
     ) -> None:
-        self.low, self.min_steps = low, min_steps
-        self.available = available or available_memory  # the fraction of memory available (a test's stand-in)
-        self.last_trim: int | None = None
+        self.low, self.margin, self.min_steps = low, margin, min_steps
+        self.available = available or available_memory  # (bytes available, total bytes); a test's stand-in
+        self.resident = resident or resident_memory  # this process's resident bytes; a test's stand-in
+        self.last_resident: int | None = None
+        self.growth = 0  # the largest growth of the resident set over one batch
+        self.wait_until = 0  # the first step to trim again
+        self.mapped = False  # large blocks were given mappings again
 
     def on_batch_end(self, state: Any) -> None:
-        if self.last_trim is not None and state.step - self.last_trim < self.min_steps:
+        resident = self.resident()
+        if resident is not None and self.last_resident is not None:
+            self.growth = max(self.growth, resident - self.last_resident)
+        self.last_resident = resident
+        if state.step < self.wait_until:
             return
-        fraction = self.available()
-        if fraction is not None and fraction < self.low:
-            self.last_trim = state.step  # even where little comes back: memory short for other reasons
-            released = malloc_trim()
-            log.debug("step %d: %.0f%% of memory available, heap trimmed: %s", state.step, 100 * fraction, released)
+        memory = self.available()
+        if memory is None or memory[0] >= self.needed(memory[1]):
+            return
+        released = malloc_trim()
+        self.last_resident = self.resident()  # what the trim gave back is not growth of the next batch
+        after = self.available()
+        log.debug(
+            "step %d: %.1f GB available, heap trimmed (%s): %s",
+            state.step,
+            memory[0] / 1e9,
+            released,
+            "n/a" if after is None else f"{after[0] / 1e9:.1f} GB after",
+        )
+        if after is None or after[0] >= self.needed(after[1]):
+            return
+        if after[0] < self.margin * self.growth and not self.mapped:
+            self.mapped = give_back_mappings()
+            growth, self.growth = self.growth, 0  # batches grow by what the heap still serves from now on
+            log.warning(
+                "trainer.malloc=fast: one batch grew this process by up to %.1f GB and %.1f GB is available after a "
+                "trim: large blocks get mappings again (%s), as with trainer.malloc=system; slower, but bounded",
+                growth / 1e9,
+                after[0] / 1e9,
+                "done" if self.mapped else "not possible here",
+            )
+        else:
+            self.wait_until = state.step + self.min_steps
+
+    def needed(self, total: int) -> float:
+        """The bytes that must stay available: ``low`` of ``total``, or ``margin`` batches' growth if more."""
+        return max(self.low * total, self.margin * self.growth)

@@ -95,20 +95,89 @@ def test_an_unknown_policy_is_refused_with_the_choices() -> None:
         memory.set_malloc_policy("quick")
 
 
-def test_heap_trim_gives_memory_back_only_when_it_runs_short(monkeypatch: pytest.MonkeyPatch) -> None:
-    trims: list[int] = []
-    state = SimpleNamespace(step=0)
-    monkeypatch.setattr(memory, "malloc_trim", lambda: trims.append(state.step) or False)  # even if nothing returns
-    available = {1: 0.9, 2: 0.2, 3: 0.1, 4: 0.1, 5: 0.3, 6: 0.1, 7: None}
-    trim = memory.HeapTrim(low=0.25, min_steps=3, available=lambda: available[state.step])
-    for state.step in range(1, 8):
-        trim.on_batch_end(state)
-    assert trims == [2, 6]  # short at 2, 3, 4 and 6: once, then not before 3 steps have passed
+GB = 10**9  # the messages speak in GB
 
 
-def test_available_memory_is_a_fraction_of_the_machine() -> None:
-    fraction = memory.available_memory()
-    assert fraction is None if sys.platform != "linux" else 0 < fraction < 1
+class Machine:
+    """A stand-in machine of ``total`` GB: what other processes hold, and this process's heap, of which
+    ``free`` GB are pages freed but kept (what a trim gives back)."""
+
+    def __init__(self, total: float, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.total, self.others, self.live, self.free = total, 0.0, 1.0, 0.0
+        self.trims: list[int] = []
+        self.mappings: list[int] = []
+        self.step = 0
+        monkeypatch.setattr(memory, "malloc_trim", self.trim)
+        monkeypatch.setattr(memory, "give_back_mappings", lambda: self.mappings.append(self.step) or True)
+
+    def trim(self) -> bool:
+        self.trims.append(self.step)
+        self.free = 0.0
+        return False  # glibc's return says nothing about what came back: not relied on
+
+    def available(self) -> tuple[int, int]:
+        return int((self.total - self.others - self.live - self.free) * GB), int(self.total * GB)
+
+    def resident(self) -> int:
+        return int((self.live + self.free) * GB)
+
+    def run(self, trim: memory.HeapTrim, batches: dict[int, tuple[float, float]]) -> None:
+        """Each batch: others now hold ``others`` GB, and this batch left ``grown`` GB more freed heap."""
+        for self.step, (self.others, grown) in sorted(batches.items()):
+            self.free += grown
+            trim.on_batch_end(SimpleNamespace(step=self.step))
+
+
+def test_heap_trim_gives_memory_back_when_less_than_a_quarter_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    machine = Machine(total=16, monkeypatch=monkeypatch)
+    trim = memory.HeapTrim(low=0.25, margin=2, min_steps=3, available=machine.available, resident=machine.resident)
+    machine.run(
+        trim,
+        {
+            1: (2, 0.5),  # 12.5 of 16 GB available: nothing to do
+            2: (11, 1.0),  # 2.5 GB available, under a quarter: a trim, which gives 4 GB back
+            3: (11, 0.5),  # short again: trimmed at once (not 10 steps later: a few batches can take gigabytes)
+            4: (11, 0.0),  # 4 GB: enough
+            5: (13, 0.0),  # others hold 13 GB: a trim, which cannot help (2 GB after) ...
+            6: (13, 0.0),  # ... so the next waits 3 steps, as each trim costs the pages the next batches fault in
+            7: (13, 0.0),
+            8: (13, 0.0),
+            9: (2, 0.0),
+        },
+    )
+    assert machine.trims == [2, 3, 5, 8]
+    assert trim.growth == 1 * GB and machine.mappings == []
+
+
+def test_heap_trim_keeps_two_batches_of_growth_available_else_gives_large_blocks_mappings(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    machine = Machine(total=16, monkeypatch=monkeypatch)
+    trim = memory.HeapTrim(low=0.25, margin=2, min_steps=3, available=machine.available, resident=machine.resident)
+    with caplog.at_level(logging.WARNING):
+        machine.run(
+            trim,
+            {
+                1: (2, 0.5),
+                2: (2, 4.0),  # a batch that took 4 GB of fresh heap: 8.5 GB available, two such batches fit
+                3: (4, 0.5),  # 6 GB available, above a quarter but not two 4 GB batches: a trim
+                4: (10, 0.5),  # 4.5 GB; after the trim 5 GB, less than two batches: mappings again, once
+                5: (10, 0.5),  # growth counts from the mappings on (0.5 GB): 4.5 GB available is enough
+            },
+        )
+    assert machine.trims == [3, 4]
+    assert machine.mappings == [4]
+    assert "one batch grew this process by up to 4.0 GB and 5.0 GB is available after a trim" in caplog.text
+    assert trim.growth == 0.5 * GB
+
+
+def test_memory_readings_are_bytes_of_this_machine_and_process() -> None:
+    available, resident = memory.available_memory(), memory.resident_memory()
+    if sys.platform != "linux":
+        assert available is None and resident is None
+    else:
+        assert available is not None and 0 < available[0] < available[1]
+        assert resident is not None and 0 < resident < available[1]
 
 
 def test_a_container_limit_counts_reclaimable_cache_as_free(tmp_path: Path) -> None:
@@ -118,13 +187,13 @@ def test_a_container_limit_counts_reclaimable_cache_as_free(tmp_path: Path) -> N
     (tmp_path / "memory.max").write_text(f"{1024 * mib}\n")
     (tmp_path / "memory.current").write_text(f"{900 * mib}\n")
     (tmp_path / "memory.stat").write_text(f"anon {500 * mib}\ninactive_file {400 * mib}\n")
-    assert memory._cgroup_available(tmp_path) == pytest.approx(1 - 500 / 1024)
+    assert memory._cgroup_available(tmp_path) == (524 * mib, 1024 * mib)
     v1 = tmp_path / "v1"
     (v1 / "memory").mkdir(parents=True)
     (v1 / "memory" / "memory.limit_in_bytes").write_text(f"{1024 * mib}\n")
     (v1 / "memory" / "memory.usage_in_bytes").write_text(f"{1000 * mib}\n")
     (v1 / "memory" / "memory.stat").write_text(f"total_inactive_file {24 * mib}\n")
-    assert memory._cgroup_available(v1) == pytest.approx(1 - 976 / 1024)
+    assert memory._cgroup_available(v1) == (48 * mib, 1024 * mib)
 
 
 MAPPED_AFTER_A_64_MIB_BLOCK = """
