@@ -205,7 +205,7 @@ class HeapTrim(Callback):
         self.last_resident: int | None = None
         self.growth = 0  # the largest growth of the resident set over one batch
         self.wait_until = 0  # the first step to trim again
-        self.mapped = False  # large blocks were given mappings again
+        self.mapped: bool | None = None  # large blocks were given mappings again (None: not tried)
 
     def on_batch_end(self, state: Any) -> None:
         resident = self.resident()
@@ -229,7 +229,7 @@ class HeapTrim(Callback):
         )
         if after is None or after[0] >= self.needed(after[1]):
             return
-        if after[0] < self.margin * self.growth and not self.mapped:
+        if after[0] < self.margin * self.growth and self.mapped is None:  # tried once: one warning
             self.mapped = give_back_mappings()
             growth, self.growth = self.growth, 0  # batches grow by what the heap still serves from now on
             log.warning(
