@@ -56,6 +56,9 @@ POLICIES: dict[str, dict[int, int]] = {
     "lean": {M_MMAP_THRESHOLD: 128 * 1024},
     "fast": {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: INT_MAX},
 }
+#: ``fast``'s way out (:func:`give_back_mappings`): blocks over 32 MiB get a mapping of their own again, returned
+#: when freed, and the heap's top goes back past 64 MiB, as ``system`` settles once glibc's threshold has risen
+MAPPINGS: dict[int, int] = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20, M_MMAP_MAX: DEFAULT_MMAP_MAX}
 
 
 _applied: list[str] = []  # the policy this process's malloc was given, once given
@@ -69,12 +72,29 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
+def _mallopt(settings: dict[int, int], purpose: str) -> bool:
+    """Give glibc's malloc ``settings`` in order, for ``purpose`` (named in the warning where glibc refuses one).
+
+    Returns:
+        False where the C library is not glibc, or at the first value glibc refuses (what was set before it
+        stays); True when all hold.
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    for param, value in settings.items():
+        if not libc.mallopt(param, value):
+            log.warning("%s: glibc refused %s=%d", purpose, ENV[param], value)
+            return False
+    return True
+
+
 def set_malloc_policy(policy: str) -> bool:
     """Apply ``policy`` (a key of :data:`POLICIES`) to glibc's malloc here and in the processes started after.
 
     Does nothing for ``system``, where the user's environment set one of the variables it touches before
     the process started (glibc applied them; the user's values win), where another policy was applied in
-    this process before (glibc's settings cannot be undone), or where the C library is not glibc.
+    this process before (glibc has no way back to its defaults), or where the C library is not glibc.
 
     Returns:
         True when the policy is in force in this process.
@@ -94,13 +114,8 @@ def set_malloc_policy(policy: str) -> bool:
     if USER_ENV:
         log.warning("trainer.malloc=%s ignored: the environment sets %s", policy, ", ".join(USER_ENV))
         return False
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
+    if not _mallopt(settings, f"trainer.malloc={policy}"):
         return False
-    for param, value in settings.items():
-        if not libc.mallopt(param, value):  # glibc refused a value: what was set before it stays
-            log.warning("trainer.malloc=%s: glibc refused %s=%d", policy, ENV[param], value)
-            return False
     for param, value in settings.items():  # loader workers start from a forkserver: a fresh process reads them
         os.environ[ENV[param]] = str(value)
     _applied.append(policy)
@@ -165,14 +180,9 @@ def resident_memory() -> int | None:
 
 
 def give_back_mappings() -> bool:
-    """Serve large blocks with mappings again, as ``system`` does once glibc's threshold has risen: blocks
-    over 32 MiB get a mapping of their own, returned when freed, and the heap's top goes back past 64 MiB.
-    ``fast``'s way out where its heap grows faster than the machine can hold. False where not glibc."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    settings = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20, M_MMAP_MAX: DEFAULT_MMAP_MAX}
-    return all(libc.mallopt(param, value) for param, value in settings.items())
+    """Serve large blocks with mappings again (:data:`MAPPINGS`): ``fast``'s way out where its heap grows faster
+    than the machine can hold. False where not glibc or where glibc refuses a value."""
+    return _mallopt(MAPPINGS, "trainer.malloc=fast, large blocks mapped again")
 
 
 class HeapTrim(Callback):

@@ -77,7 +77,7 @@ def test_a_second_policy_in_one_process_is_refused_with_a_warning(
 ) -> None:
     assert memory.set_malloc_policy("fast")
     with caplog.at_level(logging.WARNING, logger="recognizer.engine.memory"):
-        assert not memory.set_malloc_policy("lean")  # a sequential sweep: glibc's settings cannot be undone
+        assert not memory.set_malloc_policy("lean")  # a sequential sweep: glibc has no way back to its defaults
         assert memory.set_malloc_policy("fast")  # the same one again is in force
     assert caplog.text.count("trainer.malloc=lean ignored: this process runs with trainer.malloc=fast") == 1
     assert len(fresh) == 2  # fast's two settings, made once
@@ -87,7 +87,38 @@ def test_no_glibc_is_not_an_error(fresh: list[tuple[int, int]], monkeypatch: pyt
     monkeypatch.setattr(memory, "_libc", lambda: None)
     assert not memory.set_malloc_policy("fast")
     assert not memory.malloc_trim()
+    assert not memory.give_back_mappings()
     assert not any(name in os.environ for name in memory.ENV.values())
+
+
+def test_large_blocks_get_mappings_again_with_systems_steady_state(fresh: list[tuple[int, int]]) -> None:
+    assert memory.give_back_mappings()
+    assert {memory.ENV[param]: value for param, value in fresh} == {
+        "MALLOC_MMAP_THRESHOLD_": 32 * 2**20,
+        "MALLOC_TRIM_THRESHOLD_": 64 * 2**20,
+        "MALLOC_MMAP_MAX_": 65536,
+    }
+
+
+def test_a_value_glibc_refuses_stops_the_settings_with_a_warning_that_names_it(
+    fresh: list[tuple[int, int]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    class Libc:  # an older glibc that does not know M_MMAP_MAX=0
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append(param)
+            return int(param != memory.M_MMAP_MAX)
+
+    monkeypatch.setattr(memory, "_libc", Libc)
+    with caplog.at_level(logging.WARNING, logger="recognizer.engine.memory"):
+        assert not memory.set_malloc_policy("fast")
+        assert not memory.give_back_mappings()
+    assert "trainer.malloc=fast: glibc refused MALLOC_MMAP_MAX_=0" in caplog.text
+    assert "trainer.malloc=fast, large blocks mapped again: glibc refused MALLOC_MMAP_MAX_=65536" in caplog.text
+    assert calls == [memory.M_MMAP_MAX, memory.M_MMAP_THRESHOLD, memory.M_TRIM_THRESHOLD, memory.M_MMAP_MAX]
+    assert memory._applied == []  # not in force: a later run in this process may try again
+    assert "MALLOC_MMAP_MAX_" not in os.environ
 
 
 def test_an_unknown_policy_is_refused_with_the_choices() -> None:
