@@ -59,6 +59,8 @@ from recognizer.stability.localize import NonFiniteInspector
 
 log = logging.getLogger(__name__)
 
+MONITORS = ("val/cer", "val/wer", "val/loss")  # what trainer.monitor can pick best.ckpt by (lower is better)
+
 
 @dataclass
 class TrainerOptions:
@@ -91,6 +93,22 @@ class TrainerOptions:
     compile: bool = False
     dist_timeout_s: float = 1800.0
     ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse values the loop would only fail on later: after an epoch's work, before its checkpoint."""
+        counts = {"max_epochs": self.max_epochs, "log_every_n_steps": self.log_every_n_steps}
+        counts |= {"val_every_n_epochs": self.val_every_n_epochs}
+        optional = {"max_steps": self.max_steps, "early_stopping_patience": self.early_stopping_patience}
+        counts |= {key: value for key, value in optional.items() if value is not None}
+        for key, value in counts.items():
+            if value < 1:
+                raise ValueError(f"trainer.{key} must be 1 or more, got {value}")
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError(
+                f"trainer.checkpoint_every_n_steps must be 0 (off) or more, got {self.checkpoint_every_n_steps}"
+            )
+        if self.monitor not in MONITORS:
+            raise ValueError(f"trainer.monitor must be one of {', '.join(MONITORS)}, got {self.monitor!r}")
 
 
 @dataclass

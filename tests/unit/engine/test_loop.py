@@ -12,7 +12,7 @@ from torch import nn
 
 from recognizer.ctc import CTCLoss, FeasibilityError, LabelError
 from recognizer.data.batching import Batch
-from recognizer.engine.loop import TrainState, train_step
+from recognizer.engine.loop import TrainerOptions, TrainState, train_step
 from recognizer.engine.precision import Precision, resolve_precision
 from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
@@ -244,3 +244,27 @@ def test_an_applied_step_ends_the_overflow_streak(tmp_path: Path) -> None:
     assert state.guard.consecutive_overflows == 0 and state.guard.overflows == 1
     state.model.head[0] = NaNGradient()
     assert not train_step(state, batch, CTCLoss(), grad_clip=1.0).applied  # 1 in a row again: ordinary
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"val_every_n_epochs": 0}, "trainer.val_every_n_epochs must be 1 or more, got 0"),
+        ({"log_every_n_steps": 0}, "trainer.log_every_n_steps must be 1 or more, got 0"),
+        ({"max_epochs": 0}, "trainer.max_epochs must be 1 or more, got 0"),
+        ({"max_steps": -5}, "trainer.max_steps must be 1 or more, got -5"),
+        ({"early_stopping_patience": 0}, "trainer.early_stopping_patience must be 1 or more, got 0"),
+        ({"checkpoint_every_n_steps": -1}, "trainer.checkpoint_every_n_steps must be 0 (off) or more, got -1"),
+        ({"monitor": "cer"}, "trainer.monitor must be one of val/cer, val/wer, val/loss, got 'cer'"),
+    ],
+)
+def test_trainer_settings_the_loop_would_fail_on_after_an_epoch_are_refused_at_once(
+    setting: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainerOptions(**setting)  # type: ignore[arg-type]
+
+
+def test_trainer_settings_that_switch_something_off_are_accepted() -> None:
+    opts = TrainerOptions(max_steps=None, early_stopping_patience=None, checkpoint_every_n_steps=0, monitor="val/loss")
+    assert (opts.max_steps, opts.early_stopping_patience, opts.monitor) == (None, None, "val/loss")
