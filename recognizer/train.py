@@ -133,8 +133,9 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
 def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distributed.Dist) -> tuple[Any, Path | None]:
     """The checkpoint to resume (or None for a fresh run), checked before anything is read or written.
 
-    A fresh run needs a directory without another run's checkpoints; a resume needs the same number of
-    processes and the same training settings as the run that wrote the checkpoint (:mod:`rundir`).
+    A fresh run, and a run continued from another directory's checkpoint, need a directory without another
+    run's checkpoints; a resume needs the same number of processes and the same training settings as the run
+    that wrote the checkpoint (:mod:`rundir`; the precision is compared once resolved, :func:`_resume`).
     """
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is None:
@@ -142,14 +143,14 @@ def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distri
             rundir.check_fresh(run_dir, opts.overwrite)
             rundir.accept_hydra(run_dir)
         return None, None
+    if dist.is_main and ckpt_path.resolve().parent != (run_dir / "checkpoints").resolve():
+        rundir.check_fresh(run_dir, opts.overwrite)  # continued here: this directory's own checkpoints stay
     ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
     check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     changes = rundir.training_changes(ckpt["config"], config, list(opts.resume_allow))
     if changes:
         raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
-    if dist.is_main:
-        rundir.accept_hydra(run_dir)
     return ckpt, ckpt_path
 
 
@@ -174,8 +175,10 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
     train_loader, sampler = run.train_loader(train_indices, **shard)
     val_loader = run.eval_loader("val", **shard)
     state = _training_state(run, opts, dist, run_dir, total_steps=opts.max_epochs * len(sampler))
-    if ckpt is not None:
-        _resume(state, ckpt, ckpt_path, cfg)
+    if ckpt is not None and ckpt_path is not None:  # set together
+        _resume(state, ckpt, ckpt_path, cfg, run_dir)
+        if dist.is_main:
+            rundir.accept_hydra(run_dir)  # the resume is accepted: its config files are the run's now
     ctc = make_ctc(run.stability)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     logger = _loggers(cfg, run_dir, dist, state.step if ckpt is not None else None)
@@ -208,7 +211,7 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
             # the whole splits on rank 0
             whole_val = run.eval_loader("val") if dist.enabled else val_loader  # DDP: the train-time one is a shard
             loaders = {"val": whole_val, "test": run.eval_loader("test") if "test" in run.datasets else None}
-            metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id)
+            metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id, ckpt_path)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
     finally:
@@ -258,8 +261,21 @@ def _training_state(
     return state
 
 
-def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path | None, cfg: DictConfig) -> None:
-    """Restore ``state`` from the checkpoint; warn where the rest of the epoch cannot be the same batches."""
+def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path, cfg: DictConfig, run_dir: Path) -> None:
+    """Restore ``state`` from the checkpoint; warn where the rest of the epoch cannot be the same batches.
+
+    Raises:
+        CheckpointError: the precision resolves otherwise than for the checkpoint's run (``trainer.precision=auto``
+            on another device: fp16 with a GradScaler on CUDA, fp32 or bf16 on CPU) and
+            ``trainer.resume_allow`` does not name ``trainer.precision``.
+    """
+    saved = ckpt.get("precision")  # older checkpoints do not record it: not compared
+    if saved is not None and saved != state.precision.name:
+        now = f"{state.precision.name} (trainer.precision={cfg.trainer.precision} on {state.precision.device.type})"
+        allowed = list(cfg.trainer.resume_allow)
+        changes = rundir.training_changes({"trainer": {"precision": saved}}, {"trainer": {"precision": now}}, allowed)
+        if changes:
+            raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
     state.load_state_dict(ckpt)
     changed = order_changes(ckpt["config"], cfg)
     if changed and state.batch_in_epoch:
@@ -304,21 +320,30 @@ def final_evaluation(
     loaders: dict[str, DataLoader | None],
     reports: dict[str, AuditReport],
     run_id: str | None = None,
+    resumed_from: Path | None = None,
 ) -> dict[str, float]:
     """Evaluate the best checkpoint on each split with a loader; write predictions and ``metrics.json``.
 
-    Only a ``best.ckpt`` this run wrote (its ``run_id``) is evaluated; without one, the weight average or
-    the last weights are.
+    Only a ``best.ckpt`` this run wrote (its ``run_id``) is evaluated: this directory's, or where the run was
+    continued from another directory's checkpoint and has not improved on it here, that one's. Without one,
+    the weight average or the last weights are.
 
     Args:
         loaders: split → loader over its audited samples (None: the split is not configured).
         reports: split → its audit report; what each split lost goes into the metrics as counts
             (``<split>/dropped``, ``<split>/dropped/<reason>``, ``<split>/filtered/<reason>``), so a
             score over fewer samples than the manifest lists says so.
+        resumed_from: the checkpoint this run was resumed from, if any.
     """
-    best_path = run_dir / "checkpoints" / "best.ckpt"
-    best = load_checkpoint(best_path, map_location=state.precision.device) if best_path.is_file() else None
-    if best is not None and best.get("run_id") != run_id:
+    candidates = [run_dir / "checkpoints" / "best.ckpt"]
+    if resumed_from is not None and resumed_from.resolve().parent != candidates[0].resolve().parent:
+        candidates.append(resumed_from.parent / "best.ckpt")  # continued from there, not improved on here
+    best = None
+    for best_path in filter(Path.is_file, candidates):
+        best = load_checkpoint(best_path, map_location=state.precision.device)
+        if best.get("run_id") == run_id:
+            log.info("final evaluation of %s", best_path)
+            break
         log.warning("%s was not written by this run: not evaluated", best_path)
         best = None
     if best is not None:

@@ -150,6 +150,7 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.precision.scaler.state_dict(),
+            "precision": self.precision.name,  # as resolved: trainer.precision=auto differs by device
             "guard": self.guard.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
@@ -170,7 +171,8 @@ class TrainState:
             self.ema.load_state_dict(ckpt.get("ema", {"updates": 0}), ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.precision.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # a scaler that did not run (fp32, bf16) saved nothing: fp16 after it starts afresh
+            self.precision.scaler.load_state_dict(ckpt["scaler"])
         self.guard.load_state_dict(ckpt["guard"])
         for key in ("step", "epoch", "batch_in_epoch", "best_metric", "best_epoch", "bad_epochs", "history"):
             setattr(self, key, ckpt[key])

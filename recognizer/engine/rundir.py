@@ -131,6 +131,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             except (OSError, ValueError, IndexError):
                 pid = -1
             if pid > 0 and pid != os.getpid() and _alive(pid):
+                restore_hydra(run_dir)  # the live run's config, not the refused command's
                 raise CheckpointError(
                     f"{run_dir} is in use by another recognizer-train (pid {pid}, {lock}): one run per directory. "
                     "Wait for it to end, or use another hydra.run.dir"
@@ -166,6 +167,7 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
     if not found and not leftovers:
         return
     if found and not overwrite:
+        restore_hydra(run_dir)  # the config of the run whose checkpoints these are
         names = ", ".join(p.name for p in found)
         raise CheckpointError(
             f"{run_dir} holds another run's checkpoints ({names}): a new run would mix its metrics and files with "
@@ -196,14 +198,15 @@ def accept_hydra(run_dir: Path) -> None:
         shutil.copy2(f, hydra / ACCEPTED / f.name)
 
 
-def restore_hydra(run_dir: Path, saved: Mapping[str, Any]) -> None:
+def restore_hydra(run_dir: Path, saved: Mapping[str, Any] | None = None) -> None:
     """Put back the accepted ``.hydra/*.yaml`` over the ones Hydra wrote for a refused command.
 
-    A directory written before the copies were kept gets the checkpoint's (resolved) config instead.
+    A directory written before the copies were kept gets the checkpoint's (resolved) config ``saved``
+    instead, where there is one.
     """
     accepted = run_dir / HYDRA_DIR / ACCEPTED
     if accepted.is_dir():
         for f in accepted.glob("*.yaml"):
             shutil.copy2(f, run_dir / HYDRA_DIR / f.name)
-    elif (run_dir / HYDRA_DIR / "config.yaml").is_file():
+    elif saved is not None and (run_dir / HYDRA_DIR / "config.yaml").is_file():
         (run_dir / HYDRA_DIR / "config.yaml").write_text(OmegaConf.to_yaml(dict(saved)), encoding="utf-8")

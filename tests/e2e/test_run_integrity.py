@@ -16,7 +16,7 @@ import torch
 from hydra.utils import instantiate
 
 from recognizer.checkpoint import CheckpointError, load_checkpoint
-from recognizer.engine.rundir import run_lock, training_changes
+from recognizer.engine.rundir import check_fresh, run_lock, training_changes
 from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.e2e.test_preemption import SLOW, finish, step_losses, wait_for_steps
@@ -53,6 +53,7 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
     assert not (tmp_path / ".lock").exists()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    refused_command(tmp_path)
     try:
         (tmp_path / ".lock").write_text(f"{holder.pid}\n")
         with (
@@ -61,8 +62,25 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path
         ):
             pass
         assert (tmp_path / ".lock").read_text() == f"{holder.pid}\n"  # not taken from the live run
+        assert (tmp_path / ".hydra" / "config.yaml").read_text() == "seed: 0\n"  # the live run's config
     finally:
         holder.kill()
+
+
+def refused_command(run_dir: Path) -> None:
+    """A directory whose run accepted ``seed: 0``, with the config files Hydra wrote for a new command over it."""
+    (run_dir / ".hydra" / "accepted").mkdir(parents=True)
+    (run_dir / ".hydra" / "accepted" / "config.yaml").write_text("seed: 0\n")
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 7\n")
+
+
+def test_a_fresh_run_refused_over_another_runs_checkpoints_leaves_that_runs_config(tmp_path: Path) -> None:
+    refused_command(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"holds another run's checkpoints \(last\.ckpt\)"):
+        check_fresh(tmp_path, overwrite=False)
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == "seed: 0\n"
 
 
 def test_a_fresh_run_never_writes_over_another_run(data_root: Path, tmp_path: Path) -> None:
@@ -84,6 +102,45 @@ def test_a_fresh_run_never_writes_over_another_run(data_root: Path, tmp_path: Pa
     assert sorted(step_losses(out)) == list(range(1, 7))  # only the new run's steps, once each
     best = load_checkpoint(out / "checkpoints" / "best.ckpt")
     assert best["run_id"] != first["run_id"] and best["config"]["seed"] == 7
+
+
+def test_a_run_continued_from_another_directory_needs_a_fresh_one_and_reports_that_runs_best(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, other, fresh = tmp_path / "first", tmp_path / "other", tmp_path / "fresh"
+    train(compose_config("train", tiny_overrides(data_root, first, "trainer.max_epochs=1")))
+    train(compose_config("train", tiny_overrides(data_root, other, "trainer.max_epochs=1", "seed=7")))
+    theirs = load_checkpoint(other / "checkpoints" / "last.ckpt")
+    resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(CheckpointError, match=rf"{other} holds another run's checkpoints \(best\.ckpt, last\.ckpt\)"):
+        train(compose_config("train", tiny_overrides(data_root, other, "trainer.max_epochs=1", resume)))
+    assert load_checkpoint(other / "checkpoints" / "last.ckpt")["run_id"] == theirs["run_id"]  # untouched
+    # continued into a fresh directory with nothing left to train: no best.ckpt of its own, the first one's counts
+    with caplog.at_level("INFO", logger="recognizer.train"):
+        metrics = train(compose_config("train", tiny_overrides(data_root, fresh, "trainer.max_epochs=1", resume)))
+    assert f"final evaluation of {first / 'checkpoints' / 'best.ckpt'}" in caplog.text
+    assert metrics["val/cer"] == json.loads((first / "metrics.json").read_text())["val/cer"]
+
+
+def test_a_precision_that_resolves_otherwise_on_resume_is_refused_unless_allowed(
+    data_root: Path, tmp_path: Path
+) -> None:
+    """``trainer.precision=auto`` of a checkpoint written on another machine (here: said to be bf16)."""
+    run = tmp_path / "run"
+    train(compose_config("train", tiny_overrides(data_root, run, "trainer.max_epochs=1")))
+    last = run / "checkpoints" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["precision"] == "32"
+    torch.save({**ckpt, "precision": "bf16-mixed"}, last)
+    resume = ["trainer.max_epochs=2", "trainer.resume=auto"]
+    with pytest.raises(CheckpointError) as refused:
+        train(compose_config("train", tiny_overrides(data_root, run, *resume)))
+    assert "trainer.precision: 'bf16-mixed' → '32 (trainer.precision=auto on cpu)'" in str(refused.value)
+    assert "trainer.resume_allow=[trainer.precision]" in str(refused.value)
+    assert sorted(step_losses(run)) == list(range(1, 7))  # nothing written
+    train(compose_config("train", tiny_overrides(data_root, run, *resume, "trainer.resume_allow=[trainer.precision]")))
+    assert sorted(step_losses(run)) == list(range(1, 13))
+    assert load_checkpoint(last)["precision"] == "32"
 
 
 @pytest.mark.slow

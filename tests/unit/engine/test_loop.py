@@ -268,3 +268,15 @@ def test_trainer_settings_the_loop_would_fail_on_after_an_epoch_are_refused_at_o
 def test_trainer_settings_that_switch_something_off_are_accepted() -> None:
     opts = TrainerOptions(max_steps=None, early_stopping_patience=None, checkpoint_every_n_steps=0, monitor="val/loss")
     assert (opts.max_steps, opts.early_stopping_patience, opts.monitor) == (None, None, "val/loss")
+
+
+def test_a_scaled_run_resumed_from_an_unscaled_checkpoint_starts_its_scaler_afresh() -> None:
+    """fp32 on CPU, continued in fp16 on CUDA (``trainer.resume_allow=[trainer.precision]``): the checkpoint's
+    scaler never ran and saved nothing; the new one starts at its initial scale."""
+    saved = make_state().state_dict()
+    assert saved["scaler"] == {} and saved["precision"] == "32"
+    state = make_state()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # enabled: stands for CUDA's
+    state.precision = Precision("16-mixed", torch.device("cpu"), torch.float16, scaler)
+    state.load_state_dict(saved)
+    assert scaler.is_enabled() and scaler.get_scale() == 1024.0
