@@ -17,6 +17,9 @@ from pathlib import Path
 from recognizer.ctc import BLANK, num_classes_for
 
 UNK = "<unk>"
+#: What a decoded ``<unk>`` reads as: Unicode's replacement character, one character, so that an unknown symbol
+#: costs one edit in CER (not five) and a transcript keeps one character per symbol
+UNK_TEXT = "\ufffd"
 FORMAT_CATEGORY = "Cf"  # Unicode "Other, format": invisible characters that only steer rendering
 
 
@@ -40,6 +43,7 @@ class Alphabet:
             if s != UNK and len(s) != 1:
                 raise ValueError(f"alphabet symbols must be single characters, got {s!r}")
         self._ids = {s: i + 1 for i, s in enumerate(self.symbols)}
+        self._text = [UNK_TEXT if s == UNK else s for s in self.symbols]  # what decode writes for each id - 1
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], with_unk: bool = False) -> Alphabet:
@@ -53,14 +57,37 @@ class Alphabet:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Alphabet:
-        """One symbol per line, UTF-8; a line ``<space>`` stands for the space character."""
+        """One symbol per line, UTF-8; a line ``<space>`` stands for the space character.
+
+        Symbols are read in Unicode NFC, as transcripts are (:func:`normalize`): a file that lists the Greek
+        question mark U+037E lists ``;``, the symbol its transcripts hold.
+
+        Raises:
+            ValueError: a line that is not one symbol, or two lines that are the same symbol, named.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"alphabet file {path} does not exist")
         # split on "\n" only: str.splitlines() also breaks on U+2028, U+0085, ... which are symbols;
         # utf-8-sig: a BOM that an editor put at the start is not part of the first symbol
         lines = [s.removesuffix("\r") for s in path.read_text(encoding="utf-8-sig").split("\n")]
-        return cls(" " if s == "<space>" else s for s in lines if s != "")
+        symbols = []
+        for number, line in enumerate(lines, 1):
+            symbol = {"": "", "<space>": " ", UNK: UNK}.get(line, normalize(line))
+            if symbol != line and len(symbol) != 1:  # NFC made it several characters
+                codes = " ".join(f"U+{ord(c):04X}" for c in line)
+                raise ValueError(
+                    f"alphabet file {path}, line {number}: {line!r} ({codes}) is {len(symbol)} characters in Unicode "
+                    "NFC, the form transcripts are read in; list each character on a line of its own"
+                )
+            if symbol:
+                symbols.append(symbol)
+        try:
+            return cls(symbols)
+        except ValueError as error:
+            raise ValueError(
+                f"alphabet file {path}: {error} (symbols are read in Unicode NFC, as transcripts are)"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         """Write the symbols one per line (the inverse of :meth:`from_file`)."""
@@ -110,8 +137,9 @@ class Alphabet:
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Map ids back to text; the blank is skipped (no repeat collapsing: see decoding)."""
-        return "".join(self.symbols[i - 1] for i in ids if i != BLANK)
+        """Map ids back to text; the blank is skipped (no repeat collapsing: see decoding), ``<unk>`` reads as
+        :data:`UNK_TEXT`."""
+        return "".join(self._text[i - 1] for i in ids if i != BLANK)
 
 
 def normalize(text: str) -> str:

@@ -1,9 +1,12 @@
 """Tests for recognizer.alphabet: ids 1..N (0 is the blank), round trips and error messages."""
 
+import re
+
 import pytest
 
-from recognizer.alphabet import UNK, Alphabet, UnknownSymbolError, normalize
+from recognizer.alphabet import UNK, UNK_TEXT, Alphabet, UnknownSymbolError, normalize
 from recognizer.ctc import BLANK
+from recognizer.metrics import ErrorRates
 
 E_COMPOSED = "\u00e9"  # é as one code point
 E_DECOMPOSED = "e\u0301"  # e + combining acute accent
@@ -141,3 +144,27 @@ def test_equality():
     assert Alphabet(["a", "b"]) == Alphabet(["a", "b"])
     assert Alphabet(["a", "b"]) != Alphabet(["b", "a"])
     assert Alphabet(["a"]) != ["a"]
+
+
+def test_a_decoded_unk_is_one_character_so_it_costs_one_edit():
+    a = Alphabet(["a", "b", UNK])
+    assert a.decode(a.encode("azb", policy="unk")) == "a\ufffdb" == f"a{UNK_TEXT}b"
+    rates = ErrorRates()
+    rates.update(["aéb"], [a.decode(a.encode("azb", policy="unk"))])
+    assert (rates.char_errors, rates.chars) == (1, 3)
+
+
+def test_an_alphabet_file_is_read_in_nfc_as_transcripts_are(tmp_path):
+    path = tmp_path / "alphabet.txt"
+    path.write_text("a\n\u037e\nA\u030a\n", encoding="utf-8")  # Greek question mark, A + combining ring
+    a = Alphabet.from_file(path)
+    assert a.symbols == ["a", ";", "\u00c5"]
+    assert a.encode("a;\u00c5") == [1, 2, 3]
+    path.write_text("a\n;\n\u037e\n", encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=rf"alphabet file {re.escape(str(path))}: alphabet has duplicate symbols: \[';'\] "
+    ):
+        Alphabet.from_file(path)
+    path.write_text("a\n\u0344\n", encoding="utf-8")  # combining dialytika tonos: two marks in NFC
+    with pytest.raises(ValueError, match=r"line 2: '\u0344' \(U\+0344\) is 2 characters in Unicode NFC"):
+        Alphabet.from_file(path)
