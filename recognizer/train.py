@@ -177,8 +177,6 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
     state = _training_state(run, opts, dist, run_dir, total_steps=opts.max_epochs * len(sampler))
     if ckpt is not None and ckpt_path is not None:  # set together
         _resume(state, ckpt, ckpt_path, cfg, run_dir)
-        if dist.is_main:
-            rundir.accept_hydra(run_dir)  # the resume is accepted: its config files are the run's now
     ctc = make_ctc(run.stability)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     logger = _loggers(cfg, run_dir, dist, state.step if ckpt is not None else None)
@@ -262,7 +260,8 @@ def _training_state(
 
 
 def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path, cfg: DictConfig, run_dir: Path) -> None:
-    """Restore ``state`` from the checkpoint; warn where the rest of the epoch cannot be the same batches.
+    """Restore ``state`` from the checkpoint and accept this command's config files as the run's; warn where
+    the rest of the epoch cannot be the same batches.
 
     Raises:
         CheckpointError: the precision resolves otherwise than for the checkpoint's run (``trainer.precision=auto``
@@ -277,6 +276,8 @@ def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path, cfg: DictC
         if changes:
             raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
     state.load_state_dict(ckpt)
+    if state.dist.is_main:
+        rundir.accept_hydra(run_dir)
     changed = order_changes(ckpt["config"], cfg)
     if changed and state.batch_in_epoch:
         log.warning(
