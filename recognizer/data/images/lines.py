@@ -195,6 +195,23 @@ def open_image(path: Path, what: str = "image", limit: int | None = None, sample
     return im
 
 
+#: Pillow's modes of integer images deeper than 8 bits (16-bit PNG and TIFF open as ``I;16``; ``I`` is 32-bit)
+DEEP_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def gray_pixels(im: Image.Image) -> np.ndarray:
+    """Grayscale float32 (H, W): 8- and 16-bit images scaled by their depth to [0, 1], float images as they are.
+
+    Pillow's own conversion of a 16-bit image to 8 bits (``convert("L")``) clips instead of scaling: paper at
+    50,000 and ink at 8,000 both become 255, a blank page.
+    """
+    if im.mode == "F":
+        return np.asarray(im, dtype=np.float32)
+    if im.mode in DEEP_INTEGER_MODES:
+        return np.asarray(im, dtype=np.float32) / 65535.0
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
 def _image_size(path: Path, limit: int | None = None, sample: str | None = None) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels (a DataError above the pixel limit)."""
     limit = max_image_pixels() if limit is None else limit
@@ -217,12 +234,7 @@ def _load_gray(path: Path, sample: str | None = None) -> np.ndarray:
             arr = np.asarray(np.load(path), dtype=np.float32)
         else:
             with open_image(path, limit=limit, sample=sample) as im:  # the size is checked before decoding
-                if im.mode in ("F", "I", "I;16"):
-                    arr = np.asarray(im, dtype=np.float32)
-                    if im.mode != "F":
-                        arr = arr / 65535.0 if im.mode == "I;16" else arr
-                else:
-                    arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+                arr = gray_pixels(im)
     except DataError:  # too many pixels: already names the file, the limit and the fix
         raise
     except (OSError, UnidentifiedImageError, ValueError, EOFError) as e:  # EOFError: a truncated .npy

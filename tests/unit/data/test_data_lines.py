@@ -172,9 +172,17 @@ def test_float_tiff_and_npy_inputs(tmp_path):
     assert torch.equal(ds.load(1), expected)
 
 
-def test_sixteen_bit_png_is_scaled(tmp_path):
+@pytest.mark.parametrize(
+    ("name", "image"),
+    [
+        ("d.png", lambda a: Image.fromarray(a)),  # opens as I;16
+        ("d.tif", lambda a: Image.frombytes("I;16B", (3, 2), a.astype(">u2").tobytes())),  # big-endian TIFF
+        ("d.tif", lambda a: Image.fromarray(a.astype(np.int32))),  # Pillow's 32-bit integer mode I
+    ],
+)
+def test_sixteen_bit_images_are_scaled_by_their_depth(tmp_path, name, image):
     arr = np.array([[0, 65535, 32768]], dtype=np.uint16).repeat(2, axis=0)
-    Image.fromarray(arr).save(tmp_path / "d.png")
+    image(arr).save(tmp_path / name)
     (tmp_path / "d.gt.txt").write_text("d", encoding="utf-8")
     x = LineDataset(read_records(tmp_path), height=2, invert=False).load(0)
     assert torch.allclose(x[0, 0], torch.tensor([0.0, 1.0, 32768 / 65535]))

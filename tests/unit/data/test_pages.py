@@ -14,7 +14,7 @@ from PIL import Image
 
 from recognizer.data.base import DataError
 from recognizer.data.pages import PagesData, parse_page
-from recognizer.data.pages.cache import LineCache
+from recognizer.data.pages.cache import LineCache, load_page_image
 from recognizer.data.pages.formats import PageLine
 from recognizer.data.pages.geometry import baseline_angle, crop_line
 from recognizer.data.pages.module import apply_char_map, load_char_map
@@ -683,3 +683,12 @@ def test_cremma_config_splits_by_manuscript_and_maps_line_end_hyphens(tmp_path: 
     assert data.char_map == {"¬": "-", "=": "-"}
     assert apply_char_map("im¬", data.char_map) == "im-"
     assert apply_char_map("=quables", data.char_map) == "-quables"
+
+
+def test_a_sixteen_bit_page_scan_keeps_its_ink(tmp_path: Path) -> None:
+    """An archival 16-bit master: paper at 50,000 and ink at 8,000 read as 195 and 31, not as one white page."""
+    scan = np.full((4, 6), 50000, dtype=np.uint16)
+    scan[1:3, 2:4] = 8000
+    Image.fromarray(scan).save(tmp_path / "page.png")
+    page = load_page_image(tmp_path / "page.png")
+    assert page.dtype == np.uint8 and page[0, 0] == 195 and page[1, 2] == 31
