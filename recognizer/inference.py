@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -289,11 +290,13 @@ class Transcriber:
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"several input pages are named {dupes[0]}: transcribe them into separate output folders")
-        if any(x.parent.resolve() == out.resolve() for x in xmls):
+        # compared as files (device and inode), not as paths: a link, a bind mount or a case-insensitive file
+        # system gives one folder or file several names that Path.resolve() does not fold into one
+        if out.is_dir() and any(os.path.samefile(x.parent, out) for x in xmls):
             raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
-        inputs = {x.resolve(): x for x in xmls}
+        inputs = {_identity(x): x for x in xmls}
         for xml in xmls:  # a link in out_dir to an input, or an input that is a link into out_dir
-            if (hit := inputs.get((out / xml.name).resolve())) is not None:
+            if (out / xml.name).exists() and (hit := inputs.get(_identity(out / xml.name))) is not None:
                 raise ValueError(
                     f"output {out / xml.name} would overwrite the input {hit} (one is a link to the other): "
                     "choose another --out-dir (inputs are never overwritten)"
@@ -371,3 +374,9 @@ def align_image(checkpoint: str | Path, image: str | Path, reference: str | None
         raise FileNotFoundError(f"input {image} does not exist")
     dataset, _ = input_dataset(ckpt["config"], [Path(image)])
     return align_sample(model, dataset.load(0), alphabet, reference, out)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """The file ``path`` names, whatever the name: its device and inode."""
+    st = path.stat()
+    return st.st_dev, st.st_ino

@@ -19,6 +19,7 @@ renamed over the target) and never over the input itself.
 from __future__ import annotations
 
 import codecs
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ def write_page(xml: Path, results: Sequence[LineText | None], out: Path) -> Path
         ValueError: ``out`` is ``xml`` itself (also through a link), or a count of results that does not
             match the file's lines.
     """
-    if out.resolve() == xml.resolve():
+    if out.resolve() == xml.resolve() or (out.exists() and os.path.samefile(out, xml)):  # a link, a mount, case
         raise ValueError(f"{out} is the input {xml} (or a link to it): write the transcription elsewhere")
     source = read_xml(xml)
     root, bindings = _read(source)

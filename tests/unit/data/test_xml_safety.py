@@ -156,6 +156,24 @@ def test_transcribe_never_overwrites_an_input_through_a_link(ckpt: Path, tmp_pat
     assert source.read_bytes() == before
 
 
+def test_transcribe_knows_the_input_folder_by_a_name_paths_do_not_fold(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Pages/`` for ``pages/`` on a case-insensitive file system, or a bind mount: one folder that
+    ``Path.resolve()`` sees as two (simulated: a link that resolve() does not follow)."""
+    write_page_image(tmp_path / "pages" / "page.png")
+    source = write(tmp_path / "pages" / "p.xml", page_xml(LINE))
+    before = source.read_bytes()
+    (tmp_path / "Pages").symlink_to(tmp_path / "pages")
+    monkeypatch.setattr(Path, "resolve", lambda self, strict=False: self.absolute())
+    args = [str(ckpt), str(source), "--out-dir", str(tmp_path / "Pages"), "--device", "cpu"]
+    with pytest.raises(SystemExit, match=re.escape(f"output folder {tmp_path / 'Pages'} holds input pages")):
+        main(args)
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'Pages' / 'p.xml'} is the input {source}")):
+        write_page(source, [None], tmp_path / "Pages" / "p.xml")
+    assert source.read_bytes() == before
+
+
 def test_write_page_refuses_its_own_input_and_replaces_a_link_instead_of_writing_through(tmp_path: Path) -> None:
     xml = write(tmp_path / "p.xml", page_xml(LINE))
     result = LineText("new", 0.5, (1.0, 1.0, 30.0, 10.0))
