@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 
@@ -18,11 +19,18 @@ def edit_distance(ref: Sequence, hyp: Sequence) -> int:
     return prev[-1]
 
 
+def nfc(text: str) -> str:
+    """``text`` in Unicode NFC: the form in which references and hypotheses are scored."""
+    return unicodedata.normalize("NFC", text)
+
+
 class ErrorRates:
     """Accumulates character and word edits against reference lengths.
 
     CER = char edits / reference chars; WER = word edits / reference words (words split on
-    whitespace). An empty reference counts its hypothesis length as errors.
+    whitespace). An empty reference counts its hypothesis length as errors. Both sides are compared in
+    Unicode NFC (:func:`nfc`), the form transcripts are encoded in: a decomposed ``é`` in a manifest is
+    one character, as the model reads it.
     """
 
     def __init__(self) -> None:
@@ -30,6 +38,7 @@ class ErrorRates:
 
     def update(self, references: Sequence[str], hypotheses: Sequence[str]) -> None:
         for ref, hyp in zip(references, hypotheses, strict=True):
+            ref, hyp = nfc(ref), nfc(hyp)
             self.char_errors += edit_distance(ref, hyp)
             self.chars += len(ref)
             self.word_errors += edit_distance(ref.split(), hyp.split())

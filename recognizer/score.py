@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from recognizer.metrics import nfc
+
 
 @dataclass
 class EditCounts:
@@ -88,9 +90,10 @@ class Report:
 
 
 def score(rows: Sequence[tuple[str, str, str]]) -> Report:
-    """Score ``(id, reference, hypothesis)`` rows (words split on whitespace)."""
+    """Score ``(id, reference, hypothesis)`` rows (words split on whitespace; both in Unicode NFC)."""
     report = Report()
     for id_, ref, hyp in rows:
+        ref, hyp = nfc(ref), nfc(hyp)  # as ErrorRates scores them
         c = edit_counts(ref, hyp)
         report.chars += c
         report.words += edit_counts(ref.split(), hyp.split())

@@ -412,8 +412,7 @@ def evaluate_loader(
         hyps = [alphabet.decode(ids) for ids in greedy_decode(logits, lengths)]
         b, f = blank_frames(logits, lengths)
         blanks, frames, empty = blanks + b, frames + f, empty + sum(not h for h in hyps)
-        refs = [alphabet.decode(t[:k].tolist()) for t, k in zip(batch.targets, batch.target_lengths)]
-        rates.update(refs, hyps)
+        rates.update(batch.texts, hyps)  # the transcripts, not the labels: an <unk> in a label is no match
         if keep_predictions:
             rows += list(zip(batch.ids, batch.texts, hyps))
     if dist is not None and dist.enabled:

@@ -102,3 +102,9 @@ def test_accumulation_over_two_updates_equals_one():
 def test_mismatched_lengths_raise():
     with pytest.raises(ValueError):
         ErrorRates().update(["a", "b"], ["a"])
+
+
+def test_references_and_hypotheses_are_compared_in_nfc():
+    rates = ErrorRates()
+    rates.update(["e\u0301te\u0301"], ["\u00e9t\u00e9"])  # a manifest's decomposed accents, the model's composed ones
+    assert (rates.char_errors, rates.chars, rates.word_errors) == (0, 3, 0)

@@ -111,3 +111,8 @@ def test_no_suspect_where_every_page_is_as_bad_or_lines_have_no_page() -> None:
     uniform = score(page_rows("p1", 5, True) + page_rows("p2", 5, True))  # CER 1 everywhere: nothing stands out
     assert suspect_pages(uniform) == [] and suspect_summary(uniform, "val") is None
     assert suspect_pages(score([("line1.png", "ab", "zz"), ("line2.png", "ab", "ab")] * 3)) == []
+
+
+def test_a_decomposed_reference_scores_as_the_composed_one() -> None:
+    report = score([("l1", "cafe\u0301", "caf\u00e9")])
+    assert (report.chars.errors, report.chars.reference_length) == (0, 4)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from recognizer.alphabet import UNK, UNK_TEXT, Alphabet
 from recognizer.ctc import CTCLoss, FeasibilityError, LabelError
 from recognizer.data.batching import Batch
-from recognizer.engine.loop import TrainerOptions, TrainState, train_step
+from recognizer.engine.loop import TrainerOptions, TrainState, evaluate_loader, train_step
 from recognizer.engine.precision import Precision, resolve_precision
 from recognizer.engine.schedulers import constant
 from recognizer.models import CRNN
@@ -280,3 +281,17 @@ def test_a_scaled_run_resumed_from_an_unscaled_checkpoint_starts_its_scaler_afre
     state.precision = Precision("16-mixed", torch.device("cpu"), torch.float16, scaler)
     state.load_state_dict(saved)
     assert scaler.is_enabled() and scaler.get_scale() == 1024.0
+
+
+def test_validation_scores_the_transcripts_so_an_unk_output_is_no_match() -> None:
+    """``stability.unknown=unk``: the label of ``é`` is ``<unk>``; a model that outputs ``<unk>`` has not read ``é``."""
+    model = CRNN(num_classes=3, height=8, channels=(4,), pools=((2, 2),), rnn_hidden=4)
+    with torch.no_grad():
+        model.head.bias.copy_(torch.tensor([0.0, 0.0, 100.0]))  # <unk> (id 2) wins every frame: one <unk> out
+    batch = make_batch([[2]])
+    batch.texts = ["\u00e9"]
+    alphabet = Alphabet(["a", UNK])
+    metrics, rows = evaluate_loader(
+        model, [batch], CTCLoss(), alphabet, resolve_precision("32", torch.device("cpu")), keep_predictions=True
+    )
+    assert rows == [("line-0", "\u00e9", UNK_TEXT)] and metrics["cer"] == 1.0
