@@ -330,12 +330,15 @@ class Transcriber:
         for line in page.lines:
             try:
                 points = outline(line, scale, above, below)
-                boxes.append(line_box(pixels.shape, points))
+                box = line_box(pixels.shape, points)
                 angle = baseline_angle(line, scale) if deskew else 0.0
-                crops.append(crop_line(pixels, points, height, angle))  # as the line cache stored them for training
+                crop = crop_line(pixels, points, height, angle)  # as the line cache stored them for training
             except LineGeometryError as e:
                 log.warning("%s: line %s keeps its text: %s", xml, line.id, e)
                 boxes.append(None)
+                continue
+            boxes.append(box)  # both or neither: each text goes back to its own line
+            crops.append(crop)
         found = iter(zip(crops, self.transcribe(crops) if crops else []))
         results: list[LineText | None] = []
         for box in boxes:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from recognizer import inference
 from recognizer.cli.transcribe import main
 from recognizer.data.pages.formats import local_name
+from recognizer.data.pages.geometry import LineGeometryError
 from recognizer.data.pages.write import LineText, write_page
 from recognizer.inference import Transcriber
 from tests.helpers.page_fixtures import alto_line, alto_xml, page_line, page_xml, write
@@ -119,6 +122,35 @@ def test_page_xml_gets_our_text_and_keeps_everything_else(model: Transcriber, da
     head = out.read_text(encoding="utf-8")[:400]
     assert '<PcGts xmlns="http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"' in head  # no ns0:
     assert "xsi:schemaLocation=" in head and "<!-- exported by a test -->" in head
+
+
+def test_a_line_that_cannot_be_cut_keeps_its_text_and_the_others_get_theirs(
+    model: Transcriber, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crop of the second line fails after its box was found (possible with deskew): lines 1 and 3 get
+    their own texts, line 2 keeps its ground truth."""
+    pages = tmp_path / "in"
+    pages.mkdir()
+    _, boxes, line_images = paste_page(data_root, pages, n=3)
+    lines = [
+        page_line(f"l{i}", f"truth {i}", coords=f"{x0},{y0} {x1},{y0} {x1},{y1} {x0},{y1}")
+        for i, (x0, y0, x1, y1) in enumerate(boxes)
+    ]
+    xml = write(pages / "p.xml", page_xml("\n".join(lines), width=Image.open(pages / "page.png").width, height=100))
+    cut = inference.crop_line
+    calls = iter(range(3))
+
+    def second_fails(*args: Any, **kwargs: Any) -> np.ndarray:
+        if next(calls) == 1:
+            raise LineGeometryError("degenerate", "a turned outline outside the page")
+        return cut(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "crop_line", second_fails)
+    [out] = model.transcribe_pages([xml], tmp_path / "out")
+    first, _, third = model.transcribe(line_images)
+    written = [e for e in read_tree(out).iter() if local_name(e.tag) == "TextLine"]
+    texts = [[u.text or "" for eq in line if local_name(eq.tag) == "TextEquiv" for u in eq] for line in written]
+    assert texts == [[first.text], ["truth 1"], [third.text]]
 
 
 def test_alto_gets_words_with_confidence_and_keeps_everything_else(
