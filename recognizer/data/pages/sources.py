@@ -30,7 +30,7 @@ def collect_xml(source: str | Path | Sequence[str | Path]) -> list[Path]:
     for entry in entries:
         p = Path(entry)
         if p.is_dir():
-            files = sorted(p.rglob("*.xml"))
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".xml" and f.is_file())
         elif p.is_file() and p.suffix.lower() == ".xml":
             files = [p]
         elif p.is_file():

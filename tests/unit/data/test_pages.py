@@ -287,7 +287,10 @@ def test_unreadable_image_is_named(tmp_path):
 def test_sources_folder_glob_and_list_file(tmp_path):
     for name in ("b", "a", "sub/c"):
         write(tmp_path / "pages" / f"{name}.xml", "<x/>")
-    assert [p.name for p in collect_xml(str(tmp_path / "pages"))] == ["a.xml", "b.xml", "c.xml"]
+    write(tmp_path / "pages" / "D.XML", "<x/>")  # an export that writes upper-case names
+    (tmp_path / "pages" / "e.xml").mkdir()  # a folder named like a page is not one
+    assert [p.name for p in collect_xml(str(tmp_path / "pages"))] == ["D.XML", "a.xml", "b.xml", "c.xml"]
+    (tmp_path / "pages" / "D.XML").unlink()
     assert [p.name for p in collect_xml(str(tmp_path / "pages" / "[ab].xml"))] == ["a.xml", "b.xml"]
     listing = write(tmp_path / "train.txt", "# train pages\npages/b.xml\n\npages/sub/c.xml\n")
     assert collect_xml(str(listing)) == [tmp_path / "pages" / "b.xml", tmp_path / "pages" / "sub" / "c.xml"]
