@@ -209,6 +209,10 @@ def test_cli_pages_out_and_its_errors(ckpt: Path, data_root: Path, tmp_path: Pat
     write(pages / "p.xml", page_xml(page_line("l1", None, f"{x0},{y0} {x1},{y0} {x1},{y1}"), image="page.png"))
     main([str(ckpt), str(pages / "p.xml"), "--out-dir", str(tmp_path / "out"), "--device", "cpu"])
     assert capsys.readouterr().out == f"{tmp_path / 'out' / 'p.xml'}\n"
+    main([str(ckpt), str(pages), "--out-dir", str(tmp_path / "out2"), "--device", "cpu"])  # a folder of pages
+    assert capsys.readouterr().out == f"{tmp_path / 'out2' / 'p.xml'}\n"
+    with pytest.raises(SystemExit, match=re.escape("--out-dir is where transcribed ALTO/PAGE pages go")):
+        main([str(ckpt), str(pages / "page.png"), "--out-dir", str(tmp_path / "out3")])  # a line image
     with pytest.raises(SystemExit, match=re.escape("XML pages are transcribed alone, into --out-dir DIR")):
         main([str(ckpt), str(pages / "p.xml")])
     with pytest.raises(SystemExit, match=re.escape(f"output folder {pages} holds input pages")):
