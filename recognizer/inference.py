@@ -341,13 +341,13 @@ class Transcriber:
             crops.append(crop)
         found = iter(zip(crops, self.transcribe(crops) if crops else []))
         results: list[LineText | None] = []
-        for box in boxes:
-            if box is None:
+        for cut in boxes:
+            if cut is None:
                 results.append(None)
                 continue
             crop, t = next(found)
-            to_page = (box[2] - box[0]) / crop.shape[1]  # crop pixels → page pixels (crops may be rescaled)
-            x0, y0, x1, y1 = (v / scale for v in box)
+            to_page = (cut[2] - cut[0]) / crop.shape[1]  # crop pixels → page pixels (crops may be rescaled)
+            x0, y0, x1, y1 = (v / scale for v in cut)
             chars = tuple((k.symbol, x0 + k.position * to_page / scale, k.confidence) for k in t.tokens)
             results.append(LineText(t.text, t.confidence, (x0, y0, x1, y1), chars))
         log.info("%s → %s: %d lines", xml, out, sum(r is not None for r in results))

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from recognizer.data.base import DataError, SplitData, check_unique
+from recognizer.data.base import DataError, SplitData
 from recognizer.data.images.augment import LineAugment
 from recognizer.data.images.lines import LineDataset, Record
 from recognizer.data.pages.cache import LineCache
@@ -67,6 +67,18 @@ def apply_char_map(text: str, mapping: Mapping[str, str]) -> str:
 def line_key(xml: Path, line_id: str) -> str:
     """A page line's sample id (``STEM/LINE_ID``): its record id, and what a line split draws."""
     return f"{xml.stem}/{line_id}"
+
+
+def same_key(key: str, first: Path, xml: Path, line_id: str) -> str:
+    """The message for two lines with one sample id (:func:`line_key`): in one file, or in two of one name."""
+    if first == xml:
+        return (
+            f"{xml}: two lines have the id {line_id!r}; a line's sample id is FILE_STEM/LINE_ID: give each its own id"
+        )
+    return (
+        f"{first} and {xml} both give their line {line_id!r} the sample id {key!r} (FILE_STEM/LINE_ID): give pages of "
+        "different works different file names (e.g. prefix each with its folder's name)"
+    )
 
 
 class PagesData(SplitData):
@@ -188,6 +200,7 @@ class PagesData(SplitData):
     def records(self, split: str) -> list[Record]:
         """The kept lines of ``split`` as line-image records (extracting pages not yet cached)."""
         records: list[Record] = []
+        origin: dict[str, Path] = {}  # sample id → its page file, for a clear message where two lines share one
         drops: Counter[str] = Counter()
         examples: dict[str, str] = {}
         files = self.files(split)
@@ -223,8 +236,11 @@ class PagesData(SplitData):
                     continue
                 assert cached.path is not None and line.text is not None
                 text = apply_char_map(line.text, self.char_map)
-                records.append(Record(line_key(xml, line.id), cached.path, text))
-        check_unique(records, f"the {split} pages")
+                key = line_key(xml, line.id)
+                if key in origin:
+                    raise DataError(same_key(key, origin[key], xml, line.id))
+                origin[key] = xml
+                records.append(Record(key, cached.path, text))
         self.drops[split] = drops
         dropped = ", ".join(f"{r}: {n}" for r, n in drops.most_common())
         log.info(

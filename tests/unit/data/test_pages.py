@@ -695,3 +695,16 @@ def test_a_sixteen_bit_page_scan_keeps_its_ink(tmp_path: Path) -> None:
     Image.fromarray(scan).save(tmp_path / "page.png")
     page = load_page_image(tmp_path / "page.png")
     assert page.dtype == np.uint8 and page[0, 0] == 195 and page[1, 2] == 31
+
+
+def test_two_lines_with_one_sample_id_name_their_files_and_the_fix(tmp_path: Path) -> None:
+    box = "2,2 40,2 40,20 2,20"
+    for work in ("work_a", "work_b"):  # an OCR-D-like layout: one folder per work, the same page names
+        write_page_image(tmp_path / work / "page.png", boxes=[(2, 2, 40, 20)])
+        write(tmp_path / work / "0001.xml", page_xml(page_line("l1", "ab", coords=box)))
+    a, b = tmp_path / "work_a" / "0001.xml", tmp_path / "work_b" / "0001.xml"
+    with pytest.raises(DataError, match=re.escape(f"{a} and {b} both give their line 'l1' the sample id '0001/l1'")):
+        pages_data(tmp_path, train=str(tmp_path)).records("train")
+    write(a, page_xml(page_line("l1", "ab", coords=box) + page_line("l1", "ba", coords=box)))
+    with pytest.raises(DataError, match=re.escape(f"{a}: two lines have the id 'l1'")):
+        pages_data(tmp_path, train=str(a)).records("train")
