@@ -199,8 +199,17 @@ def open_image(path: Path, what: str = "image", limit: int | None = None, sample
 DEEP_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def on_paper(im: Image.Image) -> Image.Image:
+    """``im`` with its transparent parts white, as paper: Pillow's conversions drop the alpha channel, and what
+    lies under it (black, in most exports of cut-out lines) would become the background."""
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        return Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+    return im
+
+
 def gray_pixels(im: Image.Image) -> np.ndarray:
-    """Grayscale float32 (H, W): 8- and 16-bit images scaled by their depth to [0, 1], float images as they are.
+    """Grayscale float32 (H, W): 8- and 16-bit images scaled by their depth to [0, 1], float images as they are,
+    transparent parts white (:func:`on_paper`).
 
     Pillow's own conversion of a 16-bit image to 8 bits (``convert("L")``) clips instead of scaling: paper at
     50,000 and ink at 8,000 both become 255, a blank page.
@@ -209,7 +218,7 @@ def gray_pixels(im: Image.Image) -> np.ndarray:
         return np.asarray(im, dtype=np.float32)
     if im.mode in DEEP_INTEGER_MODES:
         return np.asarray(im, dtype=np.float32) / 65535.0
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(on_paper(im).convert("L"), dtype=np.float32) / 255.0
 
 
 def _image_size(path: Path, limit: int | None = None, sample: str | None = None) -> tuple[int, int]:

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from recognizer.data.base import DataError, generation_lock
-from recognizer.data.images.lines import DEEP_INTEGER_MODES, gray_pixels, open_image
+from recognizer.data.images.lines import DEEP_INTEGER_MODES, gray_pixels, on_paper, open_image
 from recognizer.data.pages.formats import Page
 from recognizer.data.pages.geometry import (
     MISSING_IMAGE,
@@ -63,7 +63,7 @@ def load_page_image(path: Path) -> np.ndarray:
         with open_image(path, "page image") as im:
             if im.mode in DEEP_INTEGER_MODES:  # 16-bit scans: scaled, not clipped to white by convert("L")
                 return np.round(np.clip(gray_pixels(im), 0.0, 1.0) * 255.0).astype(np.uint8)
-            return np.asarray(im.convert("L"))
+            return np.asarray(on_paper(im).convert("L"))
     except DataError:  # too many pixels: names the file, the limit and how to raise it
         raise
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:

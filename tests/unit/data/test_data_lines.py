@@ -511,3 +511,13 @@ def test_bad_jsonl_line_is_named_with_its_number(tmp_path: Path, line: str) -> N
     manifest.write_text('{"image": "a.png", "text": "1"}\n\n' + line + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"m\.jsonl:3: expected a JSON object with 'image' and 'text' \("):
         read_records(manifest)
+
+
+def test_a_transparent_background_reads_as_paper_not_as_the_black_under_it(tmp_path):
+    """A cut-out line exported as RGBA: ink opaque black, the rest transparent (and black beneath)."""
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)
+    rgba[:, 1, 3] = 255  # the middle column is opaque ink
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "t.png")
+    (tmp_path / "t.gt.txt").write_text("t", encoding="utf-8")
+    x = LineDataset(read_records(tmp_path), height=2, invert=False).load(0)
+    assert torch.equal(x[0, 0], torch.tensor([1.0, 0.0, 1.0]))

@@ -708,3 +708,11 @@ def test_two_lines_with_one_sample_id_name_their_files_and_the_fix(tmp_path: Pat
     write(a, page_xml(page_line("l1", "ab", coords=box) + page_line("l1", "ba", coords=box)))
     with pytest.raises(DataError, match=re.escape(f"{a}: two lines have the id 'l1'")):
         pages_data(tmp_path, train=str(a)).records("train")
+
+
+def test_a_transparent_page_scan_reads_as_white_paper(tmp_path: Path) -> None:
+    scan = np.zeros((4, 6, 2), dtype=np.uint8)  # LA: black everywhere, opaque only where the ink is
+    scan[1:3, 2:4, 1] = 255
+    Image.fromarray(scan, mode="LA").save(tmp_path / "page.png")
+    page = load_page_image(tmp_path / "page.png")
+    assert page[0, 0] == 255 and page[1, 2] == 0
