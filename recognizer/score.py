@@ -150,6 +150,13 @@ def read_texts(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     texts: dict[str, str] = {}
+    first: dict[str, int] = {}  # id → the line that gave it
+
+    def put(key: str, text: str, lineno: int) -> None:
+        if key in first:  # which of the two to score cannot be guessed
+            raise ValueError(f"{path}:{lineno}: id {key!r} appears twice (first on line {first[key]}): one text an id")
+        first[key], texts[key] = lineno, text
+
     with path.open(encoding="utf-8-sig", newline="") as f:
         if path.suffix == ".jsonl":
             for lineno, line in enumerate(f, 1):
@@ -157,19 +164,20 @@ def read_texts(path: Path) -> dict[str, str]:
                     try:
                         obj = json.loads(line)
                         key = next(k for k in ID_KEYS if k in obj)
-                        texts[str(obj[key])] = obj["text"]
+                        text = obj["text"]
                     except (json.JSONDecodeError, KeyError, TypeError, StopIteration) as e:
                         raise ValueError(
                             f"{path}:{lineno}: expected a JSON object with an id ({', '.join(ID_KEYS)}) and 'text' "
                             f"({type(e).__name__}: {e})"
                         ) from None
+                    put(str(obj[key]), text, lineno)
             return texts
         for lineno, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
             if not row or (lineno == 1 and row[0] in ID_KEYS and row[1:] == ["text"]):
                 continue
             if len(row) != 2:
                 raise ValueError(f"{path}:{lineno}: expected 2 tab-separated fields (id, text), got {len(row)}")
-            texts[row[0]] = row[1]
+            put(row[0], row[1], lineno)
     return texts
 
 

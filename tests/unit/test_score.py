@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,13 @@ def test_no_suspect_where_every_page_is_as_bad_or_lines_have_no_page() -> None:
 def test_a_decomposed_reference_scores_as_the_composed_one() -> None:
     report = score([("l1", "cafe\u0301", "caf\u00e9")])
     assert (report.chars.errors, report.chars.reference_length) == (0, 4)
+
+
+def test_an_id_given_twice_is_refused_with_both_lines(tmp_path: Path) -> None:
+    hyp = write(tmp_path / "h.tsv", "a.png\t12\n")
+    ref = write(tmp_path / "r.tsv", "a.png\t12\nb.png\t3\na.png\t13\n")
+    with pytest.raises(SystemExit, match=re.escape(f"{ref}:3: id 'a.png' appears twice (first on line 1)")):
+        main([str(hyp), "--ref", str(ref)])
+    ref = write(tmp_path / "r.jsonl", '{"id": "x", "text": "1"}\n{"id": "x", "text": "2"}\n')
+    with pytest.raises(SystemExit, match=re.escape(f"{ref}:2: id 'x' appears twice (first on line 1)")):
+        main([str(hyp), "--ref", str(ref)])
