@@ -28,6 +28,25 @@ from recognizer.data.images.lines import IMAGE_SUFFIXES
 from recognizer.inference import Transcriber, Transcription
 
 
+def page_inputs(inputs: Sequence[str], out_dir: str | None, jsonl: str | None) -> list[str]:
+    """The inputs that are ALTO/PAGE pages: ``.xml`` files and, with ``out_dir``, folders (of pages); none
+    where the inputs are line images or audio.
+
+    Raises:
+        ValueError: pages mixed with other inputs, pages without ``out_dir`` or with ``jsonl``, or
+            ``out_dir`` without pages.
+    """
+    pages = [i for i in inputs if i.lower().endswith(".xml") or (out_dir and Path(i).is_dir())]
+    if pages and (len(pages) != len(inputs) or not out_dir or jsonl):
+        raise ValueError("XML pages are transcribed alone, into --out-dir DIR (no --jsonl, no other inputs)")
+    if out_dir and not pages:
+        raise ValueError(
+            "--out-dir is where transcribed ALTO/PAGE pages go: give .xml pages or folders of them "
+            "(line images and audio print to stdout or --jsonl)"
+        )
+    return pages
+
+
 def collect_inputs(patterns: Sequence[str], suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
     """Expand files, folders (their inputs, sorted) and glob patterns into input files with ``suffixes``.
 

@@ -33,11 +33,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("checkpoint", help="a .ckpt written by recognizer-train")
     p.add_argument("inputs", nargs="+", help="image or audio files, folders or glob patterns (quote globs)")
     p.add_argument("--jsonl", metavar="PATH", help="write JSONL (path, text, score, confidence) here; '-' for stdout")
-    p.add_argument(
-        "--out-dir",
-        metavar="DIR",
-        help="XML pages: write each page here with our text (required for .xml; folders are then folders of pages)",
-    )
+    p.add_argument("--out-dir", metavar="DIR", help="pages: write each here with our text (folders: of pages)")
     p.add_argument(
         "--image-dir",
         action="append",
@@ -98,24 +94,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     from recognizer.errors import user_errors
     from recognizer.inference import Transcriber
-    from recognizer.transcribe import transcribe, write_results
+    from recognizer.transcribe import page_inputs, transcribe, write_results
 
-    # with --out-dir a folder is a folder of pages (their .xml files), else one of line images or audio
-    pages = [i for i in args.inputs if i.lower().endswith(".xml") or (args.out_dir and Path(i).is_dir())]
     with user_errors("recognizer-transcribe"):  # a message and an exit code (recognizer.errors), no traceback
+        pages = page_inputs(args.inputs, args.out_dir, args.jsonl)
         decoding = decoding_config(args.decoding, **{k: getattr(args, k) for k in BEAM_FLAGS})
         if pages:
-            if len(pages) != len(args.inputs) or not args.out_dir or args.jsonl:
-                raise ValueError("XML pages are transcribed alone, into --out-dir DIR (no --jsonl, no other inputs)")
             model = Transcriber.from_checkpoint(args.checkpoint, decoding, args.device, args.batch_size)
             for path in model.transcribe_pages(pages, args.out_dir, args.image_dir, args.allow_outside_images):
                 print(path)
             return
-        if args.out_dir:
-            raise ValueError(
-                "--out-dir is where transcribed ALTO/PAGE pages go: give .xml pages or folders of them "
-                "(line images and audio print to stdout or --jsonl)"
-            )
         results = transcribe(args.checkpoint, args.inputs, decoding, args.batch_size, args.device)
     if args.jsonl and args.jsonl != "-":
         with open(args.jsonl, "w", encoding="utf-8") as f:
