@@ -135,8 +135,10 @@ class Rollback:
             snap = max(early, key=lambda s: s["step"]) if early else min(kept, key=lambda s: s["step"])
             self.snapshot, self.anchor = snap, None  # what came after it is not a good state
         state.model.load_state_dict(snap["model"])
-        state.optimizer.load_state_dict(snap["optimizer"])
-        state.scheduler.load_state_dict(snap["scheduler"])
+        # copies: on CPU the optimizer would keep the snapshot's own tensors as its state and train them in place,
+        # so a second rollback to this snapshot would restore what the diverging steps made of it
+        state.optimizer.load_state_dict(_to_cpu(snap["optimizer"]))
+        state.scheduler.load_state_dict(_to_cpu(snap["scheduler"]))
         state.precision.scaler.load_state_dict(snap["scaler"])
         if "ema" in snap and getattr(state, "ema", None) is not None:
             state.ema.module.load_state_dict(snap["ema"][0])

@@ -94,6 +94,24 @@ def test_repeated_rollbacks_to_one_snapshot_compound_the_lr_factor() -> None:
     assert state.optimizer.param_groups[0]["lr"] == pytest.approx(0.25e-2)
 
 
+def test_a_second_rollback_to_one_snapshot_restores_it_as_it_was_taken() -> None:
+    """On CPU the optimizer must not train the snapshot's own moment tensors after the first rollback."""
+    state = make_state(NanOnCalls({4, 6}), every=3, max_rollbacks=3)
+    batch, ctc = make_batch(), CTCLoss()
+    for _ in range(3):
+        assert train_step(state, batch, ctc, 1.0).applied  # the snapshot is taken after step 3
+
+    def moments() -> list[Tensor]:
+        return [t.clone() for s in state.optimizer.state.values() for t in (s["exp_avg"], s["exp_avg_sq"], s["step"])]
+
+    at_step_3 = moments()
+    assert not train_step(state, batch, ctc, 1.0).applied  # step 4: NaN → back to step 3
+    assert train_step(state, batch, ctc, 1.0).applied  # step 5: trains on from it
+    assert not train_step(state, batch, ctc, 1.0).applied  # step 6: NaN → back to step 3 again
+    assert [e.restored_step for e in rollback_of(state).history] == [3, 3]
+    assert all(torch.equal(a, b) for a, b in zip(at_step_3, moments(), strict=True))
+
+
 def test_rollbacks_are_bounded_and_the_error_has_the_history() -> None:
     state = make_state(NanOnCalls(), max_rollbacks=2)  # NaN on every call: training cannot recover
     batch, ctc = make_batch(), CTCLoss()
