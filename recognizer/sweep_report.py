@@ -63,10 +63,11 @@ class Job:
     num: int | None = None
 
     def value(self, metric: str) -> float:
-        """The metric for ranking: ``inf`` when missing or failed, so the job sorts last."""
+        """The metric for ranking: ``inf`` when missing, not finite (a NaN loss) or failed, so the job sorts last."""
         if self.status == "failed":
             return math.inf
-        return float(self.metrics.get(metric, math.inf))
+        value = float(self.metrics.get(metric, math.inf))
+        return value if math.isfinite(value) else math.inf
 
     def override_map(self) -> dict[str, str]:
         pairs = [o.split("=", 1) for o in self.overrides]

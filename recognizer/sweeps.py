@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: The metric a diverged job returns to the sweeper: it ranks last under minimisation.
 DIVERGED_METRIC = math.inf
 FAILURE_FILE = "failure.json"
-_STEP = re.compile(r"non-finite step (\d+)")
+_STEP = re.compile(r"(?:non-finite step|diverged at step) (\d+)")  # the guard's and the divergence monitor's
 _GROUP_MAX_CHARS = 128  # wandb's limit on a group name
 
 

@@ -394,3 +394,20 @@ def test_tied_jobs_rank_by_val_loss_then_job_number_everywhere(
     assert md.endswith("optimizer.lr=0.001 optimizer.weight_decay=0.1 trainer.max_epochs=2\n```\n")
     assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     assert capsys.readouterr().out.splitlines()[-2].startswith("best: optimizer.lr=0.001,optimizer.weight_decay=0.1,")
+
+
+def test_a_job_with_a_nan_metric_ranks_after_every_finite_one() -> None:
+    """``optimized_metric=val/loss`` and a NaN loss: NaN sorts nowhere, so it would take any place, even the first."""
+    jobs = [
+        report_module.Job(Path(f"multirun/{i}"), [f"optimizer.lr={lr}"], "done", {"val/loss": loss}, num=i)
+        for i, (lr, loss) in enumerate([(1e-3, math.nan), (3e-4, 0.8), (1e-4, 0.9)])
+    ]
+    assert [job.num for job in report_module.rank(jobs, "val/loss")] == [1, 2, 0]
+    best = report_module.best_job(jobs, "val/loss")
+    assert best is not None and best.num == 1
+
+
+def test_a_job_whose_rollbacks_ran_out_on_divergence_names_its_step(tmp_path: Path) -> None:
+    error = NonFiniteStepError("training diverged at step 412: the train loss has stayed above 4 × its best")
+    assert record_failure(error, tmp_path)["step"] == 412
+    assert json.loads((tmp_path / "failure.json").read_text())["step"] == 412
