@@ -28,7 +28,7 @@ import ctypes
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,10 @@ class HeapTrim(Callback):
             )
         else:
             self.wait_until = state.step + self.min_steps
+
+    def on_validation_end(self, state: Any, metrics: Mapping[str, float], improved: bool) -> None:
+        """What validation (and the checkpoint after it) took is not a batch's growth: measure afresh."""
+        self.last_resident = None
 
     def needed(self, total: int) -> float:
         """The bytes that must stay available: ``low`` of ``total``, or ``margin`` batches' growth if more."""

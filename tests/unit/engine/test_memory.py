@@ -202,6 +202,18 @@ def test_heap_trim_keeps_two_batches_of_growth_available_else_gives_large_blocks
     assert trim.growth == 0.5 * GB
 
 
+def test_what_validation_takes_is_not_a_batchs_growth(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation between two batches took 10 GB (every val line, the checkpoint): measured as one batch's
+    growth it would demand 20 GB available and give large blocks mappings for the rest of the run."""
+    machine = Machine(total=24, monkeypatch=monkeypatch)
+    trim = memory.HeapTrim(low=0.25, margin=2, min_steps=3, available=machine.available, resident=machine.resident)
+    machine.run(trim, {1: (2, 0.5), 2: (2, 1.0)})
+    machine.free += 10.0  # the epoch's validation
+    trim.on_validation_end(SimpleNamespace(step=2), {"val/cer": 0.2}, improved=True)
+    machine.run(trim, {3: (2, 0.5), 4: (2, 0.5)})
+    assert trim.growth == 1 * GB and machine.mappings == []
+
+
 def test_memory_readings_are_bytes_of_this_machine_and_process() -> None:
     available, resident = memory.available_memory(), memory.resident_memory()
     if sys.platform != "linux":
