@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -290,17 +289,7 @@ class Transcriber:
         if len(set(names)) != len(names):
             dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"several input pages are named {dupes[0]}: transcribe them into separate output folders")
-        # compared as files (device and inode), not as paths: a link, a bind mount or a case-insensitive file
-        # system gives one folder or file several names that Path.resolve() does not fold into one
-        if out.is_dir() and any(os.path.samefile(x.parent, out) for x in xmls):
-            raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
-        inputs = {_identity(x): x for x in xmls}
-        for xml in xmls:  # a link in out_dir to an input, or an input that is a link into out_dir
-            if (out / xml.name).exists() and (hit := inputs.get(_identity(out / xml.name))) is not None:
-                raise ValueError(
-                    f"output {out / xml.name} would overwrite the input {hit} (one is a link to the other): "
-                    "choose another --out-dir (inputs are never overwritten)"
-                )
+        _check_outputs(xmls, out)
         above, below = band["baseline_above"], band["baseline_below"]
         return [
             self._transcribe_page(xml, out / xml.name, dirs, above, below, height, deskew, allow_outside_images)
@@ -377,6 +366,24 @@ def align_image(checkpoint: str | Path, image: str | Path, reference: str | None
         raise FileNotFoundError(f"input {image} does not exist")
     dataset, _ = input_dataset(ckpt["config"], [Path(image)])
     return align_sample(model, dataset.load(0), alphabet, reference, out)
+
+
+def _check_outputs(xmls: Sequence[Path], out: Path) -> None:
+    """Refuse an output folder that would overwrite an input page.
+
+    Folders and files are compared as files (:func:`_identity`), not as paths: a link, a bind mount or a
+    case-insensitive file system gives one folder or file several names that ``Path.resolve()`` does not
+    fold into one.
+    """
+    if out.is_dir() and _identity(out) in {_identity(x.parent) for x in xmls}:
+        raise ValueError(f"output folder {out} holds input pages: choose another (inputs are never overwritten)")
+    inputs = {_identity(x): x for x in xmls}
+    for xml in xmls:  # a link in out_dir to an input, or an input that is a link into out_dir
+        if (out / xml.name).exists() and (hit := inputs.get(_identity(out / xml.name))) is not None:
+            raise ValueError(
+                f"output {out / xml.name} would overwrite the input {hit} (one is a link to the other): "
+                "choose another --out-dir (inputs are never overwritten)"
+            )
 
 
 def _identity(path: Path) -> tuple[int, int]:

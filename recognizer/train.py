@@ -143,7 +143,7 @@ def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distri
             rundir.check_fresh(run_dir, opts.overwrite)
             rundir.accept_hydra(run_dir)
         return None, None
-    if dist.is_main and ckpt_path.resolve().parent != (run_dir / "checkpoints").resolve():
+    if dist.is_main and _continued_elsewhere(ckpt_path, run_dir):
         rundir.check_fresh(run_dir, opts.overwrite)  # continued here: this directory's own checkpoints stay
     ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
     check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
@@ -152,6 +152,11 @@ def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distri
     if changes:
         raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
     return ckpt, ckpt_path
+
+
+def _continued_elsewhere(ckpt_path: Path, run_dir: Path) -> bool:
+    """Whether ``ckpt_path`` is another directory's checkpoint, not one of ``run_dir``'s own."""
+    return ckpt_path.resolve().parent != (run_dir / "checkpoints").resolve()
 
 
 def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dict[str, float]:
@@ -337,7 +342,7 @@ def final_evaluation(
         resumed_from: the checkpoint this run was resumed from, if any.
     """
     candidates = [run_dir / "checkpoints" / "best.ckpt"]
-    if resumed_from is not None and resumed_from.resolve().parent != candidates[0].resolve().parent:
+    if resumed_from is not None and _continued_elsewhere(resumed_from, run_dir):
         candidates.append(resumed_from.parent / "best.ckpt")  # continued from there, not improved on here
     best = None
     for best_path in filter(Path.is_file, candidates):
