@@ -234,7 +234,7 @@ class Transcriber:
                 per_frame = extents[i] / max(frames, 1)
                 tokens = tuple(
                     Token(
-                        self.alphabet.symbols[s - 1],
+                        self.alphabet.decode((s,)),  # as in the text: <unk> reads as U+FFFD
                         f,
                         round(f * per_frame) if not self.audio else round(f * per_frame, 3),
                         round(math.exp(float(log_probs[b, f, s])), 4),

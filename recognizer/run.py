@@ -159,7 +159,13 @@ def build_run(
     # every split before the first step, the test split too: a bad test line fails now, not after training
     policies = audit or stability
     reports = {split: run_audit(split, ds, chosen, model, policies) for split, ds in datasets.items()}
+    precision = run_precision(trainer, dist, model)
+    model.to(precision.device)
+    return Run(cfg, trainer, stability, data, datasets, chosen, model, reports, precision.device, precision)
+
+
+def run_precision(trainer: TrainerOptions, dist: Dist, model: Recognizer | type[Recognizer]) -> Precision:
+    """Where and in what precision a run of ``model`` (or of its class) trains: ``trainer.device`` (this rank's
+    GPU under torchrun) and ``trainer.precision`` resolved for it (``auto``: :func:`resolve_precision`)."""
     device = device_for(dist, resolve_device(trainer.device))
-    precision = resolve_precision(trainer.precision, device, model.bf16_on_cpu)
-    model.to(device)
-    return Run(cfg, trainer, stability, data, datasets, chosen, model, reports, device, precision)
+    return resolve_precision(trainer.precision, device, model.bf16_on_cpu)

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from recognizer.alphabet import Alphabet
-from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint
+from recognizer.checkpoint import CheckpointError, CheckpointNotFoundError, load_checkpoint, save_checkpoint
 from recognizer.ctc import CTCLoss
 from recognizer.engine import distributed, rundir
 from recognizer.engine.ema import WeightAverage
@@ -36,7 +36,7 @@ from recognizer.engine.loop import TrainerOptions, TrainState, evaluate_loader, 
 from recognizer.engine.memory import HeapTrim
 from recognizer.engine.seeding import seed_everything
 from recognizer.loggers import JsonlLogger, MultiLogger, rewind_jsonl
-from recognizer.run import AlphabetChoice, Run, build_run
+from recognizer.run import AlphabetChoice, Run, build_run, run_precision
 from recognizer.score import score, suspect_summary, write_predictions
 from recognizer.stability.audit import AuditReport, write_reports
 from recognizer.stability.runtime import attach_stability, make_ctc, make_guard
@@ -126,32 +126,78 @@ def _train(cfg: DictConfig, dist: distributed.Dist) -> dict[str, float]:
     run_dir = Path(dist.broadcast(str(cfg.paths.output_dir)))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    # this command's .hydra files as Hydra wrote them, before a refused command can put others back
+    hydra_files = rundir.hydra_files(run_dir) if dist.is_main else {}
     with rundir.run_lock(run_dir) if dist.is_main else contextlib.nullcontext():  # one run per directory
-        return _train_locked(cfg, dist, run_dir)
+        return _train_locked(cfg, dist, run_dir, hydra_files)
 
 
-def _open_run(cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distributed.Dist) -> tuple[Any, Path | None]:
+def _open_run(
+    cfg: DictConfig, opts: TrainerOptions, run_dir: Path, dist: distributed.Dist, hydra_files: dict[str, bytes]
+) -> tuple[Any, Path | None]:
     """The checkpoint to resume (or None for a fresh run), checked before anything is read or written.
 
-    A fresh run, and a run continued from another directory's checkpoint, need a directory without another
-    run's checkpoints; a resume needs the same number of processes and the same training settings as the run
-    that wrote the checkpoint (:mod:`rundir`; the precision is compared once resolved, :func:`_resume`).
+    A resume needs the same number of processes and the same training settings as the run that wrote the
+    checkpoint, its precision compared once resolved (:mod:`rundir`). A fresh run, and a run continued from
+    another directory's checkpoint, need a directory without another run's checkpoints; the continued one
+    takes that run's best checkpoint along (:func:`_adopt_best`). A refused command changes nothing; an
+    accepted one makes its ``.hydra`` files the run's.
     """
     ckpt_path = resume_path(opts.resume, run_dir)
     if ckpt_path is None:
         if dist.is_main:
             rundir.check_fresh(run_dir, opts.overwrite)
-            rundir.accept_hydra(run_dir)
+            rundir.accept_hydra(run_dir, hydra_files)
         return None, None
-    if dist.is_main and _continued_elsewhere(ckpt_path, run_dir):
-        rundir.check_fresh(run_dir, opts.overwrite)  # continued here: this directory's own checkpoints stay
     ckpt = load_checkpoint(ckpt_path)  # on CPU: load_state_dict moves weights and optimizer state
     check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     changes = rundir.training_changes(ckpt["config"], config, list(opts.resume_allow))
+    changes += _precision_changes(ckpt, cfg, opts, dist)
     if changes:
         raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
+    if dist.is_main:
+        if _continued_elsewhere(ckpt_path, run_dir):
+            rundir.check_fresh(run_dir, opts.overwrite)  # continued here: this directory's own checkpoints stay
+            _adopt_best(ckpt, ckpt_path, run_dir)
+        rundir.accept_hydra(run_dir, hydra_files)
     return ckpt, ckpt_path
+
+
+def _precision_changes(
+    ckpt: dict[str, Any], cfg: DictConfig, opts: TrainerOptions, dist: distributed.Dist
+) -> list[str]:
+    """The precision change, if any: ``trainer.precision=auto`` resolves by device (fp16 with a GradScaler on
+    CUDA, fp32 or bf16 on CPU), so equal settings can train otherwise; allowed by
+    ``trainer.resume_allow=[trainer.precision]``. Older checkpoints do not record it: not compared."""
+    saved = ckpt.get("precision")
+    now = run_precision(opts, dist, get_class(cfg.model._target_))
+    if saved is None or saved == now.name:
+        return []
+    described = f"{now.name} (trainer.precision={opts.precision} on {now.device.type})"
+    allowed = list(opts.resume_allow)
+    return rundir.training_changes({"trainer": {"precision": saved}}, {"trainer": {"precision": described}}, allowed)
+
+
+def _adopt_best(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> None:
+    """Copy the best checkpoint of the run ``ckpt`` continues into ``run_dir``: until this run improves on it,
+    it is this run's best, also after an interruption here (a resume then starts from this directory).
+
+    Only the copy whose best val metric is the continued state's is taken: that directory's run may have
+    gone on past the checkpoint continued here and written a later best.
+    """
+    source = ckpt_path.parent / "best.ckpt"
+    if not source.is_file():
+        return
+    best = load_checkpoint(source)
+    same = (best.get("run_id"), best.get("best_epoch"), best.get("best_metric"))
+    if same != (ckpt.get("run_id"), ckpt.get("best_epoch"), ckpt.get("best_metric")):
+        log.warning("%s is not the best of the state continued here (a later part of that run): not taken", source)
+        return
+    target = run_dir / "checkpoints" / "best.ckpt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(best, target)
+    log.info("continued from %s: its best checkpoint copied to %s", ckpt_path, target)
 
 
 def _continued_elsewhere(ckpt_path: Path, run_dir: Path) -> bool:
@@ -159,11 +205,13 @@ def _continued_elsewhere(ckpt_path: Path, run_dir: Path) -> bool:
     return ckpt_path.resolve().parent != (run_dir / "checkpoints").resolve()
 
 
-def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dict[str, float]:
+def _train_locked(
+    cfg: DictConfig, dist: distributed.Dist, run_dir: Path, hydra_files: dict[str, bytes]
+) -> dict[str, float]:
     distributed.quiet_other_ranks(dist)  # one voice: rank 0 logs progress
     seed_everything(cfg.seed + dist.rank)  # own dropout/augmentation stream per rank; DDP syncs the weights
     opts: TrainerOptions = instantiate(cfg.trainer)
-    ckpt, ckpt_path = _open_run(cfg, opts, run_dir, dist)
+    ckpt, ckpt_path = _open_run(cfg, opts, run_dir, dist, hydra_files)
     # the checkpoints this run may report: its own (older checkpoints carry no id: None, as they do)
     run_id = ckpt.get("run_id") if ckpt is not None else uuid.uuid4().hex
     init = load_checkpoint(opts.init_from) if opts.init_from and ckpt is None else None
@@ -181,7 +229,7 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
     val_loader = run.eval_loader("val", **shard)
     state = _training_state(run, opts, dist, run_dir, total_steps=opts.max_epochs * len(sampler))
     if ckpt is not None and ckpt_path is not None:  # set together
-        _resume(state, ckpt, ckpt_path, cfg, run_dir)
+        _resume(state, ckpt, ckpt_path, cfg)
     ctc = make_ctc(run.stability)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     logger = _loggers(cfg, run_dir, dist, state.step if ckpt is not None else None)
@@ -214,7 +262,7 @@ def _train_locked(cfg: DictConfig, dist: distributed.Dist, run_dir: Path) -> dic
             # the whole splits on rank 0
             whole_val = run.eval_loader("val") if dist.enabled else val_loader  # DDP: the train-time one is a shard
             loaders = {"val": whole_val, "test": run.eval_loader("test") if "test" in run.datasets else None}
-            metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id, ckpt_path)
+            metrics = final_evaluation(state, run_dir, ctc, run.alphabet, loaders, run.reports, run_id)
             logger.log_metrics(metrics, state.step)
         metrics = dist.broadcast(metrics)
     finally:
@@ -264,25 +312,10 @@ def _training_state(
     return state
 
 
-def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path, cfg: DictConfig, run_dir: Path) -> None:
-    """Restore ``state`` from the checkpoint and accept this command's config files as the run's; warn where
-    the rest of the epoch cannot be the same batches.
-
-    Raises:
-        CheckpointError: the precision resolves otherwise than for the checkpoint's run (``trainer.precision=auto``
-            on another device: fp16 with a GradScaler on CUDA, fp32 or bf16 on CPU) and
-            ``trainer.resume_allow`` does not name ``trainer.precision``.
-    """
-    saved = ckpt.get("precision")  # older checkpoints do not record it: not compared
-    if saved is not None and saved != state.precision.name:
-        now = f"{state.precision.name} (trainer.precision={cfg.trainer.precision} on {state.precision.device.type})"
-        allowed = list(cfg.trainer.resume_allow)
-        changes = rundir.training_changes({"trainer": {"precision": saved}}, {"trainer": {"precision": now}}, allowed)
-        if changes:
-            raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
+def _resume(state: TrainState, ckpt: dict[str, Any], ckpt_path: Path, cfg: DictConfig) -> None:
+    """Restore ``state`` from the checkpoint (checked by :func:`_open_run`); warn where the rest of the epoch
+    cannot be the same batches."""
     state.load_state_dict(ckpt)
-    if state.dist.is_main:
-        rundir.accept_hydra(run_dir)
     changed = order_changes(ckpt["config"], cfg)
     if changed and state.batch_in_epoch:
         log.warning(
@@ -326,32 +359,27 @@ def final_evaluation(
     loaders: dict[str, DataLoader | None],
     reports: dict[str, AuditReport],
     run_id: str | None = None,
-    resumed_from: Path | None = None,
 ) -> dict[str, float]:
     """Evaluate the best checkpoint on each split with a loader; write predictions and ``metrics.json``.
 
-    Only a ``best.ckpt`` this run wrote (its ``run_id``) is evaluated: this directory's, or where the run was
-    continued from another directory's checkpoint and has not improved on it here, that one's. Without one,
-    the weight average or the last weights are.
+    Only a ``best.ckpt`` of this run (its ``run_id``; a run continued from another directory's checkpoint
+    brings that one's along, :func:`_adopt_best`) is evaluated. Without one, the weight average or the last
+    weights are.
 
     Args:
         loaders: split → loader over its audited samples (None: the split is not configured).
         reports: split → its audit report; what each split lost goes into the metrics as counts
             (``<split>/dropped``, ``<split>/dropped/<reason>``, ``<split>/filtered/<reason>``), so a
             score over fewer samples than the manifest lists says so.
-        resumed_from: the checkpoint this run was resumed from, if any.
     """
-    candidates = [run_dir / "checkpoints" / "best.ckpt"]
-    if resumed_from is not None and _continued_elsewhere(resumed_from, run_dir):
-        candidates.append(resumed_from.parent / "best.ckpt")  # continued from there, not improved on here
-    best = None
-    for best_path in filter(Path.is_file, candidates):
+    best_path, best = run_dir / "checkpoints" / "best.ckpt", None
+    if best_path.is_file():
         best = load_checkpoint(best_path, map_location=state.precision.device)
         if best.get("run_id") == run_id:
             log.info("final evaluation of %s", best_path)
-            break
-        log.warning("%s was not written by this run: not evaluated", best_path)
-        best = None
+        else:
+            log.warning("%s was not written by this run: not evaluated", best_path)
+            best = None
     if best is not None:
         state.model.load_state_dict(best["model"])
     elif state.ema is not None:

@@ -187,15 +187,22 @@ def check_fresh(run_dir: Path, overwrite: bool) -> None:
     log.warning("%s: moved the previous run's files to %s", why, aside)
 
 
-def accept_hydra(run_dir: Path) -> None:
-    """Keep a copy of this run's ``.hydra/*.yaml``: the config files of the run the directory now holds."""
-    hydra = run_dir / HYDRA_DIR
-    files = list(hydra.glob("*.yaml"))
+def hydra_files(run_dir: Path) -> dict[str, bytes]:
+    """This command's ``.hydra/*.yaml`` as Hydra wrote them (file name → content), read before the run lock:
+    :func:`accept_hydra` writes these, whatever a refused command put back in the meantime."""
+    return {f.name: f.read_bytes() for f in sorted((run_dir / HYDRA_DIR).glob("*.yaml"))}
+
+
+def accept_hydra(run_dir: Path, files: Mapping[str, bytes]) -> None:
+    """Make ``files`` (:func:`hydra_files`) the config files of the run the directory now holds: in ``.hydra``
+    and in the copy a refused command puts back (:func:`restore_hydra`)."""
     if not files:
         return
-    (hydra / ACCEPTED).mkdir(exist_ok=True)
-    for f in files:
-        shutil.copy2(f, hydra / ACCEPTED / f.name)
+    hydra = run_dir / HYDRA_DIR
+    (hydra / ACCEPTED).mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        (hydra / name).write_bytes(content)
+        (hydra / ACCEPTED / name).write_bytes(content)
 
 
 def restore_hydra(run_dir: Path, saved: Mapping[str, Any] | None = None) -> None:

@@ -16,7 +16,14 @@ import torch
 from hydra.utils import instantiate
 
 from recognizer.checkpoint import CheckpointError, load_checkpoint
-from recognizer.engine.rundir import check_fresh, run_lock, training_changes
+from recognizer.engine.rundir import (
+    accept_hydra,
+    check_fresh,
+    hydra_files,
+    restore_hydra,
+    run_lock,
+    training_changes,
+)
 from recognizer.train import train
 from tests.conftest import compose_config, tiny_overrides
 from tests.e2e.test_preemption import SLOW, finish, step_losses, wait_for_steps
@@ -67,6 +74,19 @@ def test_the_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path: Path
         holder.kill()
 
 
+def test_an_accepted_run_keeps_its_own_config_files_whatever_a_refused_command_put_back(tmp_path: Path) -> None:
+    """The live run read its .hydra files at start; a command refused meanwhile restored the older accepted ones."""
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 3\n")
+    own = hydra_files(tmp_path)
+    (tmp_path / ".hydra" / "config.yaml").unlink()
+    refused_command(tmp_path)
+    restore_hydra(tmp_path)  # what the refused command does on its way out
+    accept_hydra(tmp_path, own)
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == "seed: 3\n"
+    assert (tmp_path / ".hydra" / "accepted" / "config.yaml").read_text() == "seed: 3\n"
+
+
 def refused_command(run_dir: Path) -> None:
     """A directory whose run accepted ``seed: 0``, with the config files Hydra wrote for a new command over it."""
     (run_dir / ".hydra" / "accepted").mkdir(parents=True)
@@ -114,12 +134,36 @@ def test_a_run_continued_from_another_directory_needs_a_fresh_one_and_reports_th
     resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
     with pytest.raises(CheckpointError, match=rf"{other} holds another run's checkpoints \(best\.ckpt, last\.ckpt\)"):
         train(compose_config("train", tiny_overrides(data_root, other, "trainer.max_epochs=1", resume)))
+    # refused for its settings, with trainer.overwrite=true: the directory's run is not moved aside first
+    with pytest.raises(CheckpointError, match="this command changes 1 setting"):
+        overwrite = ["trainer.overwrite=true", "optimizer.lr=0.0003"]
+        train(compose_config("train", tiny_overrides(data_root, other, "trainer.max_epochs=1", resume, *overwrite)))
     assert load_checkpoint(other / "checkpoints" / "last.ckpt")["run_id"] == theirs["run_id"]  # untouched
-    # continued into a fresh directory with nothing left to train: no best.ckpt of its own, the first one's counts
+    assert not (other / "previous").exists()
+    # continued into a fresh directory with nothing left to train: the first run's best comes along and counts,
+    # also for a later resume of this directory (trainer.resume=auto reads only this directory)
     with caplog.at_level("INFO", logger="recognizer.train"):
         metrics = train(compose_config("train", tiny_overrides(data_root, fresh, "trainer.max_epochs=1", resume)))
-    assert f"final evaluation of {first / 'checkpoints' / 'best.ckpt'}" in caplog.text
+    adopted = fresh / "checkpoints" / "best.ckpt"
+    assert f"final evaluation of {adopted}" in caplog.text
+    assert load_checkpoint(adopted)["run_id"] == load_checkpoint(first / "checkpoints" / "best.ckpt")["run_id"]
     assert metrics["val/cer"] == json.loads((first / "metrics.json").read_text())["val/cer"]
+
+
+def test_a_continued_run_does_not_take_a_best_checkpoint_written_later_than_its_state(
+    data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first directory's run went on after the checkpoint continued elsewhere and wrote a later best."""
+    first, fork = tmp_path / "first", tmp_path / "fork"
+    train(compose_config("train", tiny_overrides(data_root, first, "trainer.max_epochs=1")))
+    best = first / "checkpoints" / "best.ckpt"
+    later = load_checkpoint(best)
+    torch.save({**later, "best_metric": later["best_metric"] / 2, "best_epoch": 7}, best)
+    resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
+    with caplog.at_level("INFO", logger="recognizer.train"):
+        train(compose_config("train", tiny_overrides(data_root, fork, "trainer.max_epochs=1", resume)))
+    assert f"{best} is not the best of the state continued here" in caplog.text
+    assert not (fork / "checkpoints" / "best.ckpt").exists()
 
 
 def test_a_precision_that_resolves_otherwise_on_resume_is_refused_unless_allowed(
@@ -131,13 +175,15 @@ def test_a_precision_that_resolves_otherwise_on_resume_is_refused_unless_allowed
     last = run / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(last)
     assert ckpt["precision"] == "32"
+    audit = (run / "audit.json").read_bytes()
     torch.save({**ckpt, "precision": "bf16-mixed"}, last)
     resume = ["trainer.max_epochs=2", "trainer.resume=auto"]
     with pytest.raises(CheckpointError) as refused:
         train(compose_config("train", tiny_overrides(data_root, run, *resume)))
     assert "trainer.precision: 'bf16-mixed' → '32 (trainer.precision=auto on cpu)'" in str(refused.value)
     assert "trainer.resume_allow=[trainer.precision]" in str(refused.value)
-    assert sorted(step_losses(run)) == list(range(1, 7))  # nothing written
+    assert sorted(step_losses(run)) == list(range(1, 7))  # nothing written: refused before the data is read
+    assert (run / "audit.json").read_bytes() == audit
     train(compose_config("train", tiny_overrides(data_root, run, *resume, "trainer.resume_allow=[trainer.precision]")))
     assert sorted(step_losses(run)) == list(range(1, 13))
     assert load_checkpoint(last)["precision"] == "32"

@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 
 from recognizer import inference
+from recognizer.alphabet import UNK, UNK_TEXT, Alphabet
 from recognizer.cli.transcribe import main
 from recognizer.data.pages.formats import local_name
 from recognizer.data.pages.geometry import LineGeometryError
 from recognizer.data.pages.write import LineText, write_page
+from recognizer.decoding import Hypothesis
 from recognizer.inference import Transcriber
 from tests.helpers.page_fixtures import alto_line, alto_xml, page_line, page_xml, write
 from tests.helpers.tiny_checkpoint import sample_line, tiny_checkpoint
@@ -50,6 +52,19 @@ def test_paths_pil_images_and_arrays_give_the_same_transcription(model: Transcri
     assert single == first
     with pytest.raises(FileNotFoundError, match=re.escape("nope.png does not exist")):
         model.transcribe("nope.png")
+
+
+def test_an_unknown_symbol_reads_the_same_in_the_text_and_its_tokens(ckpt: Path, data_root: Path) -> None:
+    """The tokens (what ALTO's words are built from) write ``<unk>`` as the text does, U+FFFD: never the five
+    characters of the token's name."""
+    path, _ = sample_line(data_root, "test", 0)
+    unk_model = Transcriber.from_checkpoint(ckpt, device="cpu", batch_size=2)
+    unk_model.alphabet = Alphabet([UNK, *unk_model.alphabet.symbols[1:]])  # id 1 is <unk> now
+    unk_model.decoder = lambda logits, lengths: [Hypothesis([1, 2], 0.0, [0, 1]) for _ in lengths]  # type: ignore[assignment]
+    [result] = unk_model.transcribe(path)
+    second = unk_model.alphabet.symbols[1]
+    assert result.text == UNK_TEXT + second
+    assert [t.symbol for t in result.tokens] == [UNK_TEXT, second]
 
 
 # --------------------------------------------------------------------------- pages out

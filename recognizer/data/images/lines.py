@@ -209,7 +209,8 @@ def on_paper(im: Image.Image) -> Image.Image:
 
 def gray_pixels(im: Image.Image) -> np.ndarray:
     """Grayscale float32 (H, W): 8- and 16-bit images scaled by their depth to [0, 1], float images as they are,
-    transparent parts white (:func:`on_paper`).
+    transparent parts white (:func:`on_paper`). 32-bit integer images are divided by 65,535 like 16-bit ones and
+    are not clipped: values outside [0, 1] (from floats or such images) are the audit's to name (``out_of_range``).
 
     Pillow's own conversion of a 16-bit image to 8 bits (``convert("L")``) clips instead of scaling: paper at
     50,000 and ink at 8,000 both become 255, a blank page.

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the extraction code changes what it writes: old cache folders are then ignored.
 #: 2: crops written durably with their size and hash in lines.json; bow-tie outlines are cut, not degenerate.
-EXTRACTION_VERSION = 2
+#: 3: 16-bit and float scans scaled by their depth (not clipped to white), transparent parts read as paper.
+EXTRACTION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,14 @@ def load_page_image(path: Path) -> np.ndarray:
     promises more pixels than :data:`recognizer.data.images.lines.MAX_IMAGE_PIXELS` (never decoded)."""
     try:
         with open_image(path, "page image") as im:
-            if im.mode in DEEP_INTEGER_MODES:  # 16-bit scans: scaled, not clipped to white by convert("L")
-                return np.round(np.clip(gray_pixels(im), 0.0, 1.0) * 255.0).astype(np.uint8)
+            if im.mode in DEEP_INTEGER_MODES or im.mode == "F":  # scaled, not clipped by convert("L")
+                gray = gray_pixels(im)
+                if im.mode == "F" and not (np.isfinite(gray).all() and gray.min() >= 0.0 and gray.max() <= 1.0):
+                    raise DataError(
+                        f"page image {path}: a float image must hold values in [0, 1], this one holds "
+                        f"{np.nanmin(gray):g}..{np.nanmax(gray):g}; re-export it as an 8- or 16-bit image"
+                    )
+                return np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
             return np.asarray(on_paper(im).convert("L"))
     except DataError:  # too many pixels: names the file, the limit and how to raise it
         raise
