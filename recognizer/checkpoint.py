@@ -20,7 +20,6 @@ Every command that reads a checkpoint goes through :func:`load_checkpoint` (trai
 from __future__ import annotations
 
 import inspect
-import os
 import random
 import zipfile
 from collections.abc import Mapping
@@ -32,42 +31,19 @@ import torch
 
 from recognizer.alphabet import Alphabet
 from recognizer.data.audio.features import FEATURE_KEYS, feature_settings
+from recognizer.files import atomic_output
 from recognizer.models import CRNN, ConformerCTC, Recognizer
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically and durably: a temporary file in the same folder, synced
-    to disk, renamed over ``path``, then the folder synced (so the rename itself survives a power loss).
-
-    A crash while writing leaves the previous checkpoint intact; a failed write (full disk, an
-    unpicklable value) removes its temporary file and re-raises.
-    """
+    """Write ``state`` to ``path`` atomically and durably (:func:`~recognizer.files.atomic_output`, the folder
+    synced too): a crash while writing leaves the previous checkpoint intact; a failed write (full disk, an
+    unpicklable value) removes its temporary file and re-raises."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_output(path, sync_folder=True) as f:
+        torch.save(state, f)
     return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Sync a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CheckpointError(ValueError):

@@ -42,6 +42,7 @@ from recognizer.data.pages.cache import load_page_image
 from recognizer.data.pages.formats import parse_page
 from recognizer.data.pages.geometry import LineGeometryError, baseline_angle, crop_line, line_box, outline
 from recognizer.data.pages.module import BASELINE_ABOVE, BASELINE_BELOW
+from recognizer.data.pages.safety import within
 from recognizer.data.pages.sources import collect_xml
 from recognizer.data.pages.write import LineText, write_page
 from recognizer.decoding import GreedyDecoder, build_decoder
@@ -142,6 +143,13 @@ def checkpoint_image_dirs(dirs: Sequence[str]) -> list[str]:
                 d,
             )
     return kept
+
+
+def inside(xml: Path, dirs: Sequence[str]) -> list[str]:
+    """The folders of ``dirs`` (relative to ``xml``'s folder) whose real location lies inside that folder: a
+    checkpoint's ``image_dirs`` entry ``jpg`` that is a link to a folder elsewhere is left out, as ``../jpg`` is
+    (:func:`checkpoint_image_dirs`)."""
+    return [d for d in dirs if within(xml.parent / d, [xml.parent])]
 
 
 class Transcriber:
@@ -282,6 +290,7 @@ class Transcriber:
         }
         height = data.get("extract_height")
         deskew = bool(data.get("deskew", False))
+        trusted = image_dirs is not None  # the user's --image-dir; else the checkpoint's, kept inside each XML's folder
         dirs = list(image_dirs) if image_dirs is not None else checkpoint_image_dirs(data.get("image_dirs") or [])
         out = Path(out_dir)
         xmls = collect_xml([str(p) for p in pages] if not isinstance(pages, (str, Path)) else str(pages))
@@ -292,7 +301,16 @@ class Transcriber:
         _check_outputs(xmls, out)
         above, below = band["baseline_above"], band["baseline_below"]
         return [
-            self._transcribe_page(xml, out / xml.name, dirs, above, below, height, deskew, allow_outside_images)
+            self._transcribe_page(
+                xml,
+                out / xml.name,
+                dirs if trusted else inside(xml, dirs),
+                above,
+                below,
+                height,
+                deskew,
+                allow_outside_images,
+            )
             for xml in xmls
         ]
 

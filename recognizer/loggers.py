@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from recognizer.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -44,9 +46,7 @@ def rewind_jsonl(path: str | Path, step: int) -> int:
         f.writelines(line + "\n" for line in cut)
         f.flush()
         os.fsync(f.fileno())
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(line + "\n" for line in kept).encode("utf-8"))
     log.warning(
         "resuming at step %d: moved %d record(s) of %s written after that checkpoint (before a crash) to %s; "
         "the resumed run logs those steps again",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from torch.utils.data import Dataset
 
 from recognizer.alphabet import Alphabet
+from recognizer.files import write_atomic
 
 if TYPE_CHECKING:
     from recognizer.data.batching import Batch
@@ -89,9 +89,7 @@ def generation_lock(folder: Path) -> Iterator[None]:
 
 def write_manifest(path: Path, rows: Sequence[str]) -> Path:
     """Write a manifest atomically (temp file + rename): its presence marks a finished split."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, ("\n".join(rows) + "\n").encode("utf-8"))
     return path
 
 

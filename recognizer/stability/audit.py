@@ -55,8 +55,9 @@ FIXES = {
     "stability.audit_policy=drop to train without them",
     "missing_file": "fix the paths in the manifest (relative paths are relative to it) or remove those lines",
     "out_of_range": "scale float images to [0, 1], or save them as 8- or 16-bit images",
-    "too_large": "downscale these images; if they are genuine scans, raise the pixel limit with the environment "
-    "variable RECOGNIZER_MAX_IMAGE_PIXELS=N; or set stability.audit_policy=drop to train without them",
+    "too_large": "downscale these images or cut these recordings; if they are genuine, raise the limit with the "
+    "environment variable RECOGNIZER_MAX_IMAGE_PIXELS=N or RECOGNIZER_MAX_AUDIO_SECONDS=S; or set "
+    "stability.audit_policy=drop to train without them",
 }
 # Reasons of the inputs themselves (not the transcripts): they are counted under these names.
 INPUT_REASONS = (

@@ -1,16 +1,18 @@
 """Reading audio with soundfile (WAV, FLAC, OGG, ... — no FFmpeg) and checking it on the way in.
 
 Every failure raises :class:`~recognizer.data.images.lines.DataError` naming the file and the fix: a
-missing, corrupt or unsupported file, NaN/Inf samples, empty or all-zero audio, and a sample rate
-that differs from the model's when resampling is off. Each carries the audit's reason code, so the
-pre-flight audit drops and counts such files under ``stability.audit_policy=drop``. Clipping is only
-counted and logged (it degrades audio but does not break the CTC contract).
+missing, corrupt or unsupported file, one longer than :data:`MAX_AUDIO_SECONDS`, NaN/Inf samples, empty or
+all-zero audio, and a sample rate that differs from the model's when resampling is off. Each carries the
+audit's reason code, so the pre-flight audit drops and counts such files under
+``stability.audit_policy=drop``. Clipping is only counted and logged (it degrades audio but does not break
+the CTC contract).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -24,6 +26,10 @@ from recognizer.data.images.lines import DataError
 log = logging.getLogger(__name__)
 
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
+#: The longest audio, in seconds, that recognizer decodes (utterances for CTC are seconds to minutes long):
+#: the counterpart of the images' pixel limit. ``$RECOGNIZER_MAX_AUDIO_SECONDS`` raises it.
+MAX_AUDIO_SECONDS = 3600.0
+MAX_AUDIO_ENV = "RECOGNIZER_MAX_AUDIO_SECONDS"
 # bytes per sample of libsndfile's WAV subtypes: turns a truncated data chunk's missing bytes into ms
 _SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
@@ -121,14 +127,28 @@ def resample_wave(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray
     return resample_poly(wave, new_rate // g, orig_rate // g).astype(np.float32)
 
 
-def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
-    """Decode ``path`` to a mono ``(N,)`` float32 waveform at ``sample_rate`` in [-1, 1], checked.
-
-    Multi-channel audio is averaged to mono. Raises DataError for unreadable, empty, silent or
-    non-finite audio, and for a rate mismatch when ``resample`` is False.
-    """
+def max_audio_seconds() -> float:
+    """The length limit in force: ``$RECOGNIZER_MAX_AUDIO_SECONDS`` if set, else :data:`MAX_AUDIO_SECONDS`."""
+    value = os.environ.get(MAX_AUDIO_ENV, "").strip()
+    if not value:
+        return MAX_AUDIO_SECONDS
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ValueError(f"{MAX_AUDIO_ENV}={os.environ[MAX_AUDIO_ENV]!r}: expected a positive number of seconds")
+    return seconds
+
+
+def _decode(path: Path) -> tuple[np.ndarray, int]:
+    """``(samples (N, channels) float32, rate)``, at most :func:`max_audio_seconds` of them: a longer file is
+    refused (reason ``too_large``) after reading one sample past the limit, never decoded whole (a few kB of
+    FLAC can hold hours of one value, and its header need not say how long it is)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            rate, limit = f.samplerate, math.ceil(max_audio_seconds() * f.samplerate)
+            samples = f.read(limit + 1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         if not path.is_file():
             raise DataError(
@@ -137,6 +157,23 @@ def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
         raise DataError(
             f"cannot read audio {path}: {e}. Convert it (e.g. to 16-bit FLAC) or remove it", "unreadable"
         ) from None
+    if len(samples) > limit:
+        raise DataError(
+            f"audio {path} is longer than {max_audio_seconds():g} s: refused before decoding it all. If it is a "
+            f"genuine recording, cut it into utterances, or raise the limit with the environment variable "
+            f"{MAX_AUDIO_ENV}=SECONDS",
+            "too_large",
+        )
+    return samples, rate
+
+
+def read_audio(path: Path, sample_rate: int, resample: bool = True) -> Tensor:
+    """Decode ``path`` to a mono ``(N,)`` float32 waveform at ``sample_rate`` in [-1, 1], checked.
+
+    Multi-channel audio is averaged to mono. Raises DataError for unreadable, empty, silent or
+    non-finite audio, and for a rate mismatch when ``resample`` is False.
+    """
+    samples, rate = _decode(path)
     wave = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if not np.isfinite(wave).all():
         n = int((~np.isfinite(wave)).sum())

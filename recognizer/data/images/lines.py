@@ -31,6 +31,10 @@ __all__ = ["MAX_IMAGE_PIXELS", "DataError", "LineDataset", "Record", "open_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 
+#: The formats Pillow may read (by content, whatever the file's name): raster formats decoded in-process.
+#: Any other is refused: Pillow would start Ghostscript for PostScript (EPS) named ``line.png``.
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "JPEG2000")  # JPEG covers MPO (camera JPEGs)
+
 #: The largest image, in pixels (width × height), that recognizer decodes: line images and page scans.
 #: A header that promises more is refused before any pixel is decoded: a few kilobytes of PNG can announce
 #: 30000 × 30000 pixels and inflate to gigabytes (a decompression bomb). The default is PIL's own warning
@@ -168,7 +172,8 @@ def _pil_allows(limit: int) -> Iterator[None]:
 
 
 def open_image(path: Path, what: str = "image", limit: int | None = None, sample: str | None = None) -> Image.Image:
-    """``Image.open(path)`` (lazy: nothing decoded yet), refused when its header promises too many pixels.
+    """``Image.open(path)`` (lazy: nothing decoded yet) of the :data:`IMAGE_FORMATS` only, refused when its header
+    promises too many pixels.
 
     Args:
         path: the image file.
@@ -179,12 +184,15 @@ def open_image(path: Path, what: str = "image", limit: int | None = None, sample
     Raises:
         DataError: reason ``too_large``: width × height above :func:`max_image_pixels`, naming the file,
             its size, the limit and how to raise it.
-        OSError, UnidentifiedImageError, ValueError: as PIL raises them for a file it cannot read.
+        OSError, UnidentifiedImageError, ValueError: as PIL raises them for a file it cannot read (or of another
+            format: UnidentifiedImageError, naming the formats read).
     """
     limit = max_image_pixels() if limit is None else limit
     try:
         with _pil_allows(limit):
-            im = Image.open(path)
+            im = Image.open(path, formats=IMAGE_FORMATS)
+    except UnidentifiedImageError as e:
+        raise UnidentifiedImageError(f"{e} (recognizer reads {', '.join(IMAGE_FORMATS)} images only)") from None
     except Image.DecompressionBombError as e:  # over PIL's own hard limit: its message holds the pixel count
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise too_large(path, int(found.group(1)) if found else limit + 1, limit, None, what, sample) from None

@@ -37,7 +37,7 @@ from recognizer.data.pages.geometry import (
     crop_line,
     outline,
 )
-from recognizer.data.pages.safety import write_atomic
+from recognizer.files import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,6 @@ def load_page_image(path: Path) -> np.ndarray:
 
 def _file_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    # imported here: recognizer.checkpoint imports recognizer.data, which imports this module
-    from recognizer.checkpoint import fsync_dir
-
-    fsync_dir(folder)
 
 
 def _untrusted(folder: Path, entries: Any) -> str | None:
@@ -177,7 +170,7 @@ class LineCache:
                     entries = self._extract(page, image, folder)
                     payload = json.dumps({"xml": str(page.xml), "lines": entries}).encode("utf-8")
                     write_atomic(index, payload)  # last: its presence marks the page's crops complete
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
                     self.extracted += len(page.lines)
                     self.extract_seconds += time.perf_counter() - start
                     return self._lines(folder, entries)
@@ -225,7 +218,7 @@ class LineCache:
             data = buffer.getvalue()
             write_atomic(folder / name, data)
             entries.append({"id": line.id, "file": name, "size": len(data), "hash": _file_hash(data)})
-        _fsync_dir(folder)  # the crops' renames are on disk before the index that lists them
+        fsync_dir(folder)  # the crops' renames are on disk before the index that lists them
         return entries
 
     def throughput(self) -> str:

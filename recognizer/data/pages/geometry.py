@@ -132,6 +132,10 @@ def baseline_angle(line: PageLine, scale: float = 1.0) -> float:
 def _turned(page: np.ndarray, points: Sequence[Point], angle: float, paper: int) -> tuple[np.ndarray, list[Point]]:
     """The part of ``page`` under the outline turned by ``-angle`` about its box's centre (so a baseline at
     ``angle`` lies level), and the turned outline in that part's pixels. Pixels from beyond the page are ``paper``.
+
+    Raises:
+        LineGeometryError: the turned box would hold more than four times the page's pixels (an outline
+            reaching far beyond its page: no line is that large, and the memory would be the XML's to choose).
     """
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
@@ -140,6 +144,10 @@ def _turned(page: np.ndarray, points: Sequence[Point], angle: float, paper: int)
     left, top = math.floor(min(x for x, _ in turned)), math.floor(min(y for _, y in turned))
     width = max(2, math.ceil(max(x for x, _ in turned)) - left)
     height = max(2, math.ceil(max(y for _, y in turned)) - top)
+    if width * height > 4 * page.shape[0] * page.shape[1]:  # a line larger than its page: not allocated
+        raise LineGeometryError(
+            OUT_OF_PAGE, f"turned, a {width}x{height} pixel box on a {page.shape[1]}x{page.shape[0]} page"
+        )
     # PIL maps each output pixel (u, v) back to the page: turn (u + left, v + top) by +angle about the centre
     dx, dy = left - cx, top - cy
     inverse = (cos, -sin, cos * dx - sin * dy + cx, sin, cos, sin * dx + cos * dy + cy)

@@ -11,15 +11,13 @@ gave, and never loses or overwrites data:
 - **Paths**: an image path read from the XML is used only when its real path (symlinks resolved)
   lies under an allowed folder (:func:`within`): the XML's folder or a folder of ``image_dirs``;
   ``allow_outside_images`` lifts this for files the user trusts.
-- **Writing**: :func:`write_atomic` writes a temporary file beside the target and renames it over the
-  target, so a failure leaves the old file (or none), never half a file, and a symlink at the target
-  is replaced, not written through.
+- **Writing**: :func:`recognizer.files.write_atomic` writes a temporary file beside the target and renames it
+  over the target, so a failure leaves the old file (or none), never half a file, and a symlink at the
+  target is replaced, not written through.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import stat
 import xml.parsers.expat
 from collections.abc import Iterable
@@ -28,7 +26,7 @@ from pathlib import Path
 
 from recognizer.data.base import DataError
 
-__all__ = ["MAX_XML_BYTES", "XmlSource", "read_xml", "within", "write_atomic"]
+__all__ = ["MAX_XML_BYTES", "XmlSource", "read_xml", "within"]
 
 #: The largest XML page read, in bytes (a page's ALTO or PAGE XML is normally well under 5 MB).
 MAX_XML_BYTES = 50_000_000
@@ -140,22 +138,3 @@ def within(path: Path, roots: Iterable[Path]) -> bool:
     would be read."""
     real = path.resolve()
     return any(real.is_relative_to(root.resolve()) for root in roots)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A failure leaves ``path`` as it was (and no temporary file). An existing ``path`` that is a
-    symlink (or a hard link) is replaced by the new file; what it pointed to is not touched.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

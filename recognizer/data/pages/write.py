@@ -27,7 +27,8 @@ from pathlib import Path
 
 from recognizer.data.base import DataError
 from recognizer.data.pages.formats import local_name
-from recognizer.data.pages.safety import XmlSource, read_xml, write_atomic
+from recognizer.data.pages.safety import XmlSource, read_xml
+from recognizer.files import write_atomic
 
 __all__ = ["LineText", "write_page"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -271,3 +272,28 @@ def test_speech_training_with_spec_augment_resumes_exactly(tmp_path: Path) -> No
     train(compose_config("train", overrides(parts, "trainer.resume=auto")))
     assert sorted(step_losses(full)) == list(range(1, 7))
     assert step_losses(parts) == step_losses(full)
+
+
+def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A few kB of FLAC can hold hours of one value: the length limit stops the read one sample past it."""
+    from recognizer.data.audio import reading
+
+    path = tmp_path / "long.flac"
+    sf.write(path, np.full(16000 * 3, 0.25, np.float32), 16000)  # 3 s of one value: a tiny file
+    assert path.stat().st_size < 5000
+    monkeypatch.setenv(reading.MAX_AUDIO_ENV, "2.5")
+    read = []
+    real_read = sf.SoundFile.read
+    monkeypatch.setattr(
+        sf.SoundFile, "read", lambda self, frames=-1, **kw: read.append(frames) or real_read(self, frames, **kw)
+    )
+    with pytest.raises(DataError, match=re.escape(f"audio {path} is longer than 2.5 s: refused before decoding")) as e:
+        reading.read_audio(path, 16000)
+    assert e.value.reason == "too_large" and read == [40001]
+    monkeypatch.setenv(reading.MAX_AUDIO_ENV, "3")
+    assert reading.read_audio(path, 16000).shape == (48000,)  # at the limit: read
+    monkeypatch.setenv(reading.MAX_AUDIO_ENV, "soon")
+    with pytest.raises(ValueError, match="RECOGNIZER_MAX_AUDIO_SECONDS='soon': expected a positive number"):
+        reading.read_audio(path, 16000)

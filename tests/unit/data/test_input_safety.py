@@ -319,3 +319,46 @@ def test_a_damaged_cache_entry_is_extracted_again(tmp_path: Path, caplog, damage
     assert f"line cache: {problem}" in caplog.text and f"extracting page {xml} again" in caplog.text
     assert paths[1].read_bytes() == original
     assert reread(tmp_path, xml).line_cache.cached == 2  # repaired: trusted again
+
+
+# --------------------------------------------------------------------------- formats Pillow may read
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 20\nnewpath 0 0 moveto 100 20 lineto stroke\nshowpage\n"
+
+
+def test_postscript_named_as_a_png_is_refused_before_any_interpreter_runs(tmp_path: Path) -> None:
+    """Pillow picks the format by content: an EPS named ``line.png`` would start Ghostscript on decoding."""
+    (tmp_path / "line.png").write_bytes(EPS)
+    (tmp_path / "train.tsv").write_text("line.png\tab\n")
+    [record] = read_records(str(tmp_path / "train.tsv"))
+    with pytest.raises(
+        DataError, match=r"cannot read image .*line\.png: .*\(recognizer reads PNG, JPEG, .* images only\)"
+    ):
+        LineDataset([record], height=16).load(0)
+    with pytest.raises(DataError, match=r"cannot read page image .*line\.png: .*recognizer reads PNG, JPEG"):
+        load_page_image(tmp_path / "line.png")
+
+
+def test_an_outline_far_beyond_its_page_is_not_turned_into_a_huge_image() -> None:
+    """Deskew turns the outline's box: one that an XML draws 60,000 pixels wide on a 60-pixel page is refused,
+    not allocated."""
+    page = np.full((40, 60), 255, np.uint8)
+    huge = [(0.0, 0.0), (60000.0, 0.0), (60000.0, 60000.0), (0.0, 60000.0)]
+    with pytest.raises(LineGeometryError, match=r"turned, a \d+x\d+ pixel box on a 60x40 page") as refused:
+        crop_line(page, huge, height=16, angle=0.02)
+    assert refused.value.reason == "outside the page"
+    crop_line(
+        page, [(2.0, 2.0), (50.0, 4.0), (50.0, 20.0), (2.0, 18.0)], height=16, angle=0.04
+    )  # a real line is turned
+
+
+def test_a_checkpoint_image_folder_that_links_elsewhere_is_not_followed(tmp_path: Path) -> None:
+    """A checkpoint names ``image_dirs: [jpg]``; the stranger's page folder holds ``jpg`` → a folder of the user's."""
+    from recognizer.inference import inside
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "pages" / "img").mkdir(parents=True)
+    (tmp_path / "pages" / "jpg").symlink_to(tmp_path / "mine", target_is_directory=True)
+    xml = write(tmp_path / "pages" / "p.xml", page_xml(""))
+    assert inside(xml, ["jpg", "img", "."]) == ["img", "."]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from recognizer.data.base import DataError
 from recognizer.data.pages import PagesData, parse_page
-from recognizer.data.pages.cache import LineCache, load_page_image
+from recognizer.data.pages.cache import EXTRACTION_VERSION, LineCache, load_page_image
 from recognizer.data.pages.formats import PageLine
 from recognizer.data.pages.geometry import baseline_angle, crop_line
 from recognizer.data.pages.module import apply_char_map, load_char_map
@@ -520,8 +520,9 @@ def test_pages_deskew_cuts_turned_lines_and_keeps_the_old_cache_keys(tmp_path):
     [turned] = pages_data(tmp_path, train=str(xml), deskew=True).records("train")  # the same cache folder
     assert plain.path.parent != turned.path.parent
     assert np.ptp(ink_rows(png(plain.path))) > 25 and np.ptp(ink_rows(png(turned.path))) <= 2
-    # off, the settings (and so the folders) are those of caches cut before data.deskew existed
-    expected = {"above": 48.0, "below": 16.0, "height": 32, "version": 2}
+    # off, the settings (and so the folders) have the keys of caches cut before data.deskew existed; the version
+    # is what tells caches of older extraction code apart
+    expected = {"above": 48.0, "below": 16.0, "height": 32, "version": EXTRACTION_VERSION}
     assert json.loads(LineCache(tmp_path, 48, 16, 32).settings) == expected
     assert json.loads(LineCache(tmp_path, 48, 16, 32, deskew=True).settings) == {**expected, "deskew": True}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import recognizer.data.pages.safety as safety
+import recognizer.files as files
 from recognizer.cli.transcribe import main
 from recognizer.data.base import DataError
 from recognizer.data.pages import PagesData, parse_page
@@ -200,14 +201,14 @@ def test_output_is_written_atomically(tmp_path: Path, monkeypatch: pytest.Monkey
         renames.append((str(src), str(dst)))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(safety.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="No space left on device"):
         write_page(xml, [result], out)
     assert out.read_text() == "the previous transcription"  # the old file, not half a new one
     assert sorted(p.name for p in out.parent.iterdir()) == ["p.xml"]  # no temporary file left behind
     [(src, dst)] = renames
     assert Path(src).parent == out.parent and Path(src).name.startswith(".p.xml.") and dst == str(out)
-    monkeypatch.setattr(safety.os, "replace", real_replace)
+    monkeypatch.setattr(files.os, "replace", real_replace)
     write_page(xml, [result], out)
     assert parse_page(out).lines[0].text == "new"
     assert sorted(p.name for p in out.parent.iterdir()) == ["p.xml"]
