@@ -29,7 +29,8 @@ def atomic_output(path: Path, sync_folder: bool = False) -> Iterator[BinaryIO]:
             (a caller writing many files into one folder syncs it once instead, :func:`fsync_dir`).
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() gives
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows keeps b"\n"
+    fd = os.open(tmp, flags, 0o666)  # 0o666 & ~umask, as open() gives
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -149,7 +149,17 @@ def inside(xml: Path, dirs: Sequence[str]) -> list[str]:
     """The folders of ``dirs`` (relative to ``xml``'s folder) whose real location lies inside that folder: a
     checkpoint's ``image_dirs`` entry ``jpg`` that is a link to a folder elsewhere is left out, as ``../jpg`` is
     (:func:`checkpoint_image_dirs`)."""
-    return [d for d in dirs if within(xml.parent / d, [xml.parent])]
+    kept = [d for d in dirs if within(xml.parent / d, [xml.parent])]
+    for d in dirs:
+        if d not in kept:
+            log.warning(
+                "the checkpoint's data.image_dirs entry %r is a link out of %s: not used (give --image-dir %s to "
+                "look there)",
+                d,
+                xml.parent,
+                (xml.parent / d).resolve(),
+            )
+    return kept
 
 
 class Transcriber:

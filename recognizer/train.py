@@ -153,11 +153,12 @@ def _open_run(
     check_world_size(ckpt, dist.world_size, ckpt_path)  # before the data is read and audited
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     changes = rundir.training_changes(ckpt["config"], config, list(opts.resume_allow))
-    changes += _precision_changes(ckpt, cfg, opts, dist)
+    if not any(c.startswith("trainer.precision:") for c in changes):  # the setting itself changed: said once
+        changes += _precision_changes(ckpt, cfg, opts, dist)
     if changes:
         raise rundir.refuse_changes(changes, ckpt_path, run_dir, ckpt["config"])
     if dist.is_main:
-        if _continued_elsewhere(ckpt_path, run_dir):
+        if _continued_elsewhere(ckpt_path, run_dir) and not _adopted_before(ckpt, run_dir):
             rundir.check_fresh(run_dir, opts.overwrite)  # continued here: this directory's own checkpoints stay
             _adopt_best(ckpt, ckpt_path, run_dir)
         rundir.accept_hydra(run_dir, hydra_files)
@@ -190,14 +191,25 @@ def _adopt_best(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> None:
     if not source.is_file():
         return
     best = load_checkpoint(source)
-    same = (best.get("run_id"), best.get("best_epoch"), best.get("best_metric"))
-    if same != (ckpt.get("run_id"), ckpt.get("best_epoch"), ckpt.get("best_metric")):
+    if not _same_best(best, ckpt):
         log.warning("%s is not the best of the state continued here (a later part of that run): not taken", source)
         return
     target = run_dir / "checkpoints" / "best.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(best, target)
     log.info("continued from %s: its best checkpoint copied to %s", ckpt_path, target)
+
+
+def _same_best(best: dict[str, Any], ckpt: dict[str, Any]) -> bool:
+    """Whether ``best`` is the best checkpoint of the state ``ckpt`` holds (same run, epoch and val metric)."""
+    return all(best.get(k) == ckpt.get(k) for k in ("run_id", "best_epoch", "best_metric"))
+
+
+def _adopted_before(ckpt: dict[str, Any], run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds only the best checkpoint an earlier attempt of this continuation adopted (one that
+    stopped before writing a checkpoint of its own: a refused audit, a crash): it is not another run's."""
+    found = sorted((run_dir / "checkpoints").glob("*.ckpt"))
+    return [p.name for p in found] == ["best.ckpt"] and _same_best(load_checkpoint(found[0]), ckpt)
 
 
 def _continued_elsewhere(ckpt_path: Path, run_dir: Path) -> bool:

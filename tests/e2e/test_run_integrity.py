@@ -150,6 +150,28 @@ def test_a_run_continued_from_another_directory_needs_a_fresh_one_and_reports_th
     assert metrics["val/cer"] == json.loads((first / "metrics.json").read_text())["val/cer"]
 
 
+def test_a_continuation_that_stopped_before_its_first_checkpoint_can_be_run_again(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt adopted the best checkpoint, then its data failed: its copy is not another run's."""
+    import recognizer.train as train_module
+
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    train(compose_config("train", tiny_overrides(data_root, first, "trainer.max_epochs=1")))
+    resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
+
+    def failing_build_run(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the data failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "build_run", failing_build_run)
+        with pytest.raises(RuntimeError, match="the data failed"):
+            train(compose_config("train", tiny_overrides(data_root, fresh, "trainer.max_epochs=1", resume)))
+    assert sorted(p.name for p in (fresh / "checkpoints").iterdir()) == ["best.ckpt"]
+    metrics = train(compose_config("train", tiny_overrides(data_root, fresh, "trainer.max_epochs=1", resume)))
+    assert metrics["val/cer"] == json.loads((first / "metrics.json").read_text())["val/cer"]
+
+
 def test_a_continued_run_does_not_take_a_best_checkpoint_written_later_than_its_state(
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

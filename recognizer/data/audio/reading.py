@@ -30,6 +30,9 @@ CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 #: the counterpart of the images' pixel limit. ``$RECOGNIZER_MAX_AUDIO_SECONDS`` raises it.
 MAX_AUDIO_SECONDS = 3600.0
 MAX_AUDIO_ENV = "RECOGNIZER_MAX_AUDIO_SECONDS"
+#: Channels × sample rate read at most (8 channels at 48 kHz): with the seconds limit, what a file can make
+#: recognizer hold (an hour of it is 5.5 GB of float32).
+MAX_SAMPLES_PER_SECOND = 8 * 48_000
 # bytes per sample of libsndfile's WAV subtypes: turns a truncated data chunk's missing bytes into ms
 _SAMPLE_BYTES = {"PCM_U8": 1, "PCM_S8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8}
 
@@ -148,6 +151,12 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(str(path)) as f:
             rate, limit = f.samplerate, math.ceil(max_audio_seconds() * f.samplerate)
+            if f.channels * rate > MAX_SAMPLES_PER_SECOND:  # the seconds limit bounds memory only below this
+                raise DataError(
+                    f"audio {path} has {f.channels} channel(s) at {rate} Hz, over the {MAX_SAMPLES_PER_SECOND:,} "
+                    "samples a second recognizer reads: convert it to mono at the model's rate (e.g. 16 kHz)",
+                    "too_large",
+                )
             samples = f.read(limit + 1, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         if not path.is_file():

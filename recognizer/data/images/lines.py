@@ -33,7 +33,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 
 #: The formats Pillow may read (by content, whatever the file's name): raster formats decoded in-process.
 #: Any other is refused: Pillow would start Ghostscript for PostScript (EPS) named ``line.png``.
-IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "JPEG2000")  # JPEG covers MPO (camera JPEGs)
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "JPEG2000", "PPM", "GIF", "WEBP")  # JPEG covers MPO, PPM PGM/PBM
 
 #: The largest image, in pixels (width × height), that recognizer decodes: line images and page scans.
 #: A header that promises more is refused before any pixel is decoded: a few kilobytes of PNG can announce

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,18 +64,28 @@ def load_page_image(path: Path) -> np.ndarray:
     try:
         with open_image(path, "page image") as im:
             if im.mode in DEEP_INTEGER_MODES or im.mode == "F":  # scaled, not clipped by convert("L")
-                gray = gray_pixels(im)
-                if im.mode == "F" and not (np.isfinite(gray).all() and gray.min() >= 0.0 and gray.max() <= 1.0):
-                    raise DataError(
-                        f"page image {path}: a float image must hold values in [0, 1], this one holds "
-                        f"{np.nanmin(gray):g}..{np.nanmax(gray):g}; re-export it as an 8- or 16-bit image"
-                    )
-                return np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
+                return _deep_to_uint8(path, im)
             return np.asarray(on_paper(im).convert("L"))
     except DataError:  # too many pixels: names the file, the limit and how to raise it
         raise
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read page image {path}: {e}; re-export it or remove its XML") from None
+
+
+def _deep_to_uint8(path: Path, im: Image.Image) -> np.ndarray:
+    """A 16-bit or float scan as uint8, scaled by its depth; a float scan holds [0, 1] or, as some exports
+    write it, [0, 255] (told apart by its largest value). Others are refused naming the file."""
+    gray = gray_pixels(im)
+    if im.mode == "F":
+        finite = bool(np.isfinite(gray).all())
+        lo, hi = (float(gray.min()), float(gray.max())) if finite else (math.nan, math.nan)
+        if not (finite and lo >= 0.0 and hi <= 255.0):
+            raise DataError(
+                f"page image {path}: a float image must hold values in [0, 1] or [0, 255], this one holds "
+                f"{np.nanmin(gray):g}..{np.nanmax(gray):g}; re-export it as an 8- or 16-bit image"
+            )
+        gray = gray / 255.0 if hi > 1.0 else gray
+    return np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _file_hash(data: bytes) -> str:

@@ -297,3 +297,13 @@ def test_audio_longer_than_the_limit_is_refused_before_it_is_decoded_whole(
     monkeypatch.setenv(reading.MAX_AUDIO_ENV, "soon")
     with pytest.raises(ValueError, match="RECOGNIZER_MAX_AUDIO_SECONDS='soon': expected a positive number"):
         reading.read_audio(path, 16000)
+
+
+def test_audio_with_more_samples_a_second_than_speech_needs_is_refused(tmp_path: Path) -> None:
+    """The seconds limit bounds memory only for sane rates: 16 channels at 96 kHz are refused before reading."""
+    from recognizer.data.audio import reading
+
+    path = tmp_path / "wide.wav"
+    sf.write(path, np.full((960, 16), 0.25, np.float32), 96000)
+    with pytest.raises(DataError, match=re.escape(f"audio {path} has 16 channel(s) at 96000 Hz, over the 384,000")):
+        reading.read_audio(path, 16000)

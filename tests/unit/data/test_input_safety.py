@@ -338,6 +338,13 @@ def test_postscript_named_as_a_png_is_refused_before_any_interpreter_runs(tmp_pa
         LineDataset([record], height=16).load(0)
     with pytest.raises(DataError, match=r"cannot read page image .*line\.png: .*recognizer reads PNG, JPEG"):
         load_page_image(tmp_path / "line.png")
+    gif = write_line(tmp_path / "line.gif")  # raster formats Pillow decodes itself still open (GIF, PGM, WebP)
+    assert LineDataset(read_records_from(tmp_path, gif), height=16).load(0).shape[-2] == 16
+
+
+def read_records_from(folder: Path, image: Path) -> list:
+    (folder / "one.tsv").write_text(f"{image.name}\tab\n")
+    return read_records(str(folder / "one.tsv"))
 
 
 def test_an_outline_far_beyond_its_page_is_not_turned_into_a_huge_image() -> None:

@@ -699,14 +699,15 @@ def test_a_sixteen_bit_page_scan_keeps_its_ink(tmp_path: Path) -> None:
 
 
 def test_a_float_page_scan_keeps_its_ink_and_one_out_of_range_is_named(tmp_path: Path) -> None:
-    """A float TIFF in [0, 1] is scaled like the others (Pillow's convert("L") reads 0.5 as black); one holding
-    0..255 is refused with its file and the fix, not read as a white page."""
+    """A float TIFF in [0, 1] is scaled like the others (Pillow's convert("L") reads 0.5 as black), one in
+    [0, 255] as such exports write it; one holding other values is refused with its file and the fix."""
     scan = np.full((4, 6), 0.8, dtype=np.float32)
     scan[1:3, 2:4] = 0.1
-    Image.fromarray(scan, mode="F").save(tmp_path / "page.tif")
-    page = load_page_image(tmp_path / "page.tif")
-    assert page.dtype == np.uint8 and page[0, 0] == 204 and page[1, 2] == 26
-    Image.fromarray(scan * 255.0, mode="F").save(tmp_path / "bright.tif")
+    for name, values in (("unit.tif", scan), ("bytes.tif", scan * 255.0)):
+        Image.fromarray(values, mode="F").save(tmp_path / name)
+        page = load_page_image(tmp_path / name)
+        assert page.dtype == np.uint8 and page[0, 0] == 204 and page[1, 2] == 26
+    Image.fromarray(scan * 1000.0, mode="F").save(tmp_path / "bright.tif")
     with pytest.raises(DataError, match=re.escape(f"page image {tmp_path / 'bright.tif'}: a float image must hold")):
         load_page_image(tmp_path / "bright.tif")
 
