@@ -150,15 +150,20 @@ def test_a_run_continued_from_another_directory_needs_a_fresh_one_and_reports_th
     assert metrics["val/cer"] == json.loads((first / "metrics.json").read_text())["val/cer"]
 
 
+def finished_run(data_root: Path, run: Path) -> tuple[Path, str]:
+    """A one-epoch run in ``run``, and the override that continues its last checkpoint elsewhere."""
+    train(compose_config("train", tiny_overrides(data_root, run, "trainer.max_epochs=1")))
+    return run, f"trainer.resume={run / 'checkpoints' / 'last.ckpt'}"
+
+
 def test_a_continuation_that_stopped_before_its_first_checkpoint_can_be_run_again(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first attempt adopted the best checkpoint, then its data failed: its copy is not another run's."""
     import recognizer.train as train_module
 
-    first, fresh = tmp_path / "first", tmp_path / "fresh"
-    train(compose_config("train", tiny_overrides(data_root, first, "trainer.max_epochs=1")))
-    resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
+    first, resume = finished_run(data_root, tmp_path / "first")
+    fresh = tmp_path / "fresh"
 
     def failing_build_run(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the data failed")
@@ -176,12 +181,11 @@ def test_a_continued_run_does_not_take_a_best_checkpoint_written_later_than_its_
     data_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first directory's run went on after the checkpoint continued elsewhere and wrote a later best."""
-    first, fork = tmp_path / "first", tmp_path / "fork"
-    train(compose_config("train", tiny_overrides(data_root, first, "trainer.max_epochs=1")))
+    first, resume = finished_run(data_root, tmp_path / "first")
+    fork = tmp_path / "fork"
     best = first / "checkpoints" / "best.ckpt"
     later = load_checkpoint(best)
     torch.save({**later, "best_metric": later["best_metric"] / 2, "best_epoch": 7}, best)
-    resume = f"trainer.resume={first / 'checkpoints' / 'last.ckpt'}"
     with caplog.at_level("INFO", logger="recognizer.train"):
         train(compose_config("train", tiny_overrides(data_root, fork, "trainer.max_epochs=1", resume)))
     assert f"{best} is not the best of the state continued here" in caplog.text
