@@ -150,7 +150,8 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     FLAC can hold hours of one value, and its header need not say how long it is)."""
     try:
         with sf.SoundFile(str(path)) as f:
-            rate, limit = f.samplerate, math.ceil(max_audio_seconds() * f.samplerate)
+            seconds = max_audio_seconds()
+            rate, limit = f.samplerate, math.ceil(seconds * f.samplerate)
             if f.channels * rate > MAX_SAMPLES_PER_SECOND:  # the seconds limit bounds memory only below this
                 raise DataError(
                     f"audio {path} has {f.channels} channel(s) at {rate} Hz, over the {MAX_SAMPLES_PER_SECOND:,} "
@@ -168,7 +169,7 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         ) from None
     if len(samples) > limit:
         raise DataError(
-            f"audio {path} is longer than {max_audio_seconds():g} s: refused before decoding it all. If it is a "
+            f"audio {path} is longer than {seconds:g} s: refused before decoding it all. If it is a "
             f"genuine recording, cut it into utterances, or raise the limit with the environment variable "
             f"{MAX_AUDIO_ENV}=SECONDS",
             "too_large",
